@@ -1,0 +1,55 @@
+# mfaproxy developer entry points. Both targets are idempotent and install what
+# they need on a fresh Debian machine (run as root, or with sudo available).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config/mfaproxy.yaml
+DEB_TEST_PACKAGES := slapd ldap-utils freeradius freeradius-utils redis-server
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint typecheck unit bench deb-packages clean
+
+run: $(VENV)/.installed
+	$(BIN)/mfaproxy serve --config $(CONFIG)
+
+test: deb-packages $(VENV)/.installed-test lint typecheck
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check mfaproxy tests bench
+	$(BIN)/ruff format --check mfaproxy tests bench
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy
+
+bench: deb-packages $(VENV)/.installed-test
+	$(BIN)/python -m bench.pap_throughput
+
+# Debian packages the tests drive as real peers (slapd, FreeRADIUS, radclient,
+# redis-server). Installed only when one is missing; services are not started
+# here: each test starts its own on loopback and free ports.
+deb-packages:
+	@missing=""; for p in $(DEB_TEST_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

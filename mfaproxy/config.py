@@ -1,0 +1,443 @@
+"""The configuration schema: one YAML file, validated strictly.
+
+Unknown keys are errors. Every problem is reported with its dotted path (and the YAML
+line where it can be found) so an operator can fix a file in one pass. Relative paths
+are resolved against the directory of the configuration file. Secrets may be given
+inline, from a file (`<name>_file`) or from an environment variable (`<name>_env`) so
+the YAML itself can stay world-readable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from mfaproxy.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/mfaproxy/mfaproxy.yaml")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Strict(BaseModel):
+    """Base of every section: unknown keys are refused, values are not coerced loosely."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    context = info.context or {}
+    base = context.get("base_dir")
+    return Path(base) if base is not None else Path.cwd()
+
+
+def _resolve_path(value: str | Path, info: ValidationInfo) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else _base_dir(info) / path
+
+
+def _take_secrets(data: Any, names: tuple[str, ...], info: ValidationInfo) -> Any:
+    """Turn `<name>_file` / `<name>_env` into `<name>`, refusing ambiguous combinations."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for name in names:
+        given = [k for k in (name, f"{name}_file", f"{name}_env") if out.get(k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of {', '.join(given)}")
+        if f"{name}_file" in out:
+            raw = out.pop(f"{name}_file")
+            if raw is not None:
+                path = _resolve_path(str(raw), info)
+                try:
+                    out[name] = path.read_text(encoding="utf-8").rstrip("\r\n")
+                except OSError as exc:
+                    raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from exc
+        if f"{name}_env" in out:
+            env_name = out.pop(f"{name}_env")
+            if env_name is not None:
+                if str(env_name) not in os.environ:
+                    raise ValueError(f"{name}_env: environment variable {env_name} is not set")
+                out[name] = os.environ[str(env_name)]
+    return out
+
+
+def parse_host_port(value: str, default_port: int) -> tuple[str, int]:
+    """Parse `host:port`, `[v6]:port`, `host` or `[v6]`; the host must be an IP literal."""
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{value!r} is not [ipv6]:port")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: {host!r} is not an IP address") from exc
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{value!r}: port must be 1-65535")
+        port = int(port_text)
+    return host, port
+
+
+# --------------------------------------------------------------------------- server
+
+
+class LogConfig(Strict):
+    format: Literal["console", "json"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class MetricsConfig(Strict):
+    listen: str = "127.0.0.1:9812"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_host_port(value, 9812)
+        return value
+
+
+class StateStoreConfig(Strict):
+    backend: Literal["memory"] = "memory"
+
+
+class UserStoreConfig(Strict):
+    backend: Literal["sqlite"] = "sqlite"
+    path: Path | None = None
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        return None if value is None else _resolve_path(value, info)
+
+
+class ServerConfig(Strict):
+    listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:1812"], min_length=1)
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig | None = None
+    state_dir: Path = Path("./state")
+    secrets_key_file: Path | None = None
+    state_store: StateStoreConfig = StateStoreConfig()
+    user_store: UserStoreConfig = UserStoreConfig()
+    # RFC 5080 section 2.2.2: keep replies long enough to answer every retransmission a
+    # NAS can send (its timeout x retries); 30 s is what FreeRADIUS and Duo use.
+    duplicate_cache_seconds: float = Field(default=30.0, gt=0, le=600)
+    # Requests waiting for a worker; beyond this a datagram is dropped and counted.
+    intake_queue: int = Field(default=1024, ge=1, le=1_000_000)
+    # Requests processed concurrently (each may wait on a directory or a push).
+    concurrency: int = Field(default=256, ge=1, le=100_000)
+    # Extra FreeRADIUS-format dictionary files loaded after the shipped ones.
+    dictionaries: list[Path] = Field(default_factory=list)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_host_port(item, 1812)
+        return value
+
+    @field_validator("state_dir", "secrets_key_file", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        return None if value is None else _resolve_path(value, info)
+
+    @field_validator("dictionaries", mode="before")
+    @classmethod
+    def _resolve_list(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, list):
+            return [_resolve_path(v, info) for v in value]
+        return value
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        return [parse_host_port(item, 1812) for item in self.listen]
+
+
+# --------------------------------------------------------------------------- clients
+
+
+class ClientConfig(Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    address: list[IPNetwork] = Field(min_length=1)
+    secret: SecretStr
+    require_message_authenticator: bool = True
+    second_factor: Literal["challenge", "append"] = "challenge"
+    append_delimiter: str = Field(default=",", min_length=1, max_length=4)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
+        return _take_secrets(data, ("secret",), info)
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        value = [value] if isinstance(value, str) else value
+        if isinstance(value, list):
+            return [ipaddress.ip_network(str(v), strict=False) for v in value]
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("the shared secret must not be empty (RFC 2865 section 3)")
+        return value
+
+
+# --------------------------------------------------------------------------- directory
+
+
+class LocalDirectoryConfig(Strict):
+    users_file: Path
+
+    @field_validator("users_file", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        return _resolve_path(value, info)
+
+
+class LdapGroupSearchConfig(Strict):
+    """Find groups by searching for entries that list the user as a member."""
+
+    base_dn: str
+    filter: str = "(&(objectClass=groupOfNames)(member={user_dn}))"
+    name_attribute: str = "cn"
+
+
+class LdapAttributesConfig(Strict):
+    email: str = "mail"
+    mobile: str = "mobile"
+    groups: str = "memberOf"
+
+
+class LdapConfig(Strict):
+    servers: list[str] = Field(min_length=1)
+    base_dn: str = ""
+    # search-then-bind: a service account finds the user's entry with user_filter.
+    bind_dn: str | None = None
+    bind_password: SecretStr | None = None
+    user_filter: str = "(uid={username})"
+    # direct bind: the user's DN is built from this template; no service account.
+    user_dn_template: str | None = None
+    start_tls: bool = False
+    ca_file: Path | None = None
+    verify_certificate: bool = True
+    connect_timeout: float = Field(default=3.0, gt=0, le=60)
+    timeout: float = Field(default=5.0, gt=0, le=120)
+    pool_size: int = Field(default=8, ge=1, le=256)
+    attributes: LdapAttributesConfig = LdapAttributesConfig()
+    group_search: LdapGroupSearchConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
+        return _take_secrets(data, ("bind_password",), info)
+
+    @field_validator("ca_file", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        return None if value is None else _resolve_path(value, info)
+
+    @field_validator("servers")
+    @classmethod
+    def _check_servers(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("ldap://", "ldaps://")):
+                raise ValueError(f"{url!r}: use an ldap:// or ldaps:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> LdapConfig:
+        if self.user_dn_template is None and self.bind_dn is None:
+            raise ValueError("set bind_dn (search then bind) or user_dn_template (direct bind)")
+        if self.user_dn_template is not None and "{username}" not in self.user_dn_template:
+            raise ValueError("user_dn_template must contain {username}")
+        if "{username}" not in self.user_filter:
+            raise ValueError("user_filter must contain {username}")
+        return self
+
+
+class RadiusServerConfig(Strict):
+    host: str
+    port: int = Field(default=1812, ge=1, le=65535)
+    secret: SecretStr
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
+        return _take_secrets(data, ("secret",), info)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+
+class RadiusDirectoryConfig(Strict):
+    servers: list[RadiusServerConfig] = Field(min_length=1)
+    timeout: float = Field(default=3.0, gt=0, le=60)
+    retries: int = Field(default=2, ge=0, le=10)
+    nas_identifier: str | None = None
+    # Attributes of the upstream Access-Accept copied into our Access-Accept.
+    pass_through_attributes: list[str] = Field(default_factory=list)
+    # Refuse upstream replies that lack a Message-Authenticator (BlastRADIUS).
+    require_message_authenticator: bool = True
+
+
+class DirectoryConfig(Strict):
+    backend: Literal["local", "ldap", "radius"] = "local"
+    local: LocalDirectoryConfig | None = None
+    ldap: LdapConfig | None = None
+    radius: RadiusDirectoryConfig | None = None
+
+    @model_validator(mode="after")
+    def _selected_present(self) -> DirectoryConfig:
+        if getattr(self, self.backend) is None:
+            raise ValueError(f"backend is {self.backend!r} but the {self.backend!r} section is missing")
+        return self
+
+
+# --------------------------------------------------------------------------- replies
+
+AttributeValue = str | int | list[str | int]
+
+
+class GroupReplyConfig(Strict):
+    group: str = Field(min_length=1)
+    attributes: dict[str, AttributeValue] = Field(min_length=1)
+
+
+class RepliesConfig(Strict):
+    accept_message: str | None = None
+    reject_message: str = "Authentication failed"
+    # Attributes added to every Access-Accept.
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
+    # Attributes added when the user is in a group, in list order; a VPN assigns roles
+    # from Class or Filter-Id, or from a vendor attribute.
+    groups: list[GroupReplyConfig] = Field(default_factory=list)
+
+    @field_validator("accept_message", "reject_message")
+    @classmethod
+    def _fits(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) > 253:
+            raise ValueError("must fit one Reply-Message attribute (253 octets)")
+        return value
+
+
+# --------------------------------------------------------------------------- root
+
+
+class Config(Strict):
+    server: ServerConfig = ServerConfig()
+    clients: list[ClientConfig] = Field(min_length=1)
+    directory: DirectoryConfig
+    replies: RepliesConfig = RepliesConfig()
+    # Where the file was read from; relative paths were resolved against its folder.
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_clients(self) -> Config:
+        names = [c.name for c in self.clients]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"clients: duplicate names {', '.join(dupes)}")
+        return self
+
+    @property
+    def key_file(self) -> Path:
+        return self.server.secrets_key_file or self.server.state_dir / "master.key"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _yaml_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each dotted location in the YAML document to its 1-based line number."""
+    lines: dict[tuple[str | int, ...], int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> Iterator[None]:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = key.value
+                lines[(*path, name)] = key.start_mark.line + 1
+                yield from walk(value, (*path, name))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                yield from walk(item, (*path, index))
+        yield None
+
+    if root is not None:
+        for _ in walk(root, ()):
+            pass
+    return lines
+
+
+def _problems(exc: ValidationError, lines: dict[tuple[str | int, ...], int]) -> list[str]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        dotted = ".".join(str(part) for part in loc) or "(top level)"
+        line = None
+        for cut in range(len(loc), -1, -1):
+            line = lines.get(loc[:cut])
+            if line is not None:
+                break
+        where = f" (line {line})" if line else ""
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{dotted}{where}: {message}")
+    return problems
+
+
+def parse_config(text: str, path: Path | None = None) -> Config:
+    """Validate configuration text; raise ConfigError listing every problem."""
+    where = str(path) if path else "<config>"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError([f"{where}{line}: not valid YAML: {exc}"]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError([f"{where}: the top level must be a mapping"])
+    base_dir = path.resolve().parent if path else Path.cwd()
+    try:
+        config = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, _yaml_lines(text))) from exc
+    return config.model_copy(update={"source": path})
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    return parse_config(text, path)
