@@ -1,0 +1,91 @@
+"""Every Prometheus metric mfaproxy exports, declared in one place.
+
+Names are prefixed `mfaproxy_`. Labels are bounded sets (client names from the config,
+reasons and outcomes from code); never a user name, address or anything a packet
+controls, so a hostile NAS cannot blow up the series count.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from mfaproxy import __version__
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+BUILD_INFO = Info("mfaproxy_build", "Version of the running mfaproxy.", registry=REGISTRY)
+BUILD_INFO.info({"version": __version__})
+
+REQUESTS = Counter(
+    "mfaproxy_requests",
+    "RADIUS packets accepted for processing, by client and packet code.",
+    ["client", "code"],
+    registry=REGISTRY,
+)
+DECISIONS = Counter(
+    "mfaproxy_decisions",
+    "Answers sent, by outcome (accept, reject, challenge) and reason.",
+    ["outcome", "reason"],
+    registry=REGISTRY,
+)
+PACKETS_DROPPED = Counter(
+    "mfaproxy_packets_dropped",
+    "Datagrams dropped without an answer, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+DUPLICATES = Counter(
+    "mfaproxy_duplicates",
+    "Retransmissions detected (RFC 5080): answered from the reply cache or ignored in flight.",
+    ["action"],
+    registry=REGISTRY,
+)
+REQUEST_LATENCY = Histogram(
+    "mfaproxy_request_duration_seconds",
+    "Time from datagram received to answer sent.",
+    ["code"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+UPSTREAM_LATENCY = Histogram(
+    "mfaproxy_upstream_duration_seconds",
+    "Time spent waiting on an upstream service, by service and result.",
+    ["service", "result"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+UPSTREAM_UP = Gauge(
+    "mfaproxy_upstream_up",
+    "1 when the last exchange with an upstream server succeeded, 0 when it failed.",
+    ["service", "server"],
+    registry=REGISTRY,
+)
+SECOND_FACTOR_ATTEMPTS = Counter(
+    "mfaproxy_second_factor_attempts",
+    "Second-factor attempts by method and result.",
+    ["method", "result"],
+    registry=REGISTRY,
+)
+CHALLENGES_PENDING = Gauge(
+    "mfaproxy_challenges_pending",
+    "Access-Challenge sessions waiting for an answer.",
+    registry=REGISTRY,
+)
+IN_FLIGHT = Gauge(
+    "mfaproxy_requests_in_flight",
+    "Requests being processed now.",
+    registry=REGISTRY,
+)
+CONFIG_RELOADS = Counter(
+    "mfaproxy_config_reloads",
+    "Configuration reloads by result.",
+    ["result"],
+    registry=REGISTRY,
+)
+CONFIG_LAST_RELOAD = Gauge(
+    "mfaproxy_config_last_reload_success_timestamp_seconds",
+    "Unix time of the last successful configuration load.",
+    registry=REGISTRY,
+)
