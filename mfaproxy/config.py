@@ -374,7 +374,7 @@ class Config(Strict):
 # --------------------------------------------------------------------------- loading
 
 
-def _yaml_lines(text: str) -> dict[tuple[str | int, ...], int]:
+def yaml_line_map(text: str) -> dict[tuple[str | int, ...], int]:
     """Map each dotted location in the YAML document to its 1-based line number."""
     lines: dict[tuple[str | int, ...], int] = {}
     try:
@@ -400,7 +400,7 @@ def _yaml_lines(text: str) -> dict[tuple[str | int, ...], int]:
     return lines
 
 
-def _problems(exc: ValidationError, lines: dict[tuple[str | int, ...], int]) -> list[str]:
+def validation_problems(exc: ValidationError, lines: dict[tuple[str | int, ...], int]) -> list[str]:
     problems = []
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
@@ -431,7 +431,7 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     try:
         config = Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise ConfigError(_problems(exc, _yaml_lines(text))) from exc
+        raise ConfigError(validation_problems(exc, yaml_line_map(text))) from exc
     return config.model_copy(update={"source": path})
 
 

@@ -1,0 +1,301 @@
+"""An asyncio RADIUS client for Access-Request exchanges, on top of pyrad's codec.
+
+pyrad's bundled clients block (or poll) in their own send loops; this module only borrows
+pyrad's packet encoding, password hiding and reply verification, and does the I/O with
+an asyncio DatagramProtocol.
+
+Design choices, with the rules they follow:
+
+- One connected UDP socket per exchange with one server. The kernel then gives each
+  exchange its own source port, so the 8-bit Identifier never collides with another
+  request in flight (RFC 2865 section 3 only requires uniqueness per source port), and
+  the kernel already drops datagrams from other peers; we check the peer address again.
+- Every Access-Request carries a Message-Authenticator as its first attribute
+  (RFC 3579 section 3.2, and the BlastRADIUS advice of CVE-2024-3596).
+- A timeout retransmits the *same* datagram, same Identifier and Request Authenticator
+  (RFC 5080 section 2.2.1), so the server can recognise the duplicate; after `retries`
+  retransmissions the next server is tried with a fresh packet (new Identifier,
+  authenticator, and the password hidden again with that server's secret).
+- A reply is accepted only when `VerifyReply` passes: matching Identifier, Response
+  Authenticator (RFC 2865 section 3), Message-Authenticator when present or required,
+  no injected Proxy-State. Anything else is ignored, not treated as an answer, so a
+  forged or corrupted datagram cannot end an exchange early.
+
+ICMP errors (port unreachable) are not treated as a final answer either: they are not
+authenticated, so we keep waiting for the timeout as FreeRADIUS does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import secrets
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias, cast
+
+import structlog
+from pyrad import packet as radpacket
+
+from mfaproxy.errors import UpstreamUnavailable
+
+log = structlog.get_logger(__name__)
+
+AttributeValue: TypeAlias = str | int | bytes
+# Values given for a request attribute: one value or several (repeated attribute).
+RequestAttributes: TypeAlias = Mapping[str, AttributeValue | Sequence[AttributeValue]]
+
+# Packet codes, RFC 2865 section 3.
+ACCESS_REQUEST: Final = 1
+ACCESS_ACCEPT: Final = 2
+ACCESS_REJECT: Final = 3
+ACCESS_CHALLENGE: Final = 11
+
+# RFC 2865 section 5.2: User-Password is at most 128 octets.
+MAX_PASSWORD_OCTETS = 128
+
+# Errors a hostile or broken reply can make pyrad's decoders raise.
+_DECODE_ERRORS = (
+    radpacket.PacketError,
+    struct.error,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    UnicodeDecodeError,
+)
+
+
+@dataclass(frozen=True)
+class RadiusServer:
+    """One upstream server: an IP literal, a UDP port and its shared secret."""
+
+    host: str
+    port: int
+    secret: bytes = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        """`host:port` (`[v6]:port`), for logs and metric labels; never the secret."""
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RadiusReply:
+    """A verified reply to an Access-Request.
+
+    `attributes` maps dictionary names to their decoded values in packet order.
+    Attributes unknown to the dictionary and the Message-Authenticator are left out.
+    """
+
+    code: int
+    attributes: Mapping[str, tuple[AttributeValue, ...]]
+    # The server that answered, and those that were tried before it and failed.
+    server: RadiusServer
+    failed_servers: tuple[RadiusServer, ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        return self.code == ACCESS_ACCEPT
+
+    @property
+    def rejected(self) -> bool:
+        return self.code == ACCESS_REJECT
+
+    @property
+    def challenged(self) -> bool:
+        return self.code == ACCESS_CHALLENGE
+
+    def first(self, name: str) -> AttributeValue | None:
+        values = self.attributes.get(name, ())
+        return values[0] if values else None
+
+    @property
+    def state(self) -> bytes | None:
+        """The State to send back with the answer to an Access-Challenge (RFC 2865 5.24)."""
+        value = self.first("State")
+        if isinstance(value, str):
+            return value.encode()
+        return value if isinstance(value, bytes) else None
+
+
+def _same_peer(addr: Any, server: RadiusServer) -> bool:
+    try:
+        return bool(
+            ipaddress.ip_address(addr[0]) == ipaddress.ip_address(server.host)
+            and addr[1] == server.port
+        )
+    except (ValueError, TypeError, IndexError):
+        return False
+
+
+class _Exchange(asyncio.DatagramProtocol):
+    """Receives on one exchange's socket; resolves `reply` with the first valid reply."""
+
+    def __init__(
+        self, request: Any, server: RadiusServer, require_message_authenticator: bool
+    ) -> None:
+        self._request = request
+        self._server = server
+        self._require_ma = require_message_authenticator
+        self.reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if self.reply.done():
+            return
+        if not _same_peer(addr, self._server):
+            self._ignore("wrong_peer")
+            return
+        try:
+            reply = self._request.CreateReply(packet=data)
+        except _DECODE_ERRORS:
+            self._ignore("malformed")
+            return
+        # Salt-encrypted reply attributes (RFC 2868 3.5) decrypt with the request's
+        # authenticator, which pyrad only finds here.
+        reply.request_authenticator = self._request.authenticator
+        if not self._request.VerifyReply(reply, data, enforce_ma=self._require_ma):
+            self._ignore("verification_failed")
+            return
+        self.reply.set_result(reply)
+
+    def error_received(self, exc: Exception) -> None:
+        # Usually ICMP port unreachable: unauthenticated, so only noted.
+        log.debug("radius_client_socket_error", server=self._server.label, error=str(exc))
+
+    def _ignore(self, reason: str) -> None:
+        log.warning("radius_reply_ignored", server=self._server.label, reason=reason)
+
+
+def _decode_attributes(reply: Any) -> dict[str, tuple[AttributeValue, ...]]:
+    """Decode every dictionary-known attribute; skip (and log) undecodable ones."""
+    decoded: dict[str, tuple[AttributeValue, ...]] = {}
+    # pyrad's keys() names the attributes; iterating the packet would give raw codes.
+    for key in reply.keys():  # noqa: SIM118
+        if not isinstance(key, str) or key == "Message-Authenticator":
+            continue
+        try:
+            values = reply[key]
+        except _DECODE_ERRORS:
+            log.warning("radius_attribute_undecodable", attribute=key)
+            continue
+        kept = tuple(v for v in values if isinstance(v, str | int | bytes))
+        if kept:
+            decoded[key] = kept
+    return decoded
+
+
+class RadiusClient:
+    """Sends Access-Requests to a list of servers in order, with retransmission and
+    failover. Stateless between calls, so one instance serves concurrent requests."""
+
+    def __init__(
+        self,
+        servers: Sequence[RadiusServer],
+        dictionary: Any,
+        *,
+        timeout: float = 3.0,
+        retries: int = 2,
+        require_message_authenticator: bool = True,
+    ) -> None:
+        if not servers:
+            raise ValueError("at least one RADIUS server is needed")
+        if timeout <= 0 or retries < 0:
+            raise ValueError("timeout must be positive and retries not negative")
+        self._servers = tuple(servers)
+        self._dictionary = dictionary
+        self._timeout = timeout
+        self._retries = retries
+        self._require_ma = require_message_authenticator
+
+    @property
+    def servers(self) -> tuple[RadiusServer, ...]:
+        return self._servers
+
+    async def access_request(
+        self,
+        attributes: RequestAttributes,
+        *,
+        password: str | None = None,
+        state: bytes | None = None,
+    ) -> RadiusReply:
+        """Send an Access-Request and return the first verified reply.
+
+        `attributes` are given by dictionary name. `password` is hidden into User-Password
+        (RFC 2865 section 5.2); `state` is the State of a previous Access-Challenge
+        (RFC 2865 section 5.24). Raises UpstreamUnavailable when no server answered,
+        ValueError when the request cannot be encoded (unknown attribute, password over
+        128 octets).
+        """
+        if password is not None and len(password.encode()) > MAX_PASSWORD_OCTETS:
+            raise ValueError("User-Password is limited to 128 octets (RFC 2865 section 5.2)")
+        failed: list[RadiusServer] = []
+        for server in self._servers:
+            request = self._build(server, attributes, password, state)
+            reply = await self._exchange(server, request)
+            if reply is not None:
+                return RadiusReply(
+                    code=int(reply.code),
+                    attributes=_decode_attributes(reply),
+                    server=server,
+                    failed_servers=tuple(failed),
+                )
+            failed.append(server)
+        labels = ", ".join(s.label for s in self._servers)
+        raise UpstreamUnavailable(f"no valid answer from RADIUS servers {labels}")
+
+    def _build(
+        self,
+        server: RadiusServer,
+        attributes: RequestAttributes,
+        password: str | None,
+        state: bytes | None,
+    ) -> Any:
+        try:
+            request = radpacket.AuthPacket(
+                code=ACCESS_REQUEST,
+                id=secrets.randbelow(256),
+                secret=server.secret,
+                dict=self._dictionary,
+            )
+            # Sets the random Request Authenticator too (RFC 2865 section 3).
+            request.add_message_authenticator()
+            for name, value in attributes.items():
+                if isinstance(value, str | int | bytes):
+                    request.AddAttribute(name, value)
+                else:
+                    request.AddAttribute(name, list(value))
+            if password is not None:
+                request["User-Password"] = request.PwCrypt(password)
+            if state is not None:
+                request["State"] = state
+        except KeyError as exc:
+            raise ValueError(f"attribute {exc} is not in the RADIUS dictionary") from exc
+        return request
+
+    async def _exchange(self, server: RadiusServer, request: Any) -> Any | None:
+        """Send `request` to one server, retransmitting it unchanged on timeout."""
+        raw = cast(bytes, request.RequestPacket())
+        loop = asyncio.get_running_loop()
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: _Exchange(request, server, self._require_ma),
+                remote_addr=(server.host, server.port),
+            )
+        except OSError as exc:
+            log.warning("radius_server_unreachable", server=server.label, error=exc.strerror)
+            return None
+        try:
+            for attempt in range(self._retries + 1):
+                transport.sendto(raw)
+                done, _ = await asyncio.wait({protocol.reply}, timeout=self._timeout)
+                if done:
+                    return protocol.reply.result()
+                log.info("radius_server_timeout", server=server.label, attempt=attempt + 1)
+            return None
+        finally:
+            transport.close()
+            protocol.reply.cancel()

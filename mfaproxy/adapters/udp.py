@@ -1,0 +1,197 @@
+"""UDP transport: our own asyncio DatagramProtocol (pyrad's servers re-run handlers on
+retransmissions). Each datagram is decoded once, checked, de-duplicated (RFC 5080),
+handed to the engine, and the encoded answer sent back from the socket it came in on.
+
+Anything wrong with a datagram (unknown source, bad length, bad authenticator, an
+exception anywhere) ends in a counted drop, never in a crash of the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import structlog
+from pyrad.dictionary import Dictionary
+
+from mfaproxy.core.answer import Answer, Outcome
+from mfaproxy.engine import Engine, RequestContext
+from mfaproxy.errors import PeerError
+from mfaproxy.observability import metrics
+from mfaproxy.radius.clients import ClientTable
+from mfaproxy.radius.codec import (
+    ACCESS_ACCEPT,
+    ACCESS_CHALLENGE,
+    ACCESS_REJECT,
+    CODE_NAMES,
+    decode_request,
+    RadiusRequest,
+    encode_reply,
+)
+from mfaproxy.radius.dedup import DuplicateTable, Seen
+
+log = structlog.get_logger(__name__)
+
+REPLY_CODES = {
+    Outcome.ACCEPT: ACCESS_ACCEPT,
+    Outcome.REJECT: ACCESS_REJECT,
+    Outcome.CHALLENGE: ACCESS_CHALLENGE,
+}
+Address = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything a request needs that a configuration reload may replace at once."""
+
+    clients: ClientTable
+    dictionary: Dictionary
+    engine: Engine
+
+
+class Dispatcher:
+    """Shared by every listening socket: the intake queue, workers and the reply cache."""
+
+    def __init__(self, runtime: Runtime, dedup: DuplicateTable, queue_size: int, workers: int):
+        self.runtime = runtime
+        self.dedup = dedup
+        self._queue: asyncio.Queue[tuple[bytes, Address, asyncio.DatagramTransport]] = (
+            asyncio.Queue(maxsize=queue_size)
+        )
+        self._worker_count = workers
+        self._workers: list[asyncio.Task[None]] = []
+        self._busy = 0
+
+    def start(self) -> None:
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"radius-worker-{i}")
+            for i in range(self._worker_count)
+        ]
+
+    def submit(self, data: bytes, addr: Address, transport: asyncio.DatagramTransport) -> None:
+        try:
+            self._queue.put_nowait((data, addr, transport))
+        except asyncio.QueueFull:
+            metrics.PACKETS_DROPPED.labels(reason="overload").inc()
+
+    @property
+    def idle(self) -> bool:
+        return self._busy == 0 and self._queue.empty()
+
+    async def drain(self) -> None:
+        """Wait until every accepted datagram has been answered (or dropped)."""
+        await self._queue.join()
+
+    async def stop(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+    async def _work(self) -> None:
+        while True:
+            data, addr, transport = await self._queue.get()
+            self._busy += 1
+            metrics.IN_FLIGHT.inc()
+            try:
+                await self.process(data, addr, transport)
+            except Exception:
+                # A bug must cost one request, not the daemon.
+                metrics.PACKETS_DROPPED.labels(reason="internal_error").inc()
+                log.exception("request_failed", source=addr[0])
+            finally:
+                self._busy -= 1
+                metrics.IN_FLIGHT.dec()
+                self._queue.task_done()
+
+    async def process(
+        self, data: bytes, addr: Address, transport: asyncio.DatagramTransport
+    ) -> None:
+        started = time.monotonic()
+        runtime = self.runtime  # a reload swaps self.runtime; this request keeps its own
+        source_ip, source_port = str(addr[0]), int(addr[1])
+        client = runtime.clients.match(source_ip)
+        if client is None:
+            metrics.PACKETS_DROPPED.labels(reason="unknown_client").inc()
+            log.debug("packet_dropped", reason="unknown_client", source=source_ip)
+            return
+        try:
+            request = decode_request(
+                data,
+                client.secret.get_secret_value().encode(),
+                runtime.dictionary,
+                client.require_message_authenticator,
+            )
+        except PeerError as exc:
+            metrics.PACKETS_DROPPED.labels(reason=exc.reason).inc()
+            log.info("packet_dropped", reason=exc.reason, client=client.name, source=source_ip)
+            return
+        code_name = CODE_NAMES.get(request.code, str(request.code))
+        key = (source_ip, source_port, request.identifier, request.authenticator)
+        lookup = self.dedup.begin(key, time.monotonic())
+        if lookup.seen is Seen.ANSWERED and lookup.reply is not None:
+            metrics.DUPLICATES.labels(action="answered_from_cache").inc()
+            transport.sendto(lookup.reply, addr)
+            return
+        if lookup.seen is not Seen.NEW:
+            metrics.DUPLICATES.labels(action="ignored_in_flight").inc()
+            return
+        metrics.REQUESTS.labels(client=client.name, code=code_name).inc()
+        reply: bytes | None = None
+        try:
+            ctx = RequestContext(secrets.token_hex(8), client, source_ip, source_port)
+            answer = await runtime.engine.handle(ctx, request)
+            reply = self._encode(request, answer)
+        finally:
+            self.dedup.finish(key, reply, time.monotonic())
+        if reply is not None:
+            transport.sendto(reply, addr)
+        metrics.REQUEST_LATENCY.labels(code=code_name).observe(time.monotonic() - started)
+
+    @staticmethod
+    def _encode(request: RadiusRequest, answer: Answer) -> bytes | None:
+        code = REPLY_CODES.get(answer.outcome)
+        if code is None:
+            return None
+        return encode_reply(
+            request, code, list(answer.attributes), answer.reply_message, answer.state
+        )
+
+
+class RadiusProtocol(asyncio.DatagramProtocol):
+    def __init__(self, dispatcher: Dispatcher):
+        self._dispatcher = dispatcher
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        if self.transport is not None:
+            self._dispatcher.submit(data, addr, self.transport)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for replies to vanished NAS ports: nothing to do but note it.
+        log.debug("socket_error", error=type(exc).__name__)
+
+
+async def open_listener(
+    dispatcher: Dispatcher, host: str, port: int
+) -> tuple[asyncio.DatagramTransport, int]:
+    """Bind one UDP socket; returns the transport and the bound port (for port 0)."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    sock.bind((host, port))
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: RadiusProtocol(dispatcher), sock=sock
+    )
+    return transport, int(sock.getsockname()[1])

@@ -1,0 +1,50 @@
+"""Checks that need more than the schema: files the config points to, attribute names
+against the RADIUS dictionary. Run at start and by `mfaproxy check-config`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyrad.dictionary import Dictionary
+
+from mfaproxy.config import AttributeValue, Config
+from mfaproxy.directory.local import load_users_file
+from mfaproxy.errors import ConfigError
+
+
+def _attribute_problems(where: str, attributes: dict[str, AttributeValue], dictionary: Dictionary) -> list[str]:
+    problems = []
+    for name, value in attributes.items():
+        if not dictionary.has_key(name.partition(":")[0]):
+            problems.append(f"{where}.{name}: unknown RADIUS attribute (not in the dictionaries)")
+            continue
+        attr = dictionary.attributes[name.partition(":")[0]]
+        values: list[Any] = value if isinstance(value, list) else [value]
+        for item in values:
+            if attr.type == "integer" and not isinstance(item, int) and not attr.values.HasForward(item):
+                problems.append(f"{where}.{name}: {item!r} is not an integer or a named value")
+    return problems
+
+
+def semantic_problems(config: Config, dictionary: Dictionary) -> list[str]:
+    problems = _attribute_problems("replies.attributes", config.replies.attributes, dictionary)
+    for index, mapping in enumerate(config.replies.groups):
+        problems += _attribute_problems(f"replies.groups.{index}.attributes", mapping.attributes, dictionary)
+    if config.directory.radius is not None:
+        for index, name in enumerate(config.directory.radius.pass_through_attributes):
+            if not dictionary.has_key(name):
+                problems.append(
+                    f"directory.radius.pass_through_attributes.{index}: unknown RADIUS attribute {name!r}"
+                )
+    if config.directory.backend == "local" and config.directory.local is not None:
+        try:
+            load_users_file(config.directory.local.users_file)
+        except ConfigError as exc:
+            problems += [f"directory.local.users_file: {p}" for p in exc.problems]
+    return problems
+
+
+def check(config: Config, dictionary: Dictionary) -> None:
+    problems = semantic_problems(config, dictionary)
+    if problems:
+        raise ConfigError(problems)

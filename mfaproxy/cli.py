@@ -1,0 +1,123 @@
+"""Command line: argv -> config -> action. The only module that exits the process.
+
+Exit codes (stable, for scripts): 0 success; 1 invalid configuration or input;
+2 usage error; 3 runtime failure (cannot bind, backend broken at start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from mfaproxy import __version__
+from mfaproxy.checks import check
+from mfaproxy.config import DEFAULT_CONFIG_PATH, Config, load_config
+from mfaproxy.errors import ConfigError
+from mfaproxy.observability.logging import configure_logging
+from mfaproxy.radius.codec import load_dictionary
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_RUNTIME = 3
+
+
+def _load(path: Path) -> Config:
+    config = load_config(path)
+    check(config, load_dictionary(config.server.dictionaries))
+    return config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    configure_logging(config.server.log.format, config.server.log.level)
+    from mfaproxy.server import serve
+
+    try:
+        import uvloop
+
+        runner: Callable[..., int] = uvloop.run
+    except ImportError:  # not on every platform; asyncio works, a little slower
+        runner = asyncio.run
+    try:
+        return runner(serve(config))
+    except OSError as exc:
+        print(f"mfaproxy: cannot start: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(f"configuration {args.config} is valid")
+    print(f"  listen: {', '.join(config.server.listen)}")
+    for client in config.clients:
+        networks = ", ".join(str(n) for n in client.address)
+        ma = "required" if client.require_message_authenticator else "NOT required"
+        print(
+            f"  client {client.name}: {networks}; Message-Authenticator {ma}; "
+            f"second factor by {client.second_factor}"
+        )
+    print(f"  directory: {config.directory.backend}")
+    print(f"  reply mappings: {len(config.replies.groups)} group(s)")
+    return EXIT_OK
+
+
+def cmd_hash_password(_args: argparse.Namespace) -> int:
+    from mfaproxy.directory.local import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("mfaproxy: passwords differ", file=sys.stderr)
+            return EXIT_INVALID
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("mfaproxy: empty password refused", file=sys.stderr)
+        return EXIT_INVALID
+    print(hash_password(password))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mfaproxy", description="RADIUS MFA proxy")
+    parser.add_argument("--version", action="version", version=f"mfaproxy {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (YAML)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", parents=[common], help="run the daemon in the foreground").set_defaults(
+        func=cmd_serve
+    )
+    sub.add_parser(
+        "check-config", parents=[common], help="validate the configuration and summarise it"
+    ).set_defaults(func=cmd_check_config)
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
+    users.add_parser(
+        "hash-password", parents=[common], help="read a password on stdin, print its argon2id hash"
+    ).set_defaults(func=cmd_hash_password)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"mfaproxy: {args.config}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""What the flow decides to send back: pure values, no packet encoding."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Outcome(enum.Enum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    CHALLENGE = "challenge"
+    # Say nothing: the NAS will retransmit or time out (used while a push is pending
+    # is NOT this; this is for requests we must not answer at all).
+    DROP = "drop"
+
+
+@dataclass(frozen=True)
+class Answer:
+    outcome: Outcome
+    # Short machine-readable reason: a metric label and the audit `reason` field.
+    reason: str
+    reply_message: str | None = None
+    attributes: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    state: bytes | None = None

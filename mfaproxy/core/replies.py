@@ -1,0 +1,32 @@
+"""Reply attributes for an Access-Accept, from configuration and directory groups. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mfaproxy.config import AttributeValue, RepliesConfig
+from mfaproxy.directory.base import PrimaryResult
+
+
+def _expand(attributes: dict[str, AttributeValue]) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for name, value in attributes.items():
+        values = value if isinstance(value, list) else [value]
+        out.extend((name, v) for v in values)
+    return out
+
+
+def accept_attributes(config: RepliesConfig, primary: PrimaryResult) -> list[tuple[str, Any]]:
+    """Global attributes, then each matching group's in configuration order, then the
+    attributes an upstream RADIUS server returned that the operator passes through.
+
+    Group names compare case-insensitively: Active Directory treats them so, and a
+    mismatch in case would silently deny a VPN role.
+    """
+    groups = {g.casefold() for g in primary.groups}
+    out = _expand(config.attributes)
+    for mapping in config.groups:
+        if mapping.group.casefold() in groups:
+            out.extend(_expand(mapping.attributes))
+    out.extend((attr.name, attr.value) for attr in primary.reply_attributes)
+    return out

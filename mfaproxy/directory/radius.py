@@ -1,0 +1,147 @@
+"""Primary password check against an upstream RADIUS server (PAP).
+
+The user's name and password are forwarded in an Access-Request (User-Password hidden
+as RFC 2865 section 5.2 says) to the configured servers in order, with retransmission
+and failover done by mfaproxy.adapters.radius_client.
+
+Outcomes:
+- Access-Accept: ACCEPT, with the configured `pass_through_attributes` found in the
+  reply (only those: the upstream must not be able to inject, say, a Session-Timeout
+  or a VLAN the operator did not ask for).
+- Access-Reject: REJECT, reason `bad_password` (RFC 2865 does not say whether the user
+  or the password was wrong, and we must not guess).
+- Access-Challenge: REJECT, reason `upstream_challenge_unsupported`. An upstream that
+  wants its own second round (its own OTP) cannot be relayed through our own challenge
+  flow yet: the primary check must end in a yes or no. Operators who need it should
+  let the upstream accept on the password and use mfaproxy's second factor instead.
+- No server answered with a valid reply: UNAVAILABLE, reason `unreachable`; the
+  caller fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from mfaproxy.adapters.radius_client import (
+    MAX_PASSWORD_OCTETS,
+    RadiusClient,
+    RadiusReply,
+    RadiusServer,
+    RequestAttributes,
+)
+from mfaproxy.config import RadiusDirectoryConfig
+from mfaproxy.directory.base import PrimaryOutcome, PrimaryResult, ReplyAttribute
+from mfaproxy.errors import UpstreamUnavailable
+from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "radius"
+
+
+def servers_from_config(config: RadiusDirectoryConfig) -> list[RadiusServer]:
+    return [
+        RadiusServer(s.host, s.port, s.secret.get_secret_value().encode()) for s in config.servers
+    ]
+
+
+class RadiusChecker:
+    """PasswordChecker that forwards PAP credentials to upstream RADIUS servers.
+
+    `dictionary` is a pyrad Dictionary that must define the RFC 2865 attributes, the
+    Message-Authenticator (RFC 2869) and every pass-through attribute.
+    """
+
+    name = "radius"
+
+    def __init__(self, config: RadiusDirectoryConfig, dictionary: Any) -> None:
+        unknown = [a for a in config.pass_through_attributes if a not in dictionary]
+        if unknown:
+            raise ValueError(f"pass_through_attributes not in the dictionary: {unknown}")
+        self._config = config
+        self._pass_through = frozenset(config.pass_through_attributes)
+        self._client = RadiusClient(
+            servers_from_config(config),
+            dictionary,
+            timeout=config.timeout,
+            retries=config.retries,
+            require_message_authenticator=config.require_message_authenticator,
+        )
+
+    async def authenticate(self, username: str, password: str) -> PrimaryResult:
+        if len(password.encode()) > MAX_PASSWORD_OCTETS:
+            # Cannot be hidden in User-Password (RFC 2865 section 5.2): not a valid login.
+            return self._result(PrimaryOutcome.REJECT, "password_too_long")
+        attributes: RequestAttributes = {"User-Name": username}
+        if self._config.nas_identifier:
+            attributes = {**attributes, "NAS-Identifier": self._config.nas_identifier}
+        started = asyncio.get_running_loop().time()
+        try:
+            reply = await self._client.access_request(attributes, password=password)
+        except UpstreamUnavailable:
+            self._observe(started, "unavailable", up=(), down=self._client.servers)
+            log.warning("radius_primary_unavailable", user=username)
+            return self._result(PrimaryOutcome.UNAVAILABLE, "unreachable")
+        result = self._interpret(reply, username)
+        self._observe(started, result.outcome.value, up=(reply.server,), down=reply.failed_servers)
+        return result
+
+    async def close(self) -> None:
+        # One socket per exchange: nothing is held between requests.
+        return None
+
+    def _interpret(self, reply: RadiusReply, username: str) -> PrimaryResult:
+        if reply.accepted:
+            return self._result(
+                PrimaryOutcome.ACCEPT, "", user_id=username, attrs=self._copy_attributes(reply)
+            )
+        if reply.challenged:
+            log.warning("radius_primary_challenge_unsupported", server=reply.server.label)
+            return self._result(PrimaryOutcome.REJECT, "upstream_challenge_unsupported")
+        if reply.rejected:
+            return self._result(PrimaryOutcome.REJECT, "bad_password")
+        # Any other code in answer to an Access-Request is a protocol error: fail closed.
+        log.warning("radius_primary_unexpected_code", server=reply.server.label, code=reply.code)
+        return self._result(PrimaryOutcome.REJECT, "unexpected_reply")
+
+    def _copy_attributes(self, reply: RadiusReply) -> tuple[ReplyAttribute, ...]:
+        return tuple(
+            ReplyAttribute(name, value)
+            for name, values in reply.attributes.items()
+            if name in self._pass_through
+            for value in values
+        )
+
+    def _result(
+        self,
+        outcome: PrimaryOutcome,
+        reason: str,
+        *,
+        user_id: str | None = None,
+        attrs: tuple[ReplyAttribute, ...] = (),
+    ) -> PrimaryResult:
+        return PrimaryResult(
+            outcome=outcome,
+            backend=self.name,
+            reason=reason,
+            user_id=user_id,
+            reply_attributes=attrs,
+        )
+
+    @staticmethod
+    def _observe(
+        started: float,
+        result: str,
+        *,
+        up: tuple[RadiusServer, ...],
+        down: tuple[RadiusServer, ...],
+    ) -> None:
+        elapsed = asyncio.get_running_loop().time() - started
+        UPSTREAM_LATENCY.labels(service=SERVICE, result=result).observe(elapsed)
+        for server in down:
+            UPSTREAM_UP.labels(service=SERVICE, server=server.label).set(0)
+        for server in up:
+            UPSTREAM_UP.labels(service=SERVICE, server=server.label).set(1)

@@ -1,0 +1,244 @@
+"""RADIUS packet rules on top of pyrad's codec: decode once, check, build replies.
+
+Pure: bytes in, values out. Every check that can make us drop a packet raises a
+`PeerError` subclass whose `reason` is the metric label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyrad import packet as pyrad_packet
+from pyrad.dictionary import Dictionary
+
+from mfaproxy.errors import (
+    BadMessageAuthenticator,
+    BadPassword,
+    MalformedPacket,
+    MissingMessageAuthenticator,
+    UnsupportedCode,
+)
+
+ACCESS_REQUEST = 1
+ACCESS_ACCEPT = 2
+ACCESS_REJECT = 3
+ACCESS_CHALLENGE = 11
+STATUS_SERVER = 12
+
+CODE_NAMES = {
+    ACCESS_REQUEST: "access_request",
+    ACCESS_ACCEPT: "access_accept",
+    ACCESS_REJECT: "access_reject",
+    ACCESS_CHALLENGE: "access_challenge",
+    STATUS_SERVER: "status_server",
+}
+
+# RFC 2865 section 3: the minimum and maximum Length of a packet.
+MIN_LENGTH = 20
+MAX_LENGTH = 4096
+
+ATTR_USER_NAME = 1
+ATTR_USER_PASSWORD = 2
+ATTR_CHAP_PASSWORD = 3
+ATTR_NAS_IP_ADDRESS = 4
+ATTR_REPLY_MESSAGE = 18
+ATTR_STATE = 24
+ATTR_CALLING_STATION_ID = 31
+ATTR_NAS_IDENTIFIER = 32
+ATTR_PROXY_STATE = 33
+ATTR_EAP_MESSAGE = 79
+ATTR_MESSAGE_AUTHENTICATOR = 80
+ATTR_NAS_IPV6_ADDRESS = 95
+
+DICTIONARY_DIR = Path(__file__).resolve().parent.parent.parent / "dictionaries"
+
+
+def load_dictionary(extra: list[Path] | None = None) -> Dictionary:
+    """The shipped dictionaries, then the operator's extra files."""
+    files = [str(DICTIONARY_DIR / "dictionary"), *(str(p) for p in extra or [])]
+    return Dictionary(*files)
+
+
+@dataclass(frozen=True)
+class Header:
+    code: int
+    identifier: int
+    length: int
+    authenticator: bytes
+
+
+def read_header(data: bytes) -> Header:
+    """The fixed header, with RFC 2865 section 3 length rules applied."""
+    if len(data) < MIN_LENGTH:
+        raise MalformedPacket(f"datagram of {len(data)} octets is shorter than a header")
+    code, identifier, length = struct.unpack("!BBH", data[:4])
+    if length < MIN_LENGTH or length > MAX_LENGTH:
+        raise MalformedPacket(f"Length field {length} outside 20..4096")
+    if length > len(data):
+        # RFC 2865 section 3: shorter than Length means the packet MUST be discarded.
+        raise MalformedPacket(f"Length field {length} exceeds datagram size {len(data)}")
+    return Header(code, identifier, length, data[4:20])
+
+
+def split_attributes(body: bytes) -> list[tuple[int, bytes]]:
+    """Raw (type, value) pairs in wire order; refuses any bad attribute length."""
+    out: list[tuple[int, bytes]] = []
+    offset = 0
+    while offset < len(body):
+        if len(body) - offset < 2:
+            raise MalformedPacket("truncated attribute header")
+        attr_type, attr_len = body[offset], body[offset + 1]
+        if attr_len < 2 or offset + attr_len > len(body):
+            raise MalformedPacket(f"attribute {attr_type} has bad length {attr_len}")
+        out.append((attr_type, body[offset + 2 : offset + attr_len]))
+        offset += attr_len
+    return out
+
+
+@dataclass(frozen=True)
+class RadiusRequest:
+    """One decoded, verified request. Built once per datagram."""
+
+    code: int
+    identifier: int
+    authenticator: bytes
+    user_name: str | None
+    password: str | None
+    state: bytes | None
+    nas_ip_address: str | None
+    nas_identifier: str | None
+    calling_station_id: str | None
+    has_chap: bool
+    has_eap: bool
+    proxy_states: tuple[bytes, ...]
+    # pyrad's packet, kept to build the reply (it carries id, authenticator, secret).
+    packet: Any = field(repr=False, compare=False)
+
+
+def _verify_message_authenticator(raw: bytes, values: list[bytes], secret: bytes) -> None:
+    """RFC 3579 section 3.2: HMAC-MD5 over the packet with the attribute zeroed."""
+    if len(values) != 1 or len(values[0]) != 16:
+        raise BadMessageAuthenticator("Message-Authenticator must appear once, 16 octets")
+    zeroed = pyrad_packet.Packet._zero_message_authenticator(raw[MIN_LENGTH:])
+    expected = hmac.new(secret, raw[:MIN_LENGTH] + zeroed, hashlib.md5).digest()
+    if not hmac.compare_digest(expected, values[0]):
+        raise BadMessageAuthenticator("Message-Authenticator does not verify")
+
+
+def _decrypt_password(value: bytes, secret: bytes, authenticator: bytes) -> str:
+    """RFC 2865 section 5.2; strict about length, UTF-8 and padding."""
+    if not value or len(value) % 16 or len(value) > 128:
+        raise BadPassword("User-Password length must be a multiple of 16, at most 128")
+    plain = bytearray()
+    last = authenticator
+    for offset in range(0, len(value), 16):
+        block = value[offset : offset + 16]
+        pad = hashlib.md5(secret + last).digest()
+        plain.extend(b ^ p for b, p in zip(block, pad, strict=True))
+        last = block
+    text = bytes(plain).rstrip(b"\x00")
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A wrong shared secret gives random octets; callers answer Access-Reject.
+        raise BadPassword("User-Password is not UTF-8 (wrong shared secret?)") from exc
+
+
+def _text(values: list[bytes] | None) -> str | None:
+    if not values:
+        return None
+    return values[0].decode("utf-8", errors="replace")
+
+
+def _address(values: list[bytes] | None) -> str | None:
+    if not values or len(values[0]) not in (4, 16):
+        return None
+    return str(ipaddress.ip_address(values[0]))
+
+
+def decode_request(
+    data: bytes, secret: bytes, dictionary: Dictionary, require_message_authenticator: bool
+) -> RadiusRequest:
+    """Decode and verify one Access-Request or Status-Server datagram."""
+    header = read_header(data)
+    raw = data[: header.length]  # RFC 2865 section 3: octets past Length are padding
+    if header.code not in (ACCESS_REQUEST, STATUS_SERVER):
+        raise UnsupportedCode(f"code {header.code} is not served")
+    attrs: dict[int, list[bytes]] = {}
+    for attr_type, value in split_attributes(raw[MIN_LENGTH:]):
+        attrs.setdefault(attr_type, []).append(value)
+
+    if ATTR_MESSAGE_AUTHENTICATOR in attrs:
+        _verify_message_authenticator(raw, attrs[ATTR_MESSAGE_AUTHENTICATOR], secret)
+    elif header.code == STATUS_SERVER:
+        # RFC 5997 section 3: Status-Server MUST carry a Message-Authenticator.
+        raise MissingMessageAuthenticator("Status-Server without Message-Authenticator")
+    elif require_message_authenticator:
+        raise MissingMessageAuthenticator("Access-Request without Message-Authenticator")
+    elif ATTR_PROXY_STATE in attrs:
+        # BlastRADIUS mitigation (FreeRADIUS limit_proxy_state): a client exempted from
+        # Message-Authenticator must not send Proxy-State, the attack's carrier.
+        raise MissingMessageAuthenticator("Proxy-State without Message-Authenticator")
+
+    if header.code == ACCESS_REQUEST and len(attrs.get(ATTR_USER_PASSWORD, [])) > 1:
+        raise MalformedPacket("more than one User-Password")
+    try:
+        pkt = pyrad_packet.AuthPacket(secret=secret, dict=dictionary, packet=raw)
+    except Exception as exc:  # pyrad raises many types on hostile input
+        raise MalformedPacket(f"undecodable: {type(exc).__name__}") from exc
+
+    password = None
+    if ATTR_USER_PASSWORD in attrs:
+        password = _decrypt_password(attrs[ATTR_USER_PASSWORD][0], secret, header.authenticator)
+    nas_ip = _address(attrs.get(ATTR_NAS_IP_ADDRESS)) or _address(attrs.get(ATTR_NAS_IPV6_ADDRESS))
+    return RadiusRequest(
+        code=header.code,
+        identifier=header.identifier,
+        authenticator=header.authenticator,
+        user_name=_text(attrs.get(ATTR_USER_NAME)),
+        password=password,
+        state=attrs[ATTR_STATE][0] if ATTR_STATE in attrs else None,
+        nas_ip_address=nas_ip,
+        nas_identifier=_text(attrs.get(ATTR_NAS_IDENTIFIER)),
+        calling_station_id=_text(attrs.get(ATTR_CALLING_STATION_ID)),
+        has_chap=ATTR_CHAP_PASSWORD in attrs,
+        has_eap=ATTR_EAP_MESSAGE in attrs,
+        proxy_states=tuple(attrs.get(ATTR_PROXY_STATE, [])),
+        packet=pkt,
+    )
+
+
+def _fit_reply_message(text: str) -> bytes:
+    """One Reply-Message attribute carries 253 octets (RFC 2865 section 5.18)."""
+    data = text.encode("utf-8")
+    if len(data) <= 253:
+        return data
+    return data[:253].decode("utf-8", errors="ignore").encode("utf-8")
+
+
+def encode_reply(
+    request: RadiusRequest,
+    code: int,
+    attributes: list[tuple[str, Any]],
+    reply_message: str | None = None,
+    state: bytes | None = None,
+) -> bytes:
+    """Build a signed reply: Message-Authenticator first, Proxy-State copied in order."""
+    reply = request.packet.CreateReply()
+    reply.code = code
+    if reply_message:
+        OrderedDict.__setitem__(reply, ATTR_REPLY_MESSAGE, [_fit_reply_message(reply_message)])
+    if state is not None:
+        OrderedDict.__setitem__(reply, ATTR_STATE, [state])
+    for name, value in attributes:
+        reply.AddAttribute(name, value)
+    # pyrad puts Message-Authenticator first and copies Proxy-State (RFC 2865 5.33).
+    data: bytes = reply.ReplyPacket()
+    return data

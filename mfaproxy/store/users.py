@@ -1,0 +1,540 @@
+"""The durable per-user MFA store: method, enrolments, backup codes, resets, lockout.
+
+`UserRepository` is the contract; `UserStore` implements it on SQLite (stdlib sqlite3)
+and a PostgreSQL implementation can follow with the same contract. User names are
+normalised (`normalise_user`) by every method, so callers may pass them as typed.
+
+Durability: WAL journal with ``synchronous=FULL`` fsyncs every commit, so a write that
+returned is not lost on a crash or power cut. Secrets (TOTP key, per-method enrolment
+data) are sealed with `SecretBox` under the record id ``"<user>:<method>"``; backup codes
+are stored only as peppered HMACs. Timestamps are Unix seconds passed in by the caller:
+nothing here reads a clock, so tests run in virtual time.
+
+Concurrency: methods are synchronous and block on disk I/O. The asyncio engine must call
+them off the event loop, e.g. ``await loop.run_in_executor(pool, store.consume_backup_code,
+user, code, now)`` with a small dedicated pool. `UserStore` is thread-safe: each thread
+gets its own connection, and every operation is either one SQL statement or an explicit
+``BEGIN IMMEDIATE`` transaction, so its atomicity comes from SQLite's own locking. That
+also holds against another process (the CLI) using the same file at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, cast, get_args
+
+from mfaproxy.errors import MfaproxyError
+from mfaproxy.factors.backup_codes import BackupCodeHasher
+from mfaproxy.store.crypto import SecretBox
+
+Method = Literal["totp", "yubikey", "email", "sms", "duo", "radius"]
+METHODS: tuple[Method, ...] = get_args(Method)
+ResetStatus = Literal["pending", "approved", "cleared"]
+
+
+class StoreError(MfaproxyError):
+    """The user store cannot be used (unknown schema, closed, corrupt)."""
+
+
+def normalise_user(name: str) -> str:
+    """The key a user is stored under: surrounding space removed, lower case."""
+    key = name.strip().lower()
+    if not key:
+        raise ValueError("user name is empty")
+    return key
+
+
+@dataclass(frozen=True)
+class ResetRequest:
+    id: int
+    user: str
+    requested_at: float
+    via: str  # who filed it: "radius" (the user at the prompt), "cli" (an operator)...
+    status: ResetStatus
+    decided_at: float | None
+
+
+@dataclass(frozen=True)
+class LockState:
+    failures: int  # consecutive failures counted towards the lockout
+    locked_until: float | None  # None unless a lockout is in force at `now`
+    locked: bool
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """What `users show` prints; secrets are never part of it."""
+
+    name: str
+    method: Method | None
+    configure_later: bool
+    enrolled: frozenset[Method]  # methods with stored enrolment data ("totp": a secret)
+    totp_last_step: int | None
+    backup_codes_remaining: int
+    failures: int
+    locked_until: float | None
+    last_reset: ResetRequest | None  # the most recent request, whatever its status
+    created_at: float
+    updated_at: float
+
+
+class UserRepository(Protocol):
+    """The contract of a durable user store. Every write is atomic and durable."""
+
+    def get_user(self, user: str) -> UserRecord | None: ...
+    def list_users(self) -> list[str]: ...
+    def delete_user(self, user: str) -> bool: ...
+    def set_method(
+        self, user: str, method: Method | None, now: float, *, configure_later: bool = False
+    ) -> None: ...
+    def clear_mfa(self, user: str, now: float) -> bool: ...
+    def set_totp_secret(self, user: str, secret: str, now: float) -> None: ...
+    def get_totp_secret(self, user: str) -> str | None: ...
+    def accept_totp_step(self, user: str, step: int) -> bool: ...
+    def set_enrolment(
+        self, user: str, method: Method, data: Mapping[str, Any], now: float
+    ) -> None: ...
+    def get_enrolment(self, user: str, method: Method) -> dict[str, Any] | None: ...
+    def clear_enrolment(self, user: str, method: Method, now: float) -> bool: ...
+    def replace_backup_codes(self, user: str, codes: Sequence[str], now: float) -> None: ...
+    def consume_backup_code(self, user: str, code: str, now: float) -> bool: ...
+    def request_reset(self, user: str, via: str, now: float) -> bool: ...
+    def approve_reset(self, user: str, now: float) -> bool: ...
+    def clear_reset(self, user: str, now: float) -> bool: ...
+    def list_resets(self, status: ResetStatus | None = "pending") -> list[ResetRequest]: ...
+    def lock_state(self, user: str, now: float) -> LockState: ...
+    def record_failure(
+        self, user: str, now: float, max_failures: int, lockout_seconds: float
+    ) -> LockState: ...
+    def reset_failures(self, user: str) -> None: ...
+    def close(self) -> None: ...
+
+
+_METHOD_CHECK = "(" + ", ".join(f"'{m}'" for m in METHODS) + ")"
+
+# Ordered: version N is MIGRATIONS[N - 1]. Append, never edit a shipped entry.
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        method TEXT CHECK (method IS NULL OR method IN {_METHOD_CHECK}),
+        configure_later INTEGER NOT NULL DEFAULT 0,
+        totp_secret BLOB, totp_last_step INTEGER,
+        failures INTEGER NOT NULL DEFAULT 0, locked_until REAL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL);
+    CREATE TABLE enrolments (
+        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        method TEXT NOT NULL CHECK (method IN {_METHOD_CHECK}),
+        data BLOB NOT NULL, updated_at REAL NOT NULL,
+        PRIMARY KEY (user, method));
+    CREATE TABLE backup_codes (
+        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        code_hash BLOB NOT NULL, created_at REAL NOT NULL, used_at REAL,
+        PRIMARY KEY (user, code_hash));
+    CREATE TABLE reset_requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        requested_at REAL NOT NULL, via TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'cleared')),
+        decided_at REAL);
+    -- At most one pending request per user: asking twice must not mail twice.
+    CREATE UNIQUE INDEX reset_one_pending ON reset_requests(user) WHERE status = 'pending';
+    """,
+)
+
+
+def _statements(script: str) -> Iterator[str]:
+    # executescript() would COMMIT first; split so a migration runs in our transaction.
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \n;"):
+                yield buffer.strip()
+            buffer = ""
+
+
+def _lock_view(failures: int, locked_until: float | None, now: float) -> LockState:
+    if locked_until is not None and now >= locked_until:
+        return LockState(0, None, False)  # an expired lockout starts a fresh count
+    return LockState(failures, locked_until, locked_until is not None)
+
+
+class UserStore:
+    """`UserRepository` on a SQLite file; see the module docstring for threading."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], key: bytes, busy_timeout: float = 10.0
+    ) -> None:
+        self.path = Path(path)
+        self._box = SecretBox(key)
+        self._hasher = BackupCodeHasher.from_master_key(key)
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._closed = False
+        self._create_file()
+        self._migrate()
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _create_file(self) -> None:
+        # It holds hashes and ciphertexts only, but there is no reason to share it.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError("user store is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,  # only close() touches it from another thread
+            )
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"{self.path}: cannot use WAL journal (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A transaction holding the write lock from its start (no lock upgrade races)."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+            current = 0 if row is None else int(row[0])
+            if current > len(MIGRATIONS):
+                raise StoreError(
+                    f"{self.path}: schema version {current} is newer than this mfaproxy "
+                    f"({len(MIGRATIONS)}); upgrade mfaproxy"
+                )
+            for script in MIGRATIONS[current:]:
+                for statement in _statements(script):
+                    conn.execute(statement)
+            conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+
+    def schema_version(self) -> int:
+        return int(self._conn().execute("SELECT version FROM schema_version").fetchone()[0])
+
+    def close(self) -> None:
+        with self._all_lock:
+            self._closed = True
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+    @staticmethod
+    def _ensure(conn: sqlite3.Connection, user: str, now: float) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO users (name, created_at, updated_at) VALUES (?, ?, ?)",
+            (user, now, now),
+        )
+
+    # ----------------------------------------------------------------- users
+
+    def get_user(self, user: str) -> UserRecord | None:
+        name = normalise_user(user)
+        conn = self._conn()
+        conn.execute("BEGIN")  # one snapshot for the several reads below
+        try:
+            row = conn.execute(
+                "SELECT method, configure_later, totp_secret IS NOT NULL, totp_last_step,"
+                " failures, locked_until, created_at, updated_at FROM users WHERE name = ?",
+                (name,),
+            ).fetchone()
+            if row is None:
+                return None
+            methods = {
+                m for (m,) in conn.execute("SELECT method FROM enrolments WHERE user = ?", (name,))
+            }
+            remaining = conn.execute(
+                "SELECT count(*) FROM backup_codes WHERE user = ? AND used_at IS NULL", (name,)
+            ).fetchone()[0]
+            resets = self._resets(conn, "WHERE user = ? ORDER BY id DESC LIMIT 1", (name,))
+        finally:
+            conn.execute("COMMIT")
+        if row[2]:
+            methods.add("totp")
+        return UserRecord(
+            name=name,
+            method=row[0],
+            configure_later=bool(row[1]),
+            enrolled=frozenset(cast(set[Method], methods)),
+            totp_last_step=row[3],
+            backup_codes_remaining=int(remaining),
+            failures=int(row[4]),
+            locked_until=row[5],
+            last_reset=resets[0] if resets else None,
+            created_at=row[6],
+            updated_at=row[7],
+        )
+
+    def list_users(self) -> list[str]:
+        return [n for (n,) in self._conn().execute("SELECT name FROM users ORDER BY name")]
+
+    def delete_user(self, user: str) -> bool:
+        cursor = self._conn().execute("DELETE FROM users WHERE name = ?", (normalise_user(user),))
+        return cursor.rowcount == 1
+
+    def set_method(
+        self, user: str, method: Method | None, now: float, *, configure_later: bool = False
+    ) -> None:
+        """Set the user's method (None: the server default); enrolment data is kept."""
+        if method is not None and method not in METHODS:
+            raise ValueError(f"unknown method {method!r}")
+        name = normalise_user(user)
+        with self._write() as conn:
+            self._ensure(conn, name, now)
+            conn.execute(
+                "UPDATE users SET method = ?, configure_later = ?, updated_at = ? WHERE name = ?",
+                (method, int(configure_later), now, name),
+            )
+
+    def clear_mfa(self, user: str, now: float) -> bool:
+        """Forget method, TOTP secret, enrolments and backup codes (the lost-device fix)."""
+        with self._write() as conn:
+            return self._clear_mfa(conn, normalise_user(user), now)
+
+    @staticmethod
+    def _clear_mfa(conn: sqlite3.Connection, name: str, now: float) -> bool:
+        cursor = conn.execute(
+            "UPDATE users SET method = NULL, totp_secret = NULL, totp_last_step = NULL,"
+            " updated_at = ? WHERE name = ?",
+            (now, name),
+        )
+        conn.execute("DELETE FROM enrolments WHERE user = ?", (name,))
+        conn.execute("DELETE FROM backup_codes WHERE user = ?", (name,))
+        return cursor.rowcount == 1
+
+    # ----------------------------------------------------------------- TOTP
+
+    def set_totp_secret(self, user: str, secret: str, now: float) -> None:
+        """Store a new TOTP key (sealed); the replay marker restarts with it."""
+        name = normalise_user(user)
+        sealed = self._box.seal(f"{name}:totp", secret.encode("utf-8"))
+        with self._write() as conn:
+            self._ensure(conn, name, now)
+            conn.execute(
+                "UPDATE users SET totp_secret = ?, totp_last_step = NULL, updated_at = ?"
+                " WHERE name = ?",
+                (sealed, now, name),
+            )
+
+    def get_totp_secret(self, user: str) -> str | None:
+        name = normalise_user(user)
+        row = (
+            self._conn().execute("SELECT totp_secret FROM users WHERE name = ?", (name,)).fetchone()
+        )
+        if row is None or row[0] is None:
+            return None
+        return self._box.open(f"{name}:totp", bytes(row[0])).decode("utf-8")
+
+    def accept_totp_step(self, user: str, step: int) -> bool:
+        """Record `step` as used; False if it is not newer than the last one (a replay).
+
+        One conditional UPDATE is the compare-and-set: of two requests carrying the same
+        code at the same moment, exactly one gets True (RFC 6238 section 5.2).
+        """
+        cursor = self._conn().execute(
+            "UPDATE users SET totp_last_step = ? WHERE name = ? AND totp_secret IS NOT NULL"
+            " AND (totp_last_step IS NULL OR totp_last_step < ?)",
+            (step, normalise_user(user), step),
+        )
+        return cursor.rowcount == 1
+
+    # ----------------------------------------------------------------- other methods
+
+    def set_enrolment(self, user: str, method: Method, data: Mapping[str, Any], now: float) -> None:
+        """Store a method's enrolment data (YubiKey ids, email, phone...) as sealed JSON."""
+        if method not in METHODS or method == "totp":
+            raise ValueError(f"no enrolment data for {method!r} (TOTP: set_totp_secret)")
+        name = normalise_user(user)
+        plain = json.dumps(dict(data), sort_keys=True, separators=(",", ":")).encode()
+        sealed = self._box.seal(f"{name}:{method}", plain)
+        with self._write() as conn:
+            self._ensure(conn, name, now)
+            conn.execute(
+                "INSERT INTO enrolments (user, method, data, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (user, method) DO UPDATE SET data = excluded.data,"
+                " updated_at = excluded.updated_at",
+                (name, method, sealed, now),
+            )
+            conn.execute("UPDATE users SET updated_at = ? WHERE name = ?", (now, name))
+
+    def get_enrolment(self, user: str, method: Method) -> dict[str, Any] | None:
+        name = normalise_user(user)
+        row = (
+            self._conn()
+            .execute("SELECT data FROM enrolments WHERE user = ? AND method = ?", (name, method))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return cast(dict[str, Any], json.loads(self._box.open(f"{name}:{method}", row[0])))
+
+    def clear_enrolment(self, user: str, method: Method, now: float) -> bool:
+        name = normalise_user(user)
+        with self._write() as conn:
+            if method == "totp":
+                sql = "UPDATE users SET totp_secret = NULL, totp_last_step = NULL WHERE name = ?"
+                cursor = conn.execute(sql + " AND totp_secret IS NOT NULL", (name,))
+            else:
+                cursor = conn.execute(
+                    "DELETE FROM enrolments WHERE user = ? AND method = ?", (name, method)
+                )
+            conn.execute("UPDATE users SET updated_at = ? WHERE name = ?", (now, name))
+        return cursor.rowcount == 1
+
+    # ----------------------------------------------------------------- backup codes
+
+    def replace_backup_codes(self, user: str, codes: Sequence[str], now: float) -> None:
+        """Make `codes` the user's only backup codes (a new set voids the old one)."""
+        name = normalise_user(user)
+        digests = {self._hasher.digest(name, code) for code in codes}
+        if None in digests:
+            raise ValueError("not a backup code")
+        with self._write() as conn:
+            self._ensure(conn, name, now)
+            conn.execute("DELETE FROM backup_codes WHERE user = ?", (name,))
+            conn.executemany(
+                "INSERT INTO backup_codes (user, code_hash, created_at) VALUES (?, ?, ?)",
+                [(name, digest, now) for digest in digests],
+            )
+
+    def consume_backup_code(self, user: str, code: str, now: float) -> bool:
+        """Use up `code`; True at most once per code, even under concurrent calls."""
+        name = normalise_user(user)
+        digest = self._hasher.digest(name, code)
+        if digest is None:
+            return False
+        cursor = self._conn().execute(
+            "UPDATE backup_codes SET used_at = ? WHERE user = ? AND code_hash = ?"
+            " AND used_at IS NULL",
+            (now, name, digest),
+        )
+        return cursor.rowcount == 1
+
+    # ----------------------------------------------------------------- resets
+
+    def request_reset(self, user: str, via: str, now: float) -> bool:
+        """File a reset request; False when one is already pending (send no new email)."""
+        name = normalise_user(user)
+        with self._write() as conn:
+            self._ensure(conn, name, now)
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO reset_requests (user, requested_at, via, status)"
+                " VALUES (?, ?, ?, 'pending')",
+                (name, now, via),
+            )
+        return cursor.rowcount == 1
+
+    def approve_reset(self, user: str, now: float) -> bool:
+        """Approve the pending request and clear the user's MFA so they enrol again."""
+        name = normalise_user(user)
+        with self._write() as conn:
+            if not self._decide(conn, name, "approved", now):
+                return False
+            self._clear_mfa(conn, name, now)
+        return True
+
+    def clear_reset(self, user: str, now: float) -> bool:
+        """Dismiss the pending request without touching the user's MFA."""
+        with self._write() as conn:
+            return self._decide(conn, normalise_user(user), "cleared", now)
+
+    @staticmethod
+    def _decide(conn: sqlite3.Connection, name: str, status: ResetStatus, now: float) -> bool:
+        cursor = conn.execute(
+            "UPDATE reset_requests SET status = ?, decided_at = ?"
+            " WHERE user = ? AND status = 'pending'",
+            (status, now, name),
+        )
+        return cursor.rowcount == 1
+
+    def list_resets(self, status: ResetStatus | None = "pending") -> list[ResetRequest]:
+        if status is None:
+            return self._resets(self._conn(), "ORDER BY id", ())
+        return self._resets(self._conn(), "WHERE status = ? ORDER BY id", (status,))
+
+    @staticmethod
+    def _resets(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[ResetRequest]:
+        rows = conn.execute(
+            # `where` is always a literal of this module; values go through `args`.
+            "SELECT id, user, requested_at, via, status, decided_at FROM reset_requests " + where,  # noqa: S608
+            args,
+        )
+        return [ResetRequest(*row) for row in rows]
+
+    # ----------------------------------------------------------------- lockout
+
+    def lock_state(self, user: str, now: float) -> LockState:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT failures, locked_until FROM users WHERE name = ?", (normalise_user(user),)
+            )
+            .fetchone()
+        )
+        return LockState(0, None, False) if row is None else _lock_view(row[0], row[1], now)
+
+    def record_failure(
+        self, user: str, now: float, max_failures: int, lockout_seconds: float
+    ) -> LockState:
+        """Count one failed attempt; lock for `lockout_seconds` at `max_failures`.
+
+        A lockout is not extended by failures during it (a guesser cannot keep a user
+        locked longer than one period per `max_failures` attempts); once it has expired
+        the count starts again from zero.
+        """
+        if max_failures < 1 or lockout_seconds < 0:
+            raise ValueError("max_failures must be >= 1 and lockout_seconds >= 0")
+        name = normalise_user(user)
+        with self._write() as conn:
+            self._ensure(conn, name, now)
+            failures, locked_until = conn.execute(
+                "SELECT failures, locked_until FROM users WHERE name = ?", (name,)
+            ).fetchone()
+            state = _lock_view(failures, locked_until, now)
+            failures, locked_until = state.failures + 1, state.locked_until
+            if locked_until is None and failures >= max_failures and lockout_seconds > 0:
+                locked_until = now + lockout_seconds
+            conn.execute(
+                "UPDATE users SET failures = ?, locked_until = ? WHERE name = ?",
+                (failures, locked_until, name),
+            )
+        return _lock_view(failures, locked_until, now)
+
+    def reset_failures(self, user: str) -> None:
+        """Forget failures and any lockout (after a success, or by an operator)."""
+        self._conn().execute(
+            "UPDATE users SET failures = 0, locked_until = NULL WHERE name = ?",
+            (normalise_user(user),),
+        )
