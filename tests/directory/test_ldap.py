@@ -1,0 +1,396 @@
+"""LdapChecker against a real slapd (tests/support/slapd.py), plain, StartTLS and LDAPS.
+
+TLS verification failures are UNAVAILABLE with reason `tls_error`: a certificate the
+client cannot trust says nothing about the user's password (it is a misconfiguration or
+an attack on the path), so it must not count as a failed login or lock anyone out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from mfaproxy.config import LdapConfig
+from mfaproxy.directory.base import PasswordChecker, PrimaryOutcome, PrimaryResult
+from mfaproxy.directory.ldap import LdapChecker, bind_reject_reason, first_rdn_value
+from mfaproxy.observability.metrics import REGISTRY
+from tests.support.ports import free_port
+from tests.support.slapd import (
+    ALICE,
+    BOB,
+    CAROL,
+    GROUPS_DN,
+    PEOPLE_DN,
+    SERVICE_DN,
+    SERVICE_PASSWORD,
+    CertificateAuthority,
+    SlapdServer,
+    run_slapd,
+)
+
+
+
+@pytest.fixture(scope="module")
+def slapd() -> Iterator[SlapdServer]:
+    yield from run_slapd()
+
+
+def search_config(slapd: SlapdServer, **overrides: Any) -> LdapConfig:
+    data: dict[str, Any] = {
+        "servers": [slapd.ldap_url],
+        "base_dn": slapd.base_dn,
+        "bind_dn": SERVICE_DN,
+        "bind_password": SERVICE_PASSWORD,
+        "user_filter": "(&(objectClass=inetOrgPerson)(uid={username}))",
+        "connect_timeout": 2,
+        "timeout": 2,
+        "pool_size": 4,
+    }
+    data.update(overrides)
+    return LdapConfig.model_validate(data)
+
+
+def direct_config(slapd: SlapdServer, **overrides: Any) -> LdapConfig:
+    data: dict[str, Any] = {
+        "servers": [slapd.ldap_url],
+        "user_dn_template": f"uid={{username}},{PEOPLE_DN}",
+    }
+    data.update(overrides)
+    return search_config(slapd, bind_dn=None, bind_password=None, **data)
+
+
+@pytest.fixture
+async def make_checker() -> AsyncIterator[Callable[[LdapConfig], LdapChecker]]:
+    made: list[LdapChecker] = []
+
+    def make(config: LdapConfig) -> LdapChecker:
+        checker = LdapChecker(config)
+        made.append(checker)
+        return checker
+
+    yield make
+    for checker in made:
+        await checker.close()
+
+
+Factory = Callable[[LdapConfig], LdapChecker]
+
+
+def closed_url(scheme: str = "ldap") -> str:
+    return f"{scheme}://127.0.0.1:{free_port()}"
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+# --------------------------------------------------------------------------- search then bind
+
+
+async def test_checker_satisfies_the_protocol(slapd: SlapdServer, make_checker: Factory) -> None:
+    checker: PasswordChecker = make_checker(search_config(slapd))
+    assert checker.name == "ldap"
+
+
+async def test_search_then_bind_accepts_with_directory_data(
+    slapd: SlapdServer, make_checker: Factory
+) -> None:
+    checker = make_checker(search_config(slapd))
+    result = await checker.authenticate("alice", ALICE.password)
+    assert result.outcome is PrimaryOutcome.ACCEPT
+    assert result.backend == "ldap"
+    assert result.groups == frozenset({"vpn-users", "mfa-admins"})
+    assert result.email == ALICE.mail
+    assert result.mobile == ALICE.mobile
+    assert result.user_id == ALICE.dn
+
+
+@pytest.mark.parametrize(
+    ("user", "groups"), [(BOB, {"vpn-users"}), (CAROL, set())], ids=["bob", "carol"]
+)
+async def test_groups_and_missing_attributes(
+    slapd: SlapdServer, make_checker: Factory, user: Any, groups: set[str]
+) -> None:
+    result = await make_checker(search_config(slapd)).authenticate(user.uid, user.password)
+    assert result.accepted
+    assert result.groups == frozenset(groups)
+    assert result.email == user.mail
+    assert result.mobile is None
+
+
+async def test_wrong_password_is_rejected(slapd: SlapdServer, make_checker: Factory) -> None:
+    result = await make_checker(search_config(slapd)).authenticate("alice", BOB.password)
+    assert result.outcome is PrimaryOutcome.REJECT
+    assert result.reason == "bad_password"
+    assert result.groups == frozenset()
+
+
+async def test_unknown_user_is_rejected(slapd: SlapdServer, make_checker: Factory) -> None:
+    result = await make_checker(search_config(slapd)).authenticate("mallory", ALICE.password)
+    assert result.outcome is PrimaryOutcome.REJECT
+    assert result.reason == "no_such_user"
+
+
+async def test_empty_password_is_rejected(slapd: SlapdServer, make_checker: Factory) -> None:
+    # RFC 4513 section 5.1.2: DN + empty password is an unauthenticated bind that
+    # servers may answer with success.
+    for config in (search_config(slapd), direct_config(slapd)):
+        result = await make_checker(config).authenticate("alice", "")
+        assert result.outcome is PrimaryOutcome.REJECT
+        assert result.reason == "empty_password"
+
+
+async def test_empty_password_never_reaches_a_server(make_checker: Factory) -> None:
+    # Only a closed port is configured: contacting it would give UNAVAILABLE.
+    config = LdapConfig.model_validate(
+        {"servers": [closed_url()], "user_dn_template": f"uid={{username}},{PEOPLE_DN}"}
+    )
+    result = await make_checker(config).authenticate("alice", "")
+    assert result.outcome is PrimaryOutcome.REJECT
+
+
+@pytest.mark.parametrize(
+    "username", ["*", "ali*", "alice)(uid=*", "*)(uid=alice", "alice)(|(uid=*", "a*e"]
+)
+async def test_filter_injection_does_not_authenticate(
+    slapd: SlapdServer, make_checker: Factory, username: str
+) -> None:
+    # Unescaped, `ali*` and `a*e` find alice and her password would bind (RFC 4515).
+    result = await make_checker(search_config(slapd)).authenticate(username, ALICE.password)
+    assert result.outcome is PrimaryOutcome.REJECT
+    assert result.reason == "no_such_user"
+
+
+async def test_wrong_service_password_is_unavailable(
+    slapd: SlapdServer, make_checker: Factory
+) -> None:
+    config = search_config(slapd, bind_password="not-the-service-password")
+    result = await make_checker(config).authenticate("alice", ALICE.password)
+    assert result.outcome is PrimaryOutcome.UNAVAILABLE
+    assert result.reason == "service_bind_failed"
+
+
+# --------------------------------------------------------------------------- direct bind
+
+
+async def test_direct_bind_accepts_and_reads_own_entry(
+    slapd: SlapdServer, make_checker: Factory
+) -> None:
+    result = await make_checker(direct_config(slapd)).authenticate("alice", ALICE.password)
+    assert result.outcome is PrimaryOutcome.ACCEPT
+    assert result.user_id == ALICE.dn
+    assert result.groups == frozenset({"vpn-users", "mfa-admins"})
+    assert result.email == ALICE.mail
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [
+        ("alice", BOB.password),
+        ("mallory", ALICE.password),
+        ("*", ALICE.password),
+        (f"alice,{PEOPLE_DN}", ALICE.password),
+    ],
+)
+async def test_direct_bind_rejects(
+    slapd: SlapdServer, make_checker: Factory, username: str, password: str
+) -> None:
+    # slapd answers invalidCredentials for a missing DN too, so no_such_user cannot be
+    # told apart from bad_password in this mode.
+    result = await make_checker(direct_config(slapd)).authenticate(username, password)
+    assert result.outcome is PrimaryOutcome.REJECT
+    assert result.reason == "bad_password"
+
+
+# --------------------------------------------------------------------------- groups by search
+
+
+async def test_group_search(slapd: SlapdServer, make_checker: Factory) -> None:
+    config = search_config(
+        slapd,
+        # An attribute nobody has, so every group below comes from the search.
+        attributes={"groups": "departmentNumber"},
+        group_search={"base_dn": GROUPS_DN},
+    )
+    checker = make_checker(config)
+    alice = await checker.authenticate("alice", ALICE.password)
+    carol = await checker.authenticate("carol", CAROL.password)
+    assert alice.groups == frozenset({"vpn-users", "mfa-admins"})
+    assert carol.accepted
+    assert carol.groups == frozenset()
+
+
+async def test_group_search_with_direct_bind(slapd: SlapdServer, make_checker: Factory) -> None:
+    config = direct_config(
+        slapd, attributes={"groups": "departmentNumber"}, group_search={"base_dn": GROUPS_DN}
+    )
+    result = await make_checker(config).authenticate("bob", BOB.password)
+    assert result.groups == frozenset({"vpn-users"})
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+async def test_start_tls_with_ca_file(slapd: SlapdServer, make_checker: Factory) -> None:
+    config = search_config(slapd, start_tls=True, ca_file=str(slapd.ca_file))
+    result = await make_checker(config).authenticate("alice", ALICE.password)
+    assert result.outcome is PrimaryOutcome.ACCEPT
+
+
+async def test_ldaps_with_ca_file(slapd: SlapdServer, make_checker: Factory) -> None:
+    config = search_config(slapd, servers=[slapd.ldaps_url], ca_file=str(slapd.ca_file))
+    result = await make_checker(config).authenticate("alice", ALICE.password)
+    assert result.outcome is PrimaryOutcome.ACCEPT
+    assert result.groups == frozenset({"vpn-users", "mfa-admins"})
+
+
+@pytest.fixture
+def rogue_ca(tmp_path: Path) -> Path:
+    return CertificateAuthority.create("rogue CA").write(tmp_path / "rogue.pem")
+
+
+@pytest.mark.parametrize("mode", ["ldaps", "start_tls"])
+async def test_untrusted_certificate_is_unavailable(
+    slapd: SlapdServer, make_checker: Factory, rogue_ca: Path, mode: str
+) -> None:
+    tls: dict[str, Any] = (
+        {"servers": [slapd.ldaps_url]} if mode == "ldaps" else {"start_tls": True}
+    )
+    config = search_config(slapd, ca_file=str(rogue_ca), **tls)
+    result = await make_checker(config).authenticate("alice", ALICE.password)
+    assert result.outcome is PrimaryOutcome.UNAVAILABLE
+    assert result.reason == "tls_error"
+
+
+async def test_verification_can_be_turned_off(
+    slapd: SlapdServer, make_checker: Factory, rogue_ca: Path
+) -> None:
+    config = search_config(
+        slapd, servers=[slapd.ldaps_url], ca_file=str(rogue_ca), verify_certificate=False
+    )
+    result = await make_checker(config).authenticate("alice", ALICE.password)
+    assert result.outcome is PrimaryOutcome.ACCEPT
+
+
+# --------------------------------------------------------------------------- failover
+
+
+async def test_failover_to_the_next_server(slapd: SlapdServer, make_checker: Factory) -> None:
+    dead = closed_url()
+    config = search_config(slapd, servers=[dead, slapd.ldap_url])
+    checker = make_checker(config)
+    with structlog.testing.capture_logs() as logs:
+        first = await checker.authenticate("alice", ALICE.password)
+        # The dead server is now held down and tried last: no second failure.
+        second = await checker.authenticate("bob", BOB.password)
+    assert first.outcome is PrimaryOutcome.ACCEPT
+    assert second.outcome is PrimaryOutcome.ACCEPT
+    failures = [entry for entry in logs if entry["event"] == "ldap.server_failed"]
+    assert [(entry["server"], entry["reason"]) for entry in failures] == [(dead, "unreachable")]
+    assert sample("mfaproxy_upstream_up", service="ldap", server=dead) == 0
+    assert sample("mfaproxy_upstream_up", service="ldap", server=slapd.ldap_url) == 1
+
+
+async def test_all_servers_down_is_unavailable(make_checker: Factory) -> None:
+    config = LdapConfig.model_validate(
+        {
+            "servers": [closed_url(), closed_url("ldaps")],
+            "bind_dn": SERVICE_DN,
+            "bind_password": SERVICE_PASSWORD,
+            "connect_timeout": 2,
+        }
+    )
+    before = sample("mfaproxy_upstream_duration_seconds_count", service="ldap", result="unavailable")
+    result = await make_checker(config).authenticate("alice", ALICE.password)
+    assert result.outcome is PrimaryOutcome.UNAVAILABLE
+    assert result.reason == "unreachable"
+    after = sample("mfaproxy_upstream_duration_seconds_count", service="ldap", result="unavailable")
+    assert after == before + 1
+
+
+async def test_silent_server_is_a_timeout_not_a_reject(make_checker: Factory) -> None:
+    # Accepts TCP connections (the kernel completes the handshake) and never answers.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"ldap://127.0.0.1:{silent.getsockname()[1]}"
+        config = LdapConfig.model_validate(
+            {"servers": [url], "user_dn_template": f"uid={{username}},{PEOPLE_DN}", "timeout": 1}
+        )
+        result = await make_checker(config).authenticate("alice", ALICE.password)
+    assert result.outcome is PrimaryOutcome.UNAVAILABLE
+    assert result.reason == "timeout"
+
+
+# --------------------------------------------------------------------------- cross-cutting
+
+
+async def test_password_never_logged(slapd: SlapdServer, make_checker: Factory) -> None:
+    config = search_config(slapd, servers=[closed_url(), slapd.ldap_url])
+    checker = make_checker(config)
+    with structlog.testing.capture_logs() as logs:
+        await checker.authenticate("alice", ALICE.password)
+        await checker.authenticate("alice", BOB.password)
+        await checker.authenticate("mallory", CAROL.password)
+    assert logs, "expected at least the failover warning"
+    text = repr(logs)
+    for secret in (ALICE.password, BOB.password, CAROL.password, SERVICE_PASSWORD):
+        assert secret not in text
+
+
+async def test_concurrent_requests_share_the_bounded_pool(
+    slapd: SlapdServer, make_checker: Factory
+) -> None:
+    checker = make_checker(search_config(slapd, pool_size=2))
+    attempts: list[Awaitable[PrimaryResult]] = []
+    for _ in range(10):
+        attempts += [
+            checker.authenticate("alice", ALICE.password),
+            checker.authenticate("bob", CAROL.password),
+        ]
+    results = await asyncio.gather(*attempts)
+    assert [r.outcome for r in results] == [PrimaryOutcome.ACCEPT, PrimaryOutcome.REJECT] * 10
+
+
+async def test_closed_checker_is_unavailable(slapd: SlapdServer) -> None:
+    checker = LdapChecker(search_config(slapd))
+    await checker.close()
+    result = await checker.authenticate("alice", ALICE.password)
+    assert result.outcome is PrimaryOutcome.UNAVAILABLE
+    assert result.reason == "closed"
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "reason"),
+    [
+        (49, "80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, "
+         "data 52e, v4563", "bad_password"),
+        (49, "80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, "
+         "data 775, v4563", "account_locked"),
+        (49, "... data 533, v2580", "account_disabled"),
+        (49, "... data 773, v2580", "must_change_password"),
+        (49, "", "bad_password"),
+        (53, "unauthenticated bind (DN with no password) disallowed", "bind_refused"),
+    ],
+)
+def test_bind_reject_reason(code: int, message: str, reason: str) -> None:
+    assert bind_reject_reason(code, message) == reason
+
+
+@pytest.mark.parametrize(
+    ("dn", "name"),
+    [
+        ("cn=vpn-users,ou=groups,dc=example,dc=org", "vpn-users"),
+        ("CN=VPN Users,OU=Groups,DC=corp,DC=example", "VPN Users"),
+        (r"cn=Smith\, John,ou=groups,dc=example,dc=org", "Smith, John"),
+        (r"cn=caf\C3\A9+ou=x,dc=example,dc=org", "café"),
+    ],
+)
+def test_group_name_is_the_first_rdn_value(dn: str, name: str) -> None:
+    assert first_rdn_value(dn) == name

@@ -1,0 +1,195 @@
+"""Codec rules, with RFC 2865 section 7 packets as vectors."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections import OrderedDict
+
+import pytest
+from pyrad import packet as pyrad_packet
+
+from mfaproxy.errors import (
+    BadMessageAuthenticator,
+    BadPassword,
+    MalformedPacket,
+    MissingMessageAuthenticator,
+    UnsupportedCode,
+)
+from mfaproxy.radius.codec import (
+    ACCESS_ACCEPT,
+    ACCESS_CHALLENGE,
+    ACCESS_REJECT,
+    RadiusRequest,
+    decode_request,
+    encode_reply,
+    load_dictionary,
+    split_attributes,
+)
+
+DICTIONARY = load_dictionary()
+
+# RFC 2865 section 7.1: "nemo" with password "arctangent", secret "xyzzy5461".
+RFC_71_SECRET = b"xyzzy5461"
+RFC_71_REQUEST = bytes.fromhex(
+    "01000038 0f403f94 73978057 bd83d5cb 98f4227a 0106 6e656d6f"
+    " 0212 0dbe708d 93d413ce 3196e43f 782a0aee 0406 c0a80110 0506 00000003".replace(" ", "")
+)
+RFC_71_ACCEPT = bytes.fromhex(
+    "02000026 86fe220e 7624ba2a 1005f6bf 9b55e0b2 0606 00000001"
+    " 0f06 00000000 0e06 c0a80103".replace(" ", "")
+)
+
+
+def sign(packet: bytes, secret: bytes) -> bytes:
+    """Append a Message-Authenticator (RFC 3579 section 3.2) to a request."""
+    body = packet[20:] + b"\x50\x12" + bytes(16)
+    header = packet[:2] + struct.pack("!H", 20 + len(body)) + packet[4:20]
+    mac = hmac.new(secret, header + body, hashlib.md5).digest()
+    return header + body[:-16] + mac
+
+
+def decode(data: bytes, secret: bytes = RFC_71_SECRET, require: bool = True) -> RadiusRequest:
+    return decode_request(data, secret, DICTIONARY, require)
+
+
+def test_rfc2865_71_request_decodes_with_password() -> None:
+    request = decode(RFC_71_REQUEST, require=False)
+    assert request.user_name == "nemo"
+    assert request.password == "arctangent"
+    assert request.nas_ip_address == "192.168.1.16"
+    assert request.identifier == 0
+
+
+def test_rfc2865_71_accept_matches_the_rfc_bytes() -> None:
+    request = decode(RFC_71_REQUEST, require=False)
+    reply = request.packet.CreateReply(message_authenticator=False)
+    reply.code = ACCESS_ACCEPT
+    reply.AddAttribute("Service-Type", "Login-User")
+    OrderedDict.__setitem__(reply, 15, [bytes(4)])  # Login-Service = Telnet
+    reply.AddAttribute("Login-IP-Host", "192.168.1.3")
+    assert reply.ReplyPacket() == RFC_71_ACCEPT
+
+
+def test_missing_message_authenticator_is_refused_by_default() -> None:
+    with pytest.raises(MissingMessageAuthenticator):
+        decode(RFC_71_REQUEST)
+
+
+def test_signed_request_is_accepted() -> None:
+    request = decode(sign(RFC_71_REQUEST, RFC_71_SECRET))
+    assert request.password == "arctangent"
+
+
+def test_message_authenticator_is_verified_in_any_position() -> None:
+    signed = sign(RFC_71_REQUEST, RFC_71_SECRET)
+    # move Message-Authenticator from last to first and re-sign there
+    attrs = split_attributes(signed[20:])
+    reordered = b"\x50\x12" + bytes(16) + b"".join(
+        bytes([t, len(v) + 2]) + v for t, v in attrs if t != 80
+    )
+    header = signed[:4] + signed[4:20]
+    mac = hmac.new(RFC_71_SECRET, header + reordered, hashlib.md5).digest()
+    packet = header + b"\x50\x12" + mac + reordered[18:]
+    assert decode(packet).user_name == "nemo"
+
+
+def test_wrong_secret_fails_message_authenticator() -> None:
+    with pytest.raises(BadMessageAuthenticator):
+        decode(sign(RFC_71_REQUEST, RFC_71_SECRET), secret=b"other")
+
+
+def test_tampered_attribute_fails_message_authenticator() -> None:
+    signed = bytearray(sign(RFC_71_REQUEST, RFC_71_SECRET))
+    signed[24] ^= 0x01  # a letter of User-Name
+    with pytest.raises(BadMessageAuthenticator):
+        decode(bytes(signed))
+
+
+def test_two_message_authenticators_are_refused() -> None:
+    signed = sign(RFC_71_REQUEST, RFC_71_SECRET)
+    doubled = signed + signed[-18:]
+    doubled = doubled[:2] + struct.pack("!H", len(doubled)) + doubled[4:]
+    with pytest.raises(BadMessageAuthenticator):
+        decode(doubled)
+
+
+def test_proxy_state_without_message_authenticator_is_refused_even_when_exempt() -> None:
+    body = RFC_71_REQUEST[20:] + b"\x21\x06abcd"
+    packet = RFC_71_REQUEST[:2] + struct.pack("!H", 20 + len(body)) + RFC_71_REQUEST[4:20] + body
+    with pytest.raises(MissingMessageAuthenticator):
+        decode(packet, require=False)
+
+
+def test_status_server_requires_message_authenticator() -> None:
+    packet = bytes([12, 7]) + struct.pack("!H", 20) + bytes(16)
+    with pytest.raises(MissingMessageAuthenticator):
+        decode(packet, require=False)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x01\x00\x00",
+        bytes(19),
+        b"\x01\x00\x00\x13" + bytes(16),  # Length 19 < 20
+        b"\x01\x00\x10\x01" + bytes(16),  # Length 4097 > 4096
+        b"\x01\x00\x00\x30" + bytes(16),  # Length beyond the datagram
+        b"\x01\x00\x00\x16" + bytes(16) + b"\x01\x01",  # attribute length 1
+        b"\x01\x00\x00\x17" + bytes(16) + b"\x01\x05a",  # attribute overruns packet
+        b"\x01\x00\x00\x15" + bytes(16) + b"\x01",  # truncated attribute header
+    ],
+)
+def test_malformed_packets_are_refused(data: bytes) -> None:
+    with pytest.raises(MalformedPacket):
+        decode(data, require=False)
+
+
+def test_padding_after_length_is_ignored() -> None:
+    request = decode(RFC_71_REQUEST + b"\x00\x00garbage", require=False)
+    assert request.user_name == "nemo"
+
+
+@pytest.mark.parametrize("code", [2, 3, 4, 11, 40, 255])
+def test_codes_other_than_access_request_and_status_server_are_refused(code: int) -> None:
+    with pytest.raises(UnsupportedCode):
+        decode(bytes([code]) + RFC_71_REQUEST[1:], require=False)
+
+
+def test_password_of_bad_length_is_refused() -> None:
+    body = b"\x01\x06nemo\x02\x07abcde"
+    packet = b"\x01\x00" + struct.pack("!H", 20 + len(body)) + bytes(16) + body
+    with pytest.raises(BadPassword):
+        decode(packet, require=False)
+
+
+def test_reply_has_message_authenticator_first_and_proxy_state_in_order() -> None:
+    body = RFC_71_REQUEST[20:] + b"\x21\x05one\x21\x05two"
+    unsigned = RFC_71_REQUEST[:2] + struct.pack("!H", 20 + len(body)) + RFC_71_REQUEST[4:20] + body
+    request = decode(sign(unsigned, RFC_71_SECRET))
+    reply = encode_reply(request, ACCESS_REJECT, [("Filter-Id", "x")], "Denied")
+    attrs = split_attributes(reply[20:])
+    assert attrs[0][0] == 80
+    assert [v for t, v in attrs if t == 33] == [b"one", b"two"]
+    assert (18, b"Denied") in attrs
+    # the reply verifies as a NAS would verify it (pyrad's client-side check)
+    sent = pyrad_packet.AuthPacket(secret=RFC_71_SECRET, dict=DICTIONARY, packet=request.packet.raw_packet)
+    received = pyrad_packet.Packet(secret=RFC_71_SECRET, dict=DICTIONARY, packet=reply)
+    assert sent.VerifyReply(received, reply, enforce_ma=True)
+
+
+def test_challenge_reply_carries_state() -> None:
+    request = decode(sign(RFC_71_REQUEST, RFC_71_SECRET))
+    reply = encode_reply(request, ACCESS_CHALLENGE, [], "Enter code", state=b"s" * 16)
+    assert (24, b"s" * 16) in split_attributes(reply[20:])
+    assert reply[0] == ACCESS_CHALLENGE
+
+
+def test_long_reply_message_is_cut_to_one_attribute() -> None:
+    request = decode(sign(RFC_71_REQUEST, RFC_71_SECRET))
+    reply = encode_reply(request, ACCESS_REJECT, [], "é" * 200)
+    messages = [v for t, v in split_attributes(reply[20:]) if t == 18]
+    assert len(messages) == 1 and len(messages[0]) <= 253
+    messages[0].decode("utf-8")  # not cut inside a character

@@ -1,0 +1,376 @@
+"""A real OpenLDAP slapd on loopback for tests, with TLS and memberOf.
+
+Usage, in a test module or a conftest::
+
+    @pytest.fixture(scope="session")
+    def slapd() -> Iterator[SlapdServer]:
+        with SlapdServer() as server:
+            yield server
+
+or ``slapd_fixture = pytest.fixture(scope="session")(run_slapd)``.
+
+The server listens on ``ldap_url`` (plain, StartTLS offered) and ``ldaps_url`` (TLS
+from the first byte), both on 127.0.0.1 and free ports, in a private temporary
+directory. Its certificate is issued by a CA generated per server (``ca_file``) for
+IP 127.0.0.1 and DNS ``localhost``. The directory holds, under ``dc=example,dc=org``:
+
+- ``ou=people``: ALICE (groups vpn-users and mfa-admins, mail, mobile), BOB (vpn-users,
+  mail only), CAROL (no groups, no mail, no mobile); passwords in the constants below.
+- ``ou=groups``: groupOfNames ``vpn-users`` and ``mfa-admins``; the memberof overlay
+  fills each user's ``memberOf``.
+- ``ou=services``: SERVICE_DN, a read-only search account for search-then-bind.
+
+Access control follows a hardened deployment: passwords are only usable to bind,
+anonymous users read nothing, authenticated users read the tree.
+
+Requires the Debian packages ``slapd`` and ``ldap-utils`` (``make test`` installs them).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from types import TracebackType
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from ldap3 import Connection, Server
+from ldap3.core.exceptions import LDAPException
+
+from tests.support.ports import free_port
+
+SLAPD = Path("/usr/sbin/slapd")
+LDAPADD = "ldapadd"
+MODULE_PATH = Path("/usr/lib/ldap")
+SCHEMA_DIR = Path("/etc/ldap/schema")
+
+BASE_DN = "dc=example,dc=org"
+ADMIN_DN = f"cn=admin,{BASE_DN}"
+ADMIN_PASSWORD = "admin-Secret-1"
+SERVICE_DN = f"cn=mfaproxy,ou=services,{BASE_DN}"
+SERVICE_PASSWORD = "service-Secret-2"
+PEOPLE_DN = f"ou=people,{BASE_DN}"
+GROUPS_DN = f"ou=groups,{BASE_DN}"
+
+ALICE_PASSWORD = "alice-Pa55word!"
+BOB_PASSWORD = "bob-Pa55word!"
+CAROL_PASSWORD = "carol-Pa55word!"
+
+STARTUP_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class LdapTestUser:
+    uid: str
+    password: str
+    groups: tuple[str, ...] = ()
+    mail: str | None = None
+    mobile: str | None = None
+
+    @property
+    def dn(self) -> str:
+        return f"uid={self.uid},{PEOPLE_DN}"
+
+
+ALICE = LdapTestUser(
+    "alice", ALICE_PASSWORD, ("vpn-users", "mfa-admins"), "alice@example.org", "+15551230001"
+)
+BOB = LdapTestUser("bob", BOB_PASSWORD, ("vpn-users",), "bob@example.org")
+CAROL = LdapTestUser("carol", CAROL_PASSWORD)
+USERS = (ALICE, BOB, CAROL)
+GROUPS = ("vpn-users", "mfa-admins")
+
+
+def ssha(password: str) -> str:
+    """A salted SHA-1 userPassword value, the scheme slapd verifies natively."""
+    salt = os.urandom(8)
+    digest = hashlib.sha1(password.encode() + salt).digest()
+    return "{SSHA}" + base64.b64encode(digest + salt).decode()
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.write_bytes(pem)
+    path.chmod(0o600)
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def create(cls, common_name: str = "mfaproxy test CA") -> CertificateAuthority:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(_name(common_name))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(cert_sign=True), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(cert, key)
+
+    def write(self, path: Path) -> Path:
+        path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    def issue_server(self, cert_path: Path, key_path: Path) -> None:
+        """A server certificate for 127.0.0.1 and localhost (RFC 6125 checks the SAN)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        san = x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(IPv4Address("127.0.0.1"))]
+        )
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("localhost"))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(san, critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(key, key_path)
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=not cert_sign,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+# --------------------------------------------------------------------------- config and data
+
+
+def _slapd_conf(root: Path) -> str:
+    schemas = "".join(
+        f"include {SCHEMA_DIR / name}.schema\n" for name in ("core", "cosine", "inetorgperson")
+    )
+    return f"""{schemas}
+modulepath {MODULE_PATH}
+moduleload back_mdb
+moduleload memberof
+pidfile {root}/slapd.pid
+argsfile {root}/slapd.args
+TLSCACertificateFile {root}/ca.pem
+TLSCertificateFile {root}/server.pem
+TLSCertificateKeyFile {root}/server.key
+
+database mdb
+maxsize 16777216
+suffix "{BASE_DN}"
+rootdn "{ADMIN_DN}"
+rootpw {ssha(ADMIN_PASSWORD)}
+directory {root}/db
+index objectClass eq
+index uid eq
+index member eq
+
+overlay memberof
+memberof-group-oc groupOfNames
+memberof-member-ad member
+memberof-memberof-ad memberOf
+memberof-refint TRUE
+
+access to attrs=userPassword by anonymous auth by * none
+access to * by users read by * none
+"""
+
+
+def _entry(dn: str, *lines: str) -> str:
+    return "\n".join((f"dn: {dn}", *lines)) + "\n"
+
+
+def _user_entry(user: LdapTestUser) -> str:
+    lines = [
+        "objectClass: inetOrgPerson",
+        f"uid: {user.uid}",
+        f"cn: {user.uid.title()}",
+        f"sn: {user.uid.title()}",
+        f"userPassword: {ssha(user.password)}",
+    ]
+    lines += [f"mail: {user.mail}"] if user.mail else []
+    lines += [f"mobile: {user.mobile}"] if user.mobile else []
+    return _entry(user.dn, *lines)
+
+
+def build_ldif() -> str:
+    """Users before groups: the memberof overlay needs the member entries to exist."""
+    entries = [
+        _entry(BASE_DN, "objectClass: dcObject", "objectClass: organization", "o: Example"),
+        *(
+            _entry(f"ou={ou},{BASE_DN}", "objectClass: organizationalUnit", f"ou: {ou}")
+            for ou in ("people", "groups", "services")
+        ),
+        _entry(
+            SERVICE_DN,
+            "objectClass: organizationalRole",
+            "objectClass: simpleSecurityObject",
+            "cn: mfaproxy",
+            f"userPassword: {ssha(SERVICE_PASSWORD)}",
+        ),
+        *(_user_entry(user) for user in USERS),
+    ]
+    for group in GROUPS:
+        members = [f"member: {user.dn}" for user in USERS if group in user.groups]
+        entries.append(
+            _entry(f"cn={group},{GROUPS_DN}", "objectClass: groupOfNames", f"cn: {group}", *members)
+        )
+    return "\n".join(entries)
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class SlapdServer:
+    """A slapd subprocess; a context manager that starts it and always stops it."""
+
+    base_dn = BASE_DN
+    admin_dn = ADMIN_DN
+    admin_password = ADMIN_PASSWORD
+    service_dn = SERVICE_DN
+    service_password = SERVICE_PASSWORD
+    users = USERS
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="mfaproxy-slapd-")
+        self.root = Path(self._tmp.name)
+        self.ldap_port = free_port()
+        self.ldaps_port = free_port()
+        self.ldap_url = f"ldap://127.0.0.1:{self.ldap_port}"
+        self.ldaps_url = f"ldaps://127.0.0.1:{self.ldaps_port}"
+        self.ca_file = self.root / "ca.pem"
+        self.log_file = self.root / "slapd.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> SlapdServer:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if not SLAPD.exists() or shutil.which(LDAPADD) is None:
+            raise RuntimeError(
+                "slapd and ldap-utils are required: apt-get install slapd ldap-utils"
+            )
+        ca = CertificateAuthority.create()
+        ca.write(self.ca_file)
+        ca.issue_server(self.root / "server.pem", self.root / "server.key")
+        (self.root / "db").mkdir()
+        conf = self.root / "slapd.conf"
+        conf.write_text(_slapd_conf(self.root))
+        urls = f"{self.ldap_url}/ {self.ldaps_url}/"
+        # -d keeps slapd in the foreground so this object owns the process; "stats"
+        # logs each connection and operation, useful when a test fails.
+        command = [str(SLAPD), "-f", str(conf), "-h", urls, "-d", "stats"]
+        with self.log_file.open("wb") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+        self._load(build_ldif())
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._tmp.cleanup()
+
+    def _wait_ready(self) -> None:
+        """Poll an admin bind until it works; fail fast if slapd exits."""
+        assert self._process is not None
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"slapd exited ({self._process.returncode}):\n{self.log()}")
+            try:
+                server = Server(self.ldap_url, connect_timeout=1)
+                conn = Connection(server, self.admin_dn, self.admin_password, receive_timeout=2)
+                if conn.bind():
+                    conn.unbind()
+                    return
+            except LDAPException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"slapd not ready after {STARTUP_TIMEOUT} s:\n{self.log()}")
+            # Waiting on the process doubles as the poll interval and notices an exit.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=0.05)
+
+    def _load(self, ldif: str) -> None:
+        """Add entries over LDAP, not slapadd, so the memberof overlay sees them."""
+        command = [LDAPADD, "-x", "-H", self.ldap_url, "-D", self.admin_dn, "-w", ADMIN_PASSWORD]
+        done = subprocess.run(command, input=ldif.encode(), capture_output=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"ldapadd failed: {done.stderr.decode(errors='replace')}")
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-4000:]
+        except OSError:
+            return "(no log)"
+
+
+def run_slapd() -> Iterator[SlapdServer]:
+    """Generator for a pytest fixture: one slapd for the fixture's scope."""
+    with SlapdServer() as server:
+        yield server
