@@ -120,7 +120,9 @@ def verify(
     code and a code older than one already used (section 5.2). Every candidate is
     compared, in constant time, so the response time does not tell which step matched.
     The caller must then store the step with `accept_totp_step`, which is the atomic
-    check that closes the race between two concurrent requests.
+    check that closes the race between two concurrent requests. A malformed `secret`
+    (not base32, or under 112 bits, which pyotp refuses) raises ValueError: stored
+    secrets are ours, so that is a bug or a corrupt store, not a wrong code.
     """
     wanted = normalise_code(code, settings)
     if wanted is None:

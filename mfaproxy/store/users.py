@@ -182,7 +182,11 @@ class UserStore:
         self._all_lock = threading.Lock()
         self._closed = False
         self._create_file()
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
 
     # ----------------------------------------------------------------- plumbing
 
@@ -236,15 +240,19 @@ class UserStore:
                     f"{self.path}: schema version {current} is newer than this mfaproxy "
                     f"({len(MIGRATIONS)}); upgrade mfaproxy"
                 )
-            for script in MIGRATIONS[current:]:
-                for statement in _statements(script):
-                    conn.execute(statement)
+            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                try:
+                    for statement in _statements(script):
+                        conn.execute(statement)
+                except sqlite3.Error as exc:
+                    raise StoreError(f"{self.path}: migration {version} failed: {exc}") from exc
             conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
 
     def schema_version(self) -> int:
         return int(self._conn().execute("SELECT version FROM schema_version").fetchone()[0])
 
     def close(self) -> None:
+        """Close every thread's connection; call once the executor using it has drained."""
         with self._all_lock:
             self._closed = True
             for conn in self._all:

@@ -64,8 +64,18 @@ def test_normalisation(typed: str, canonical: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["123456", "12345678", "", "abcd-efgh-jkmn-pqr", "abcd-efgh-jkmn-pqrst", "abcd-efgh-jkmn-pqru",
-     "abcd_efgh_jkmn_pqrs", "push", "reset", "ａｂｃｄ-efgh-jkmn-pqrs"],
+    [
+        "123456",
+        "12345678",
+        "",
+        "abcd-efgh-jkmn-pqr",
+        "abcd-efgh-jkmn-pqrst",
+        "abcd-efgh-jkmn-pqru",
+        "abcd_efgh_jkmn_pqrs",
+        "push",
+        "reset",
+        "\uff41\uff42\uff43\uff44-efgh-jkmn-pqrs",
+    ],
 )
 def test_non_codes_are_recognised(text: str) -> None:
     assert not looks_like_backup_code(text)
