@@ -12,7 +12,9 @@ from mfaproxy.directory.local import load_users_file
 from mfaproxy.errors import ConfigError
 
 
-def _attribute_problems(where: str, attributes: dict[str, AttributeValue], dictionary: Dictionary) -> list[str]:
+def _attribute_problems(
+    where: str, attributes: dict[str, AttributeValue], dictionary: Dictionary
+) -> list[str]:
     problems = []
     for name, value in attributes.items():
         if not dictionary.has_key(name.partition(":")[0]):
@@ -21,7 +23,11 @@ def _attribute_problems(where: str, attributes: dict[str, AttributeValue], dicti
         attr = dictionary.attributes[name.partition(":")[0]]
         values: list[Any] = value if isinstance(value, list) else [value]
         for item in values:
-            if attr.type == "integer" and not isinstance(item, int) and not attr.values.HasForward(item):
+            if (
+                attr.type == "integer"
+                and not isinstance(item, int)
+                and not attr.values.HasForward(item)
+            ):
                 problems.append(f"{where}.{name}: {item!r} is not an integer or a named value")
     return problems
 
@@ -29,13 +35,14 @@ def _attribute_problems(where: str, attributes: dict[str, AttributeValue], dicti
 def semantic_problems(config: Config, dictionary: Dictionary) -> list[str]:
     problems = _attribute_problems("replies.attributes", config.replies.attributes, dictionary)
     for index, mapping in enumerate(config.replies.groups):
-        problems += _attribute_problems(f"replies.groups.{index}.attributes", mapping.attributes, dictionary)
+        problems += _attribute_problems(
+            f"replies.groups.{index}.attributes", mapping.attributes, dictionary
+        )
     if config.directory.radius is not None:
         for index, name in enumerate(config.directory.radius.pass_through_attributes):
             if not dictionary.has_key(name):
-                problems.append(
-                    f"directory.radius.pass_through_attributes.{index}: unknown RADIUS attribute {name!r}"
-                )
+                where = f"directory.radius.pass_through_attributes.{index}"
+                problems.append(f"{where}: unknown RADIUS attribute {name!r}")
     if config.directory.backend == "local" and config.directory.local is not None:
         try:
             load_users_file(config.directory.local.users_file)

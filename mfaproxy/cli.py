@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "check-config", parents=[common], help="validate the configuration and summarise it"
     ).set_defaults(func=cmd_check_config)
-    users = sub.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
+    users = sub.add_parser("users", help="manage users").add_subparsers(
+        dest="users_command", required=True
+    )
     users.add_parser(
         "hash-password", parents=[common], help="read a password on stdin, print its argon2id hash"
     ).set_defaults(func=cmd_hash_password)

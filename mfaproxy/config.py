@@ -13,7 +13,7 @@ import ipaddress
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -316,7 +316,9 @@ class DirectoryConfig(Strict):
     @model_validator(mode="after")
     def _selected_present(self) -> DirectoryConfig:
         if getattr(self, self.backend) is None:
-            raise ValueError(f"backend is {self.backend!r} but the {self.backend!r} section is missing")
+            raise ValueError(
+                f"backend is {self.backend!r} but the {self.backend!r} section is missing"
+            )
         return self
 
 

@@ -17,6 +17,7 @@ from mfaproxy.observability import metrics
 from mfaproxy.radius.codec import STATUS_SERVER, RadiusRequest
 
 audit = structlog.get_logger("mfaproxy.audit")
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,13 @@ class Engine:
         if request.password is None:
             return self._reject("missing_password"), None
         primary = await self.checker.authenticate(request.user_name, request.password)
+        log.debug(
+            "primary_checked",
+            backend=primary.backend,
+            outcome=primary.outcome.value,
+            reason=primary.reason,
+            groups=sorted(primary.groups),
+        )
         return self._after_primary(primary), primary
 
     def _after_primary(self, primary: PrimaryResult) -> Answer:

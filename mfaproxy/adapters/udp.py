@@ -28,8 +28,8 @@ from mfaproxy.radius.codec import (
     ACCESS_CHALLENGE,
     ACCESS_REJECT,
     CODE_NAMES,
-    decode_request,
     RadiusRequest,
+    decode_request,
     encode_reply,
 )
 from mfaproxy.radius.dedup import DuplicateTable, Seen
@@ -141,6 +141,16 @@ class Dispatcher:
             metrics.DUPLICATES.labels(action="ignored_in_flight").inc()
             return
         metrics.REQUESTS.labels(client=client.name, code=code_name).inc()
+        log.debug(
+            "request_received",
+            client=client.name,
+            source=source_ip,
+            code=code_name,
+            identifier=request.identifier,
+            user=request.user_name,
+            has_state=request.state is not None,
+            proxy_states=len(request.proxy_states),
+        )
         reply: bytes | None = None
         try:
             ctx = RequestContext(secrets.token_hex(8), client, source_ip, source_port)

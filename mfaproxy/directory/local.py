@@ -61,7 +61,9 @@ def load_users_file(path: Path) -> dict[str, LocalUser]:
     try:
         parsed = UsersFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([f"{path}: {p}" for p in validation_problems(exc, yaml_line_map(text))]) from exc
+        raise ConfigError(
+            [f"{path}: {p}" for p in validation_problems(exc, yaml_line_map(text))]
+        ) from exc
     users: dict[str, LocalUser] = {}
     for name, user in parsed.users.items():
         key = normalise_username(name)

@@ -52,7 +52,9 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
-def configure_logging(fmt: str = "console", level: str = "info", stream: TextIO | None = None) -> None:
+def configure_logging(
+    fmt: str = "console", level: str = "info", stream: TextIO | None = None
+) -> None:
     """Route structlog and stdlib logging to one handler with one renderer."""
     renderer: Processor
     if fmt == "json":

@@ -119,7 +119,10 @@ def test_request_without_message_authenticator_gets_no_answer(daemon: Daemon) ->
     )
     assert result.code is None
     daemon.wait_for(
-        lambda e: e.get("event") == "packet_dropped" and e.get("reason") == "missing_message_authenticator"
+        lambda e: (
+            e.get("event") == "packet_dropped"
+            and e.get("reason") == "missing_message_authenticator"
+        )
     )
 
 
@@ -132,7 +135,9 @@ def test_bad_authenticator_gets_no_answer(daemon: Daemon) -> None:
     )
     assert result.code is None
     daemon.wait_for(
-        lambda e: e.get("event") == "packet_dropped" and e.get("reason") == "bad_message_authenticator"
+        lambda e: (
+            e.get("event") == "packet_dropped" and e.get("reason") == "bad_message_authenticator"
+        )
     )
 
 
@@ -143,7 +148,9 @@ def test_unknown_source_address_gets_no_answer(daemon: Daemon) -> None:
         assert nas.receive_none(1.0)
     finally:
         nas.close()
-    daemon.wait_for(lambda e: e.get("event") == "packet_dropped" and e.get("reason") == "unknown_client")
+    daemon.wait_for(
+        lambda e: e.get("event") == "packet_dropped" and e.get("reason") == "unknown_client"
+    )
 
 
 def test_retransmission_gets_the_same_reply_and_reaches_the_backend_once(daemon: Daemon) -> None:
@@ -163,7 +170,9 @@ def test_retransmission_gets_the_same_reply_and_reaches_the_backend_once(daemon:
         nas.receive()
     finally:
         nas.close()
-    daemon.wait_for(lambda e: e.get("event") == "auth_decision" and e.get("nas_identifier") == "marker")
+    daemon.wait_for(
+        lambda e: e.get("event") == "auth_decision" and e.get("nas_identifier") == "marker"
+    )
     assert len(daemon.audit(nas_identifier="retransmit-test")) == 1
 
 

@@ -86,8 +86,8 @@ def test_message_authenticator_is_verified_in_any_position() -> None:
     signed = sign(RFC_71_REQUEST, RFC_71_SECRET)
     # move Message-Authenticator from last to first and re-sign there
     attrs = split_attributes(signed[20:])
-    reordered = b"\x50\x12" + bytes(16) + b"".join(
-        bytes([t, len(v) + 2]) + v for t, v in attrs if t != 80
+    reordered = (
+        b"\x50\x12" + bytes(16) + b"".join(bytes([t, len(v) + 2]) + v for t, v in attrs if t != 80)
     )
     header = signed[:4] + signed[4:20]
     mac = hmac.new(RFC_71_SECRET, header + reordered, hashlib.md5).digest()
@@ -175,7 +175,9 @@ def test_reply_has_message_authenticator_first_and_proxy_state_in_order() -> Non
     assert [v for t, v in attrs if t == 33] == [b"one", b"two"]
     assert (18, b"Denied") in attrs
     # the reply verifies as a NAS would verify it (pyrad's client-side check)
-    sent = pyrad_packet.AuthPacket(secret=RFC_71_SECRET, dict=DICTIONARY, packet=request.packet.raw_packet)
+    sent = pyrad_packet.AuthPacket(
+        secret=RFC_71_SECRET, dict=DICTIONARY, packet=request.packet.raw_packet
+    )
     received = pyrad_packet.Packet(secret=RFC_71_SECRET, dict=DICTIONARY, packet=reply)
     assert sent.VerifyReply(received, reply, enforce_ma=True)
 

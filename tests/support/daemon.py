@@ -77,7 +77,9 @@ class Daemon:
 
         with self._cond:
             ok = self._cond.wait_for(
-                lambda: found() is not None or (self.proc is not None and self.proc.poll() is not None),
+                lambda: (
+                    found() is not None or (self.proc is not None and self.proc.poll() is not None)
+                ),
                 timeout,
             )
             event = found()
@@ -90,7 +92,8 @@ class Daemon:
             return [
                 e
                 for e in self.events
-                if e.get("event") == "auth_decision" and all(e.get(k) == v for k, v in match.items())
+                if e.get("event") == "auth_decision"
+                and all(e.get(k) == v for k, v in match.items())
             ]
 
     @property

@@ -33,7 +33,9 @@ class UdpNas:
         self, port: int, host: str = "127.0.0.1", timeout: float = 10, source: str | None = None
     ):
         self.server = (host, port)
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock = socket.socket(
+            socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM
+        )
         self.sock.settimeout(timeout)
         self.sock.bind((source or host, 0))
 
