@@ -46,7 +46,7 @@ class SystemdNotifier:
         self._watchdog_usec = _positive_int(env.get("WATCHDOG_USEC"))
         pid_text = env.get("WATCHDOG_PID")
         # Unset means "this process"; set but unparsable means "not for us" (as sd_notify).
-        self._watchdog_pid: int | None = os.getpid() if pid_text is None else _positive_int(pid_text)
+        self._watchdog_pid = os.getpid() if pid_text is None else _positive_int(pid_text)
 
     @property
     def enabled(self) -> bool:

@@ -11,7 +11,6 @@ headers are not interpreted at all: nothing here depends on them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
@@ -66,7 +65,7 @@ def _text(status: HTTPStatus, message: str) -> _Response:
     return _Response(status, (message + "\n").encode("utf-8"))
 
 
-class _BadRequest(Exception):
+class _BadRequestError(Exception):
     """The request line is not one we can answer."""
 
 
@@ -76,11 +75,11 @@ def _parse_request_line(head: bytes) -> tuple[str, str]:
     try:
         method, target, version = line.decode("ascii").split(" ")
     except (UnicodeDecodeError, ValueError) as exc:
-        raise _BadRequest from exc
+        raise _BadRequestError from exc
     if not (method.isalpha() and method.isupper()) or not version.startswith("HTTP/1."):
-        raise _BadRequest
+        raise _BadRequestError
     if not target.startswith("/") or not target.isprintable():
-        raise _BadRequest
+        raise _BadRequestError
     path, _, _ = target.partition("?")
     return method, path
 
@@ -92,7 +91,11 @@ def _clean_reason(reason: str) -> str:
 
 
 class StatusServer:
-    """Serves /metrics, /healthz and /readyz on one TCP address until close()."""
+    """Serves /metrics, /healthz and /readyz on one TCP address until close().
+
+    `read_timeout` bounds each of: reading the request head, running the readiness check
+    (a check that takes longer counts as not ready) and writing the answer.
+    """
 
     def __init__(
         self,
@@ -149,33 +152,42 @@ class StatusServer:
         await asyncio.gather(*self._connections, return_exceptions=True)
         await server.wait_closed()
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         if task is None or len(self._connections) >= self._max_connections:
             writer.transport.abort()
             return
         self._connections.add(task)
+        answered = False
         try:
-            await self._serve_one(reader, writer)
-        except Exception as exc:  # noqa: BLE001 - one bad connection must not matter
+            answered = await self._serve_one(reader, writer)
+        except Exception as exc:  # one bad connection must not matter
             _log.debug("status http connection failed", error=repr(exc))
         finally:
             self._connections.discard(task)
-            writer.transport.abort() if writer.transport.is_closing() else writer.close()
+            if answered:
+                writer.close()  # the response is fully handed to the kernel: a clean FIN
+            else:
+                # Timed out, cancelled or failed: drop it now instead of waiting for a
+                # client that may never read what is still buffered.
+                writer.transport.abort()
 
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Read one request and answer it; False when there was nobody left to answer."""
         include_body = True
         try:
             async with asyncio.timeout(self._timeout):
                 head = await reader.readuntil(b"\r\n\r\n")
             method, path = _parse_request_line(head)
-        except (asyncio.LimitOverrunError, ValueError):
+        except asyncio.LimitOverrunError:
             response = _text(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request too large")
         except TimeoutError:
             response = _text(HTTPStatus.REQUEST_TIMEOUT, "request timeout")
         except asyncio.IncompleteReadError:
-            return  # the client went away before finishing its request
-        except _BadRequest:
+            return False  # the client went away before finishing its request
+        except _BadRequestError:
             response = _text(HTTPStatus.BAD_REQUEST, "bad request")
         else:
             include_body = method != "HEAD"
@@ -183,6 +195,7 @@ class StatusServer:
         async with asyncio.timeout(self._timeout):
             writer.write(response.encode(include_body=include_body))
             await writer.drain()
+        return True
 
     async def _dispatch(self, method: str, path: str) -> _Response:
         handler = self._routes.get(path)
@@ -207,7 +220,7 @@ class StatusServer:
         try:
             async with asyncio.timeout(self._timeout):
                 ready, reason = await self._readiness()
-        except Exception as exc:  # noqa: BLE001 - a failing check means "not ready"
+        except Exception as exc:  # a failing check means "not ready"
             _log.warning("readiness check failed", error=repr(exc))
             return _text(HTTPStatus.SERVICE_UNAVAILABLE, "readiness check failed")
         if ready:
