@@ -33,7 +33,7 @@ def _load(path: Path) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = load_config(args.config)  # the server runs the remaining checks as it builds
     configure_logging(config.server.log.format, config.server.log.level)
     from mfaproxy.server import serve
 

@@ -148,6 +148,8 @@ class ServerConfig(Strict):
     intake_queue: int = Field(default=1024, ge=1, le=1_000_000)
     # Requests processed concurrently (each may wait on a directory or a push).
     concurrency: int = Field(default=256, ge=1, le=100_000)
+    # On SIGTERM, how long requests in flight may take to finish before we exit.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
     # Extra FreeRADIUS-format dictionary files loaded after the shipped ones.
     dictionaries: list[Path] = Field(default_factory=list)
 

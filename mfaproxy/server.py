@@ -1,18 +1,29 @@
-"""Daemon lifecycle: build, bind, announce readiness, serve until told to stop, drain, close."""
+"""Daemon lifecycle: build, bind, announce readiness, serve, reload, drain, close.
+
+systemd contract (Type=notify): READY=1 once every socket is bound; WATCHDOG=1 from the
+event loop itself so a stuck loop is noticed; RELOADING=1 around a SIGHUP reload;
+STOPPING=1 when SIGTERM arrives. A second SIGTERM/SIGINT exits at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 
 import structlog
 
+from mfaproxy.adapters.sdnotify import SystemdNotifier
+from mfaproxy.adapters.status_http import StatusServer
 from mfaproxy.adapters.udp import Dispatcher, Runtime, open_listener
-from mfaproxy.config import Config
+from mfaproxy.checks import check
+from mfaproxy.config import Config, load_config, parse_host_port
 from mfaproxy.directory.registry import build_checker
 from mfaproxy.engine import Engine
+from mfaproxy.errors import ConfigError
 from mfaproxy.observability import metrics
+from mfaproxy.observability.logging import configure_logging
 from mfaproxy.radius.clients import ClientTable
 from mfaproxy.radius.codec import load_dictionary
 from mfaproxy.radius.dedup import DuplicateTable
@@ -21,21 +32,22 @@ log = structlog.get_logger(__name__)
 
 # Longest a request may stay in flight before the duplicate table forgets it.
 MAX_REQUEST_SECONDS = 300.0
-SHUTDOWN_GRACE_SECONDS = 10.0
+EXIT_AT_ONCE = 130
 
 
 def build_runtime(config: Config) -> Runtime:
     dictionary = load_dictionary(config.server.dictionaries)
+    check(config, dictionary)
     checker = build_checker(config.directory, dictionary)
     return Runtime(ClientTable(config.clients), dictionary, Engine(config, checker))
 
 
 class Server:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, notifier: SystemdNotifier | None = None):
         self.config = config
-        self.runtime = build_runtime(config)
+        self.notifier = notifier or SystemdNotifier()
         self.dispatcher = Dispatcher(
-            self.runtime,
+            build_runtime(config),
             DuplicateTable(
                 reply_ttl=config.server.duplicate_cache_seconds,
                 in_flight_ttl=MAX_REQUEST_SECONDS,
@@ -44,7 +56,10 @@ class Server:
             workers=config.server.concurrency,
         )
         self._transports: list[asyncio.DatagramTransport] = []
+        self._status: StatusServer | None = None
         self._stop = asyncio.Event()
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self.bound: list[tuple[str, int]] = []
 
     async def start(self) -> None:
@@ -53,23 +68,94 @@ class Server:
             transport, bound_port = await open_listener(self.dispatcher, host, port)
             self._transports.append(transport)
             self.bound.append((host, bound_port))
+        if self.config.server.metrics is not None:
+            host, port = parse_host_port(self.config.server.metrics.listen, 9812)
+            self._status = StatusServer(host, port, self.readiness)
+            await self._status.start()
         metrics.CONFIG_RELOADS.labels(result="initial").inc()
         metrics.CONFIG_LAST_RELOAD.set(time.time())
         log.info(
             "listening",
             addresses=[f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.bound],
+            metrics=self._status.port if self._status else None,
             clients=len(self.config.clients),
             backend=self.config.directory.backend,
         )
+        self.notifier.ready()
+        self.notifier.status(f"serving {len(self.config.clients)} client(s)")
+        interval = self.notifier.watchdog_interval()
+        if interval is not None:
+            self.spawn(self._watchdog(interval))
+
+    def spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the loop: if the loop is stuck, systemd stops hearing from us.
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def readiness(self) -> tuple[bool, str]:
+        if self._stopping:
+            return False, "shutting down"
+        if not self._transports:
+            return False, "not listening yet"
+        return True, "ok"
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> bool:
+        """Re-read the configuration; swap it in for new requests, or keep the old one."""
+        self.notifier.reloading()
+        path = self.config.source
+        try:
+            if path is None:
+                raise ConfigError(["the configuration was not read from a file"])
+            new_config = load_config(path)
+            new_runtime = build_runtime(new_config)
+        except (ConfigError, OSError) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            metrics.CONFIG_RELOADS.labels(result="failure").inc()
+            log.error("reload_failed", problems=problems)
+            self.notifier.ready()
+            return False
+        if new_config.server.listen != self.config.server.listen:
+            log.warning("reload_listen_unchanged", detail="listen addresses change on restart only")
+        old = self.dispatcher.runtime
+        self.dispatcher.runtime = new_runtime  # new requests only; in-flight keep theirs
+        self.config = new_config
+        configure_logging(new_config.server.log.format, new_config.server.log.level)
+        self.spawn(self._retire(old))
+        metrics.CONFIG_RELOADS.labels(result="success").inc()
+        metrics.CONFIG_LAST_RELOAD.set(time.time())
+        log.info("reloaded", clients=len(new_config.clients), backend=new_config.directory.backend)
+        self.notifier.ready()
+        return True
+
+    async def _retire(self, runtime: Runtime) -> None:
+        """Close the old backends once the requests that started on them are done."""
+        await runtime.idle()
+        await runtime.engine.checker.close()
+
+    # ------------------------------------------------------------------ shutdown
 
     def request_stop(self) -> None:
+        if self._stopping:
+            log.warning("second_signal_exit")
+            os._exit(EXIT_AT_ONCE)
+        self._stopping = True
+        self.notifier.stopping()
         self._stop.set()
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()
 
-    async def shutdown(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
-        """Stop intake, let requests in flight finish within `grace`, close backends."""
+    async def shutdown(self) -> None:
+        """Stop intake, let requests in flight finish within the grace period, close."""
+        grace = self.config.server.shutdown_grace_seconds
         for transport in self._transports:
             transport.close()
         try:
@@ -77,7 +163,11 @@ class Server:
         except TimeoutError:
             log.warning("shutdown_grace_expired", grace_seconds=grace)
         await self.dispatcher.stop()
-        await self.runtime.engine.checker.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._status is not None:
+            await self._status.close()
+        await self.dispatcher.runtime.engine.checker.close()
         log.info("stopped")
 
 
@@ -87,6 +177,7 @@ async def serve(config: Config) -> int:
     await server.start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(server.reload()))
     await server.wait_stopped()
     await server.shutdown()
     return 0

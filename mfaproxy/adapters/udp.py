@@ -12,7 +12,7 @@ import asyncio
 import secrets
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import structlog
@@ -44,13 +44,31 @@ REPLY_CODES = {
 Address = tuple[Any, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Runtime:
-    """Everything a request needs that a configuration reload may replace at once."""
+    """Everything a request needs that a configuration reload may replace at once.
+
+    `active` counts requests running on it, so a retired runtime's backends are closed
+    only after the last of them finishes."""
 
     clients: ClientTable
     dictionary: Dictionary
     engine: Engine
+    active: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def acquire(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def release(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        if self.active:
+            await self._idle.wait()
 
 
 class Dispatcher:
@@ -113,6 +131,20 @@ class Dispatcher:
     ) -> None:
         started = time.monotonic()
         runtime = self.runtime  # a reload swaps self.runtime; this request keeps its own
+        runtime.acquire()
+        try:
+            await self._process(runtime, data, addr, transport, started)
+        finally:
+            runtime.release()
+
+    async def _process(
+        self,
+        runtime: Runtime,
+        data: bytes,
+        addr: Address,
+        transport: asyncio.DatagramTransport,
+        started: float,
+    ) -> None:
         source_ip, source_port = str(addr[0]), int(addr[1])
         client = runtime.clients.match(source_ip)
         if client is None:
