@@ -25,15 +25,18 @@ from tests.support.slapd import (
     ALICE,
     BOB,
     CAROL,
+    DAVE,
     GROUPS_DN,
     PEOPLE_DN,
     SERVICE_DN,
     SERVICE_PASSWORD,
     CertificateAuthority,
+    LdapTestUser,
     SlapdServer,
     run_slapd,
 )
 
+Factory = Callable[[LdapConfig], LdapChecker]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ def direct_config(slapd: SlapdServer, **overrides: Any) -> LdapConfig:
 
 
 @pytest.fixture
-async def make_checker() -> AsyncIterator[Callable[[LdapConfig], LdapChecker]]:
+async def make_checker() -> AsyncIterator[Factory]:
     made: list[LdapChecker] = []
 
     def make(config: LdapConfig) -> LdapChecker:
@@ -79,11 +82,15 @@ async def make_checker() -> AsyncIterator[Callable[[LdapConfig], LdapChecker]]:
         await checker.close()
 
 
-Factory = Callable[[LdapConfig], LdapChecker]
-
-
 def closed_url(scheme: str = "ldap") -> str:
     return f"{scheme}://127.0.0.1:{free_port()}"
+
+
+def assert_dn_of(result: PrimaryResult, user: LdapTestUser) -> None:
+    # slapd may return `\,` as `\2C` (RFC 4514 allows both): compare the decoded value.
+    assert result.user_id is not None
+    assert first_rdn_value(result.user_id) == user.uid
+    assert result.user_id.lower().endswith("," + PEOPLE_DN)
 
 
 def sample(name: str, **labels: str) -> float:
@@ -112,16 +119,19 @@ async def test_search_then_bind_accepts_with_directory_data(
 
 
 @pytest.mark.parametrize(
-    ("user", "groups"), [(BOB, {"vpn-users"}), (CAROL, set())], ids=["bob", "carol"]
+    ("user", "groups"),
+    [(BOB, {"vpn-users"}), (CAROL, set()), (DAVE, {"vpn-users"})],
+    ids=["bob", "carol", "dave-needs-escaping"],
 )
 async def test_groups_and_missing_attributes(
-    slapd: SlapdServer, make_checker: Factory, user: Any, groups: set[str]
+    slapd: SlapdServer, make_checker: Factory, user: LdapTestUser, groups: set[str]
 ) -> None:
     result = await make_checker(search_config(slapd)).authenticate(user.uid, user.password)
     assert result.accepted
     assert result.groups == frozenset(groups)
     assert result.email == user.mail
     assert result.mobile is None
+    assert_dn_of(result, user)
 
 
 async def test_wrong_password_is_rejected(slapd: SlapdServer, make_checker: Factory) -> None:
@@ -167,6 +177,16 @@ async def test_filter_injection_does_not_authenticate(
     assert result.reason == "no_such_user"
 
 
+async def test_filter_matching_several_entries_is_rejected(
+    slapd: SlapdServer, make_checker: Factory
+) -> None:
+    # A filter that can match several people cannot say who is logging in: fail closed.
+    config = search_config(slapd, user_filter="(|(uid={username})(mail=*@example.org))")
+    result = await make_checker(config).authenticate("alice", ALICE.password)
+    assert result.outcome is PrimaryOutcome.REJECT
+    assert result.reason == "ambiguous_user"
+
+
 async def test_wrong_service_password_is_unavailable(
     slapd: SlapdServer, make_checker: Factory
 ) -> None:
@@ -187,6 +207,14 @@ async def test_direct_bind_accepts_and_reads_own_entry(
     assert result.user_id == ALICE.dn
     assert result.groups == frozenset({"vpn-users", "mfa-admins"})
     assert result.email == ALICE.mail
+
+
+async def test_direct_bind_escapes_the_dn(slapd: SlapdServer, make_checker: Factory) -> None:
+    # `,` and `+` are DN syntax (RFC 4514): unescaped, the DN names another entry.
+    result = await make_checker(direct_config(slapd)).authenticate(DAVE.uid, DAVE.password)
+    assert result.outcome is PrimaryOutcome.ACCEPT
+    assert_dn_of(result, DAVE)
+    assert result.groups == frozenset({"vpn-users"})
 
 
 @pytest.mark.parametrize(
@@ -221,7 +249,10 @@ async def test_group_search(slapd: SlapdServer, make_checker: Factory) -> None:
     checker = make_checker(config)
     alice = await checker.authenticate("alice", ALICE.password)
     carol = await checker.authenticate("carol", CAROL.password)
+    # Dave's DN holds `(` and `)`: found only if the DN is escaped in the group filter.
+    dave = await checker.authenticate(DAVE.uid, DAVE.password)
     assert alice.groups == frozenset({"vpn-users", "mfa-admins"})
+    assert dave.groups == frozenset({"vpn-users"})
     assert carol.accepted
     assert carol.groups == frozenset()
 
@@ -259,9 +290,7 @@ def rogue_ca(tmp_path: Path) -> Path:
 async def test_untrusted_certificate_is_unavailable(
     slapd: SlapdServer, make_checker: Factory, rogue_ca: Path, mode: str
 ) -> None:
-    tls: dict[str, Any] = (
-        {"servers": [slapd.ldaps_url]} if mode == "ldaps" else {"start_tls": True}
-    )
+    tls: dict[str, Any] = {"servers": [slapd.ldaps_url]} if mode == "ldaps" else {"start_tls": True}
     config = search_config(slapd, ca_file=str(rogue_ca), **tls)
     result = await make_checker(config).authenticate("alice", ALICE.password)
     assert result.outcome is PrimaryOutcome.UNAVAILABLE
@@ -306,12 +335,12 @@ async def test_all_servers_down_is_unavailable(make_checker: Factory) -> None:
             "connect_timeout": 2,
         }
     )
-    before = sample("mfaproxy_upstream_duration_seconds_count", service="ldap", result="unavailable")
+    count = "mfaproxy_upstream_duration_seconds_count"
+    before = sample(count, service="ldap", result="unavailable")
     result = await make_checker(config).authenticate("alice", ALICE.password)
     assert result.outcome is PrimaryOutcome.UNAVAILABLE
     assert result.reason == "unreachable"
-    after = sample("mfaproxy_upstream_duration_seconds_count", service="ldap", result="unavailable")
-    assert after == before + 1
+    assert sample(count, service="ldap", result="unavailable") == before + 1
 
 
 async def test_silent_server_is_a_timeout_not_a_reject(make_checker: Factory) -> None:
@@ -369,10 +398,18 @@ async def test_closed_checker_is_unavailable(slapd: SlapdServer) -> None:
 @pytest.mark.parametrize(
     ("code", "message", "reason"),
     [
-        (49, "80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, "
-         "data 52e, v4563", "bad_password"),
-        (49, "80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, "
-         "data 775, v4563", "account_locked"),
+        (
+            49,
+            "80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, "
+            "data 52e, v4563",
+            "bad_password",
+        ),
+        (
+            49,
+            "80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, "
+            "data 775, v4563",
+            "account_locked",
+        ),
         (49, "... data 533, v2580", "account_disabled"),
         (49, "... data 773, v2580", "must_change_password"),
         (49, "", "bad_password"),

@@ -15,7 +15,8 @@ directory. Its certificate is issued by a CA generated per server (``ca_file``) 
 IP 127.0.0.1 and DNS ``localhost``. The directory holds, under ``dc=example,dc=org``:
 
 - ``ou=people``: ALICE (groups vpn-users and mfa-admins, mail, mobile), BOB (vpn-users,
-  mail only), CAROL (no groups, no mail, no mobile); passwords in the constants below.
+  mail only), CAROL (no groups, no mail, no mobile), DAVE (uid ``dave (ops), jr+1``,
+  vpn-users, mail: a name that needs escaping); passwords in the constants below.
 - ``ou=groups``: groupOfNames ``vpn-users`` and ``mfa-admins``; the memberof overlay
   fills each user's ``memberOf``.
 - ``ou=services``: SERVICE_DN, a read-only search account for search-then-bind.
@@ -68,6 +69,7 @@ GROUPS_DN = f"ou=groups,{BASE_DN}"
 ALICE_PASSWORD = "alice-Pa55word!"
 BOB_PASSWORD = "bob-Pa55word!"
 CAROL_PASSWORD = "carol-Pa55word!"
+DAVE_PASSWORD = "dave-Pa55word!"
 
 STARTUP_TIMEOUT = 20.0
 
@@ -82,7 +84,15 @@ class LdapTestUser:
 
     @property
     def dn(self) -> str:
-        return f"uid={self.uid},{PEOPLE_DN}"
+        return f"uid={escape_dn_value(self.uid)},{PEOPLE_DN}"
+
+
+def escape_dn_value(value: str) -> str:
+    """RFC 4514 section 2.4, enough for the names used here."""
+    escaped = "".join(f"\\{char}" if char in '\\,+"<>;=' else char for char in value)
+    if escaped.startswith(("#", " ")):
+        escaped = "\\" + escaped
+    return escaped[:-1] + "\\ " if escaped.endswith(" ") else escaped
 
 
 ALICE = LdapTestUser(
@@ -90,7 +100,10 @@ ALICE = LdapTestUser(
 )
 BOB = LdapTestUser("bob", BOB_PASSWORD, ("vpn-users",), "bob@example.org")
 CAROL = LdapTestUser("carol", CAROL_PASSWORD)
-USERS = (ALICE, BOB, CAROL)
+# A name with characters special in filters (RFC 4515) and DNs (RFC 4514): found and
+# bound only when the client escapes them.
+DAVE = LdapTestUser("dave (ops), jr+1", DAVE_PASSWORD, ("vpn-users",), "dave@example.org")
+USERS = (ALICE, BOB, CAROL, DAVE)
 GROUPS = ("vpn-users", "mfa-admins")
 
 
