@@ -9,6 +9,7 @@ silently never matches.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import zoneinfo
@@ -16,9 +17,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from mfaproxy.config import IPNetwork, Strict, _resolve_path
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Strict(BaseModel):
+    """The rules of `mfaproxy.config.Strict` (a test keeps them equal). Not imported from
+    there: config.py imports this module for its root model, and importing back at
+    module level would be a cycle that fails whichever module loads first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
 
 LoginAction = Literal["continue", "access_denied", "access_allowed"]
 MfaAction = Literal["continue", "mfa_required", "mfa_skipped", "mfa_optional_per_user"]
@@ -141,7 +159,7 @@ class TimeRule(Strict):
     @classmethod
     def _check_timezone(cls, value: str) -> str:
         try:
-            zoneinfo.ZoneInfo(value)
+            zone(value)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Paris)") from exc
         return value
@@ -152,6 +170,10 @@ class TimeRule(Strict):
             # Ambiguous: an empty window or a whole day? Make the operator say which.
             raise ValueError("start equals end; for the whole day use 00:00 to 24:00")
         return self
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zone(self.timezone)
 
     @property
     def start_minute(self) -> int:
@@ -166,6 +188,13 @@ class TimeRule(Strict):
         """Weekday numbers as `datetime.weekday()` gives them (Monday is 0)."""
         chosen = self.days or DAYS
         return frozenset(DAYS.index(day) for day in chosen)
+
+
+@functools.cache
+def zone(name: str) -> zoneinfo.ZoneInfo:
+    """Zones are read once, while the configuration loads, and kept: evaluating a
+    time rule then never touches the tz database files."""
+    return zoneinfo.ZoneInfo(name)
 
 
 def _minutes(clock: str) -> int:
@@ -197,6 +226,9 @@ class GeoIpRule(Strict):
     @field_validator("database", mode="before")
     @classmethod
     def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        # Imported here, when config.py has finished loading (see Strict above).
+        from mfaproxy.config import _resolve_path
+
         return _resolve_path(value, info) if isinstance(value, str | Path) else value
 
 

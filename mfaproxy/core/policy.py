@@ -33,7 +33,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo
 
 from mfaproxy.policy_config import (
     DAYS,
@@ -243,7 +242,7 @@ def _match_clients(rule: ClientsRule, ctx: PolicyContext, now: datetime) -> Verd
 
 def in_time_window(rule: TimeRule, now: datetime) -> bool:
     """Whether `now` falls in the rule's window, in the rule's time zone."""
-    local = now.astimezone(ZoneInfo(rule.timezone))
+    local = now.astimezone(rule.zone)
     minute, day = local.hour * 60 + local.minute, local.weekday()
     start, end, days = rule.start_minute, rule.end_minute, rule.day_numbers
     if start < end:
@@ -253,7 +252,7 @@ def in_time_window(rule: TimeRule, now: datetime) -> bool:
 
 
 def _match_time(rule: TimeRule, ctx: PolicyContext, now: datetime) -> Verdict:
-    local = now.astimezone(ZoneInfo(rule.timezone))
+    local = now.astimezone(rule.zone)
     hit = in_time_window(rule, now)
     days = ",".join(rule.days) or "every day"
     where = "inside" if hit else "outside"
@@ -273,7 +272,9 @@ def _match_authentication_type(
 def _match_administrator(rule: AdministratorRule, ctx: PolicyContext, now: datetime) -> Verdict:
     if ctx.is_administrator is None:
         return Verdict(Tri.UNKNOWN, "administrator membership not known (before the lookup)")
-    return _yes(ctx.is_administrator, "administrator" if ctx.is_administrator else "not one")
+    return _yes(
+        ctx.is_administrator, f"is {'' if ctx.is_administrator else 'not '}an administrator"
+    )
 
 
 def _match_geo_ip(rule: GeoIpRule, ctx: PolicyContext, now: datetime) -> Verdict:
