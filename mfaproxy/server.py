@@ -174,10 +174,11 @@ class Server:
 async def serve(config: Config) -> int:
     server = Server(config)
     loop = asyncio.get_running_loop()
-    await server.start()
+    # Handlers first: systemd may signal us as soon as READY=1 is out.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.request_stop)
     loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(server.reload()))
+    await server.start()
     await server.wait_stopped()
     await server.shutdown()
     return 0
