@@ -151,15 +151,16 @@ class _Exchange(asyncio.DatagramProtocol):
             return
         try:
             reply = self._request.CreateReply(packet=data)
+            valid = self._request.VerifyReply(reply, data, enforce_ma=self._require_ma)
         except _DECODE_ERRORS:
             self._ignore("malformed")
+            return
+        if not valid:
+            self._ignore("verification_failed")
             return
         # Salt-encrypted reply attributes (RFC 2868 3.5) decrypt with the request's
         # authenticator, which pyrad only finds here.
         reply.request_authenticator = self._request.authenticator
-        if not self._request.VerifyReply(reply, data, enforce_ma=self._require_ma):
-            self._ignore("verification_failed")
-            return
         self.reply.set_result(reply)
 
     def error_received(self, exc: Exception) -> None:
@@ -234,8 +235,8 @@ class RadiusClient:
             raise ValueError("User-Password is limited to 128 octets (RFC 2865 section 5.2)")
         failed: list[RadiusServer] = []
         for server in self._servers:
-            request = self._build(server, attributes, password, state)
-            reply = await self._exchange(server, request)
+            request, raw = self._build(server, attributes, password, state)
+            reply = await self._exchange(server, request, raw)
             if reply is not None:
                 return RadiusReply(
                     code=int(reply.code),
@@ -253,7 +254,8 @@ class RadiusClient:
         attributes: RequestAttributes,
         password: str | None,
         state: bytes | None,
-    ) -> Any:
+    ) -> tuple[Any, bytes]:
+        """A new Access-Request for `server` (its secret hides the password), encoded."""
         try:
             request = radpacket.AuthPacket(
                 code=ACCESS_REQUEST,
@@ -272,13 +274,15 @@ class RadiusClient:
                 request["User-Password"] = request.PwCrypt(password)
             if state is not None:
                 request["State"] = state
+            raw = cast(bytes, request.RequestPacket())
         except KeyError as exc:
             raise ValueError(f"attribute {exc} is not in the RADIUS dictionary") from exc
-        return request
+        except (TypeError, struct.error) as exc:
+            raise ValueError(f"an attribute value does not fit its type: {exc}") from exc
+        return request, raw
 
-    async def _exchange(self, server: RadiusServer, request: Any) -> Any | None:
-        """Send `request` to one server, retransmitting it unchanged on timeout."""
-        raw = cast(bytes, request.RequestPacket())
+    async def _exchange(self, server: RadiusServer, request: Any, raw: bytes) -> Any | None:
+        """Send `raw` to one server, retransmitting it unchanged on timeout."""
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.create_datagram_endpoint(

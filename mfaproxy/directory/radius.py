@@ -104,7 +104,9 @@ class RadiusChecker:
         if reply.rejected:
             return self._result(PrimaryOutcome.REJECT, "bad_password")
         # Any other code in answer to an Access-Request is a protocol error: fail closed.
-        log.warning("radius_primary_unexpected_code", server=reply.server.label, code=reply.code)
+        log.warning(
+            "radius_primary_unexpected_code", server=reply.server.label, packet_code=reply.code
+        )
         return self._result(PrimaryOutcome.REJECT, "unexpected_reply")
 
     def _copy_attributes(self, reply: RadiusReply) -> tuple[ReplyAttribute, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pyrad import packet as radpacket
@@ -23,6 +23,7 @@ from mfaproxy.adapters.radius_client import (
     ACCESS_REQUEST,
     RadiusClient,
     RadiusServer,
+    RequestAttributes,
 )
 from mfaproxy.errors import UpstreamUnavailable
 from tests.support.freeradius import Challenge, FreeRadiusServer, UserSpec, rfc_dictionary
@@ -46,8 +47,8 @@ class FakeRadius(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # The selector loop's datagram transport does not subclass DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self.received.append(data)
@@ -102,7 +103,8 @@ def silent(n: int, raw: bytes, peer: tuple[str, int], tr: asyncio.DatagramTransp
 
 
 def client(*servers: RadiusServer, **options: Any) -> RadiusClient:
-    options.setdefault("timeout", 5.0)
+    # Loopback fakes answer at once; the timeout only bounds how long a failing test hangs.
+    options.setdefault("timeout", 2.0)
     return RadiusClient(servers, DICTIONARY, **options)
 
 
@@ -163,7 +165,11 @@ async def test_request_has_message_authenticator_first_and_given_attributes(
         tr.sendto(reply_bytes(raw, ACCESS_REJECT), peer)
 
     server, fake = await fakes(reject)
-    attributes = {"User-Name": "bob", "NAS-Identifier": "mfaproxy", "Proxy-State": [b"p1", b"p2"]}
+    attributes: RequestAttributes = {
+        "User-Name": "bob",
+        "NAS-Identifier": "mfaproxy",
+        "Proxy-State": [b"p1", b"p2"],
+    }
     await client(server).access_request(attributes, password="pw", state=b"st")
     raw = fake.received[0]
     assert raw[0] == ACCESS_REQUEST and raw[20] == 80  # RFC 3579 3.2 / BlastRADIUS
@@ -304,3 +310,11 @@ def test_server_label_brackets_ipv6() -> None:
     assert RadiusServer("::1", 1812, b"s").label == "[::1]:1812"
     assert RadiusServer("127.0.0.1", 1812, b"s").label == "127.0.0.1:1812"
     assert "secret-value" not in repr(RadiusServer("::1", 1812, b"secret-value"))
+
+
+async def test_refuses_values_that_do_not_fit_their_type() -> None:
+    radius = client(RadiusServer("127.0.0.1", free_udp_port(), SECRET))
+    with pytest.raises(ValueError):
+        await radius.access_request({"User-Name": "bob", "NAS-Port": "not-a-number"})
+    with pytest.raises(ValueError):
+        await radius.access_request({"User-Name": "x" * 300})

@@ -160,7 +160,7 @@ def radiusd_conf(
 ) -> str:
     """A self-contained radiusd.conf: no user/group, so it runs as whoever starts it."""
     family = "ipv6addr" if ":" in host else "ipaddr"
-    sign_block = _SIGN if sign else "ok"
+    sign_block = _SIGN if sign else "# replies left unsigned"
     return f"""
 prefix = /usr
 exec_prefix = /usr
