@@ -11,6 +11,8 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 
@@ -59,7 +61,7 @@ class Server:
         self._status: StatusServer | None = None
         self._stop = asyncio.Event()
         self._stopping = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self.bound: list[tuple[str, int]] = []
 
     async def start(self) -> None:
@@ -87,8 +89,8 @@ class Server:
         if interval is not None:
             self.spawn(self._watchdog(interval))
 
-    def spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
