@@ -10,15 +10,12 @@ the YAML itself can stay world-readable.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -27,54 +24,14 @@ from pydantic import (
     model_validator,
 )
 
+from mfaproxy.config_base import Strict, resolve_path, take_secrets
 from mfaproxy.errors import ConfigError
+from mfaproxy.mfa_config import MultifactorConfig, SmtpConfig
+from mfaproxy.policy_config import AccessPoliciesConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/mfaproxy/mfaproxy.yaml")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class Strict(BaseModel):
-    """Base of every section: unknown keys are refused, values are not coerced loosely."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _base_dir(info: ValidationInfo) -> Path:
-    context = info.context or {}
-    base = context.get("base_dir")
-    return Path(base) if base is not None else Path.cwd()
-
-
-def _resolve_path(value: str | Path, info: ValidationInfo) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else _base_dir(info) / path
-
-
-def _take_secrets(data: Any, names: tuple[str, ...], info: ValidationInfo) -> Any:
-    """Turn `<name>_file` / `<name>_env` into `<name>`, refusing ambiguous combinations."""
-    if not isinstance(data, dict):
-        return data
-    out = dict(data)
-    for name in names:
-        given = [k for k in (name, f"{name}_file", f"{name}_env") if out.get(k) is not None]
-        if len(given) > 1:
-            raise ValueError(f"give only one of {', '.join(given)}")
-        if f"{name}_file" in out:
-            raw = out.pop(f"{name}_file")
-            if raw is not None:
-                path = _resolve_path(str(raw), info)
-                try:
-                    out[name] = path.read_text(encoding="utf-8").rstrip("\r\n")
-                except OSError as exc:
-                    raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from exc
-        if f"{name}_env" in out:
-            env_name = out.pop(f"{name}_env")
-            if env_name is not None:
-                if str(env_name) not in os.environ:
-                    raise ValueError(f"{name}_env: environment variable {env_name} is not set")
-                out[name] = os.environ[str(env_name)]
-    return out
 
 
 def parse_host_port(value: str, default_port: int) -> tuple[str, int]:
@@ -130,7 +87,7 @@ class UserStoreConfig(Strict):
     @field_validator("path", mode="before")
     @classmethod
     def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return None if value is None else _resolve_path(value, info)
+        return None if value is None else resolve_path(value, info)
 
 
 class ServerConfig(Strict):
@@ -163,13 +120,13 @@ class ServerConfig(Strict):
     @field_validator("state_dir", "secrets_key_file", mode="before")
     @classmethod
     def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return None if value is None else _resolve_path(value, info)
+        return None if value is None else resolve_path(value, info)
 
     @field_validator("dictionaries", mode="before")
     @classmethod
     def _resolve_list(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, list):
-            return [_resolve_path(v, info) for v in value]
+            return [resolve_path(v, info) for v in value]
         return value
 
     def listen_addresses(self) -> list[tuple[str, int]]:
@@ -190,7 +147,7 @@ class ClientConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
-        return _take_secrets(data, ("secret",), info)
+        return take_secrets(data, ("secret",), info)
 
     @field_validator("address", mode="before")
     @classmethod
@@ -217,7 +174,7 @@ class LocalDirectoryConfig(Strict):
     @field_validator("users_file", mode="before")
     @classmethod
     def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return _resolve_path(value, info)
+        return resolve_path(value, info)
 
 
 class LdapGroupSearchConfig(Strict):
@@ -255,12 +212,12 @@ class LdapConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
-        return _take_secrets(data, ("bind_password",), info)
+        return take_secrets(data, ("bind_password",), info)
 
     @field_validator("ca_file", mode="before")
     @classmethod
     def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return None if value is None else _resolve_path(value, info)
+        return None if value is None else resolve_path(value, info)
 
     @field_validator("servers")
     @classmethod
@@ -289,7 +246,7 @@ class RadiusServerConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
-        return _take_secrets(data, ("secret",), info)
+        return take_secrets(data, ("secret",), info)
 
     @field_validator("host")
     @classmethod
@@ -359,6 +316,9 @@ class Config(Strict):
     clients: list[ClientConfig] = Field(min_length=1)
     directory: DirectoryConfig
     replies: RepliesConfig = RepliesConfig()
+    access_policies: AccessPoliciesConfig = AccessPoliciesConfig()
+    multifactor: MultifactorConfig = MultifactorConfig()
+    smtp: SmtpConfig | None = None
     # Where the file was read from; relative paths were resolved against its folder.
     source: Path | None = Field(default=None, exclude=True)
 
@@ -368,6 +328,10 @@ class Config(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"clients: duplicate names {', '.join(dupes)}")
+        unknown = sorted(set(self.access_policies.referenced_clients()) - set(names))
+        if unknown:
+            names_text = ", ".join(unknown)
+            raise ValueError(f"access_policies: clients rules name unknown clients {names_text}")
         return self
 
     @property

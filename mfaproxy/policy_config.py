@@ -18,24 +18,16 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from mfaproxy.config_base import Strict, resolve_path
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class Strict(BaseModel):
-    """The rules of `mfaproxy.config.Strict` (a test keeps them equal). Not imported from
-    there: config.py imports this module for its root model, and importing back at
-    module level would be a cycle that fails whichever module loads first."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 LoginAction = Literal["continue", "access_denied", "access_allowed"]
@@ -226,10 +218,7 @@ class GeoIpRule(Strict):
     @field_validator("database", mode="before")
     @classmethod
     def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        # Imported here, when config.py has finished loading (see Strict above).
-        from mfaproxy.config import _resolve_path
-
-        return _resolve_path(value, info) if isinstance(value, str | Path) else value
+        return resolve_path(value, info) if isinstance(value, str | Path) else value
 
 
 Rule = Annotated[

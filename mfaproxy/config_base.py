@@ -1,0 +1,54 @@
+"""Building blocks shared by every configuration section: strict models, paths resolved
+against the configuration file's folder, and secrets read inline, from a file or from
+the environment. No mfaproxy imports here, so any section module can use it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo
+
+
+class Strict(BaseModel):
+    """Base of every section: unknown keys are refused, values are not coerced loosely."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def base_dir(info: ValidationInfo) -> Path:
+    context = info.context or {}
+    base = context.get("base_dir")
+    return Path(base) if base is not None else Path.cwd()
+
+
+def resolve_path(value: str | Path, info: ValidationInfo) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir(info) / path
+
+
+def take_secrets(data: Any, names: tuple[str, ...], info: ValidationInfo) -> Any:
+    """Turn `<name>_file` / `<name>_env` into `<name>`, refusing ambiguous combinations."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for name in names:
+        given = [k for k in (name, f"{name}_file", f"{name}_env") if out.get(k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of {', '.join(given)}")
+        if f"{name}_file" in out:
+            raw = out.pop(f"{name}_file")
+            if raw is not None:
+                path = resolve_path(str(raw), info)
+                try:
+                    out[name] = path.read_text(encoding="utf-8").rstrip("\r\n")
+                except OSError as exc:
+                    raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from exc
+        if f"{name}_env" in out:
+            env_name = out.pop(f"{name}_env")
+            if env_name is not None:
+                if str(env_name) not in os.environ:
+                    raise ValueError(f"{name}_env: environment variable {env_name} is not set")
+                out[name] = os.environ[str(env_name)]
+    return out

@@ -1,0 +1,234 @@
+"""The `multifactor` and `smtp` sections: second-factor methods and how mail is sent.
+
+Kept apart from config.py (which embeds these models) to keep each module readable.
+Secrets accept the `<name>_file` / `<name>_env` forms, as everywhere in the schema.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+
+from mfaproxy.config_base import Strict, resolve_path, take_secrets
+from mfaproxy.factors.backup_codes import BackupCodeSettings
+from mfaproxy.factors.totp import TotpSettings
+
+Method = Literal["totp", "yubikey", "email", "sms", "duo", "radius"]
+Alternate = Literal["email", "backup_codes"]
+
+YUBICLOUD_URLS = [
+    "https://api.yubico.com/wsapi/2.0/verify",
+    "https://api2.yubico.com/wsapi/2.0/verify",
+    "https://api3.yubico.com/wsapi/2.0/verify",
+    "https://api4.yubico.com/wsapi/2.0/verify",
+    "https://api5.yubico.com/wsapi/2.0/verify",
+]
+
+
+class SmtpConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    # none: plain; starttls: upgrade after connect; tls: TLS from the first byte (465).
+    security: Literal["none", "starttls", "tls"] = "none"
+    username: str | None = None
+    password: SecretStr | None = None
+    from_address: str = Field(default="mfaproxy@localhost", alias="from")
+    timeout: float = Field(default=10.0, gt=0, le=120)
+    ca_file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
+        return take_secrets(data, ("password",), info)
+
+    @field_validator("ca_file", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        return None if value is None else resolve_path(value, info)
+
+
+class CodeDelivery(Strict):
+    """Shared by the methods that send a one-time code (email, SMS)."""
+
+    code_length: int = Field(default=6, ge=6, le=10)
+    code_lifetime_seconds: int = Field(default=300, ge=30, le=3600)
+    # Anti-flood, per destination address or number: at most one send per interval,
+    # and at most `max_sends_per_hour` in any hour.
+    resend_interval_seconds: int = Field(default=30, ge=0, le=3600)
+    max_sends_per_hour: int = Field(default=10, ge=1, le=1000)
+
+
+class EmailMethodConfig(CodeDelivery):
+    subject: str = "Your sign-in code"
+    body: str = "Your sign-in code is {code}. It expires in {minutes} minutes."
+
+
+class TwilioConfig(Strict):
+    account_sid: str = Field(min_length=1)
+    auth_token: SecretStr
+    from_number: str | None = None
+    messaging_service_sid: str | None = None
+    # Only for tests and regional edges: where the Messages API lives.
+    base_url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
+        return take_secrets(data, ("auth_token",), info)
+
+    @model_validator(mode="after")
+    def _sender(self) -> TwilioConfig:
+        if (self.from_number is None) == (self.messaging_service_sid is None):
+            raise ValueError("set exactly one of from_number and messaging_service_sid")
+        return self
+
+
+class EmailGatewayConfig(Strict):
+    # The SMS goes as an email to <number>@<domain> (a carrier's email-to-SMS gateway).
+    domain: str = Field(min_length=3)
+
+
+class SmsMethodConfig(CodeDelivery):
+    provider: Literal["twilio", "email_gateway"]
+    twilio: TwilioConfig | None = None
+    email_gateway: EmailGatewayConfig | None = None
+    message: str = "Your sign-in code is {code}"
+
+    @model_validator(mode="after")
+    def _provider_present(self) -> SmsMethodConfig:
+        if getattr(self, self.provider) is None:
+            raise ValueError(f"provider is {self.provider!r} but its section is missing")
+        return self
+
+
+class YubikeyMethodConfig(Strict):
+    # local: the key's AES secret is in the user store; yubicloud: verify-v2 web service.
+    validation: Literal["local", "yubicloud"] = "yubicloud"
+    client_id: str | None = None
+    api_key: SecretStr | None = None  # base64, from the Yubico API key page
+    api_urls: list[str] = Field(default_factory=lambda: list(YUBICLOUD_URLS), min_length=1)
+    timeout: float = Field(default=5.0, gt=0, le=60)
+    ca_file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
+        return take_secrets(data, ("api_key",), info)
+
+    @field_validator("ca_file", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        return None if value is None else resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _cloud_credentials(self) -> YubikeyMethodConfig:
+        if self.validation == "yubicloud" and (self.client_id is None or self.api_key is None):
+            raise ValueError("yubicloud validation needs client_id and api_key")
+        return self
+
+
+class DuoMethodConfig(Strict):
+    integration_key: str = Field(min_length=1)
+    secret_key: SecretStr
+    api_hostname: str = Field(min_length=1)
+    # auto: push unless the user typed a passcode.
+    factor: Literal["auto", "push", "phone", "passcode"] = "auto"
+    # secure: reject when Duo is unreachable; safe: accept on the primary alone.
+    failmode: Literal["secure", "safe"] = "secure"
+    # How long an out-of-band push or phone call may take (keep the NAS timeout longer).
+    timeout: float = Field(default=60.0, gt=0, le=300)
+    pool_size: int = Field(default=16, ge=1, le=256)
+    ca_file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
+        return take_secrets(data, ("secret_key",), info)
+
+    @field_validator("ca_file", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        return None if value is None else resolve_path(value, info)
+
+
+class OtpRadiusServer(Strict):
+    host: str
+    port: int = Field(default=1812, ge=1, le=65535)
+    secret: SecretStr
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
+        return take_secrets(data, ("secret",), info)
+
+
+class RadiusMethodConfig(Strict):
+    """A second RADIUS server (an OTP server) checks the second factor."""
+
+    server: OtpRadiusServer
+    failover: OtpRadiusServer | None = None
+    timeout: float = Field(default=5.0, gt=0, le=60)
+    retries: int = Field(default=2, ge=0, le=10)
+    nas_identifier: str | None = None
+    strip_domain: bool = False
+    require_message_authenticator: bool = True
+
+
+class AdministratorsConfig(Strict):
+    # Members of this directory group match the `administrator` policy rule and get
+    # reset emails (local users through their email; plus `emails` below).
+    group: str | None = None
+    emails: list[str] = Field(default_factory=list)
+
+
+class ChallengeConfig(Strict):
+    # RFC 2865 section 5.24 State lifetime: a challenge unanswered this long is void.
+    timeout_seconds: int = Field(default=120, ge=10, le=900)
+    # Wrong answers allowed inside one login before Access-Reject.
+    attempts: int = Field(default=3, ge=1, le=10)
+
+
+class LockoutConfig(Strict):
+    max_failures: int = Field(default=5, ge=1, le=100)
+    lockout_seconds: int = Field(default=900, ge=1, le=86400)
+    # Second-factor failures accepted from one NAS per minute before it is throttled.
+    client_failures_per_minute: int = Field(default=60, ge=1, le=100000)
+
+
+class MultifactorConfig(Strict):
+    enabled: list[Method] = Field(default_factory=lambda: list[Method](["totp"]))
+    default: Method | None = "totp"
+    alternate: list[Alternate] = Field(default_factory=lambda: list[Alternate](["backup_codes"]))
+    # Users with no method under mfa_required may enrol the default method inside the
+    # RADIUS flow. Off by default: whoever knows the password could enrol their own
+    # device. Users marked "configure later" by an operator may always enrol inline.
+    enrol_unconfigured_users: bool = False
+    send_reset_email_to: Literal["administrators", "specific_email"] = "administrators"
+    specific_email: str | None = None
+    administrators: AdministratorsConfig = AdministratorsConfig()
+    challenge: ChallengeConfig = ChallengeConfig()
+    lockout: LockoutConfig = LockoutConfig()
+    totp: TotpSettings = TotpSettings()
+    backup_codes: BackupCodeSettings = BackupCodeSettings()
+    yubikey: YubikeyMethodConfig | None = None
+    email: EmailMethodConfig | None = None
+    sms: SmsMethodConfig | None = None
+    duo: DuoMethodConfig | None = None
+    radius: RadiusMethodConfig | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MultifactorConfig:
+        if self.default is not None and self.default not in self.enabled:
+            raise ValueError(f"default {self.default!r} is not in enabled")
+        for method in ("yubikey", "sms", "duo", "radius"):
+            if method in self.enabled and getattr(self, method) is None:
+                raise ValueError(f"{method} is enabled but the {method!r} section is missing")
+        if self.send_reset_email_to == "specific_email" and not self.specific_email:
+            raise ValueError("send_reset_email_to is specific_email but specific_email is unset")
+        return self
+
+    def email_settings(self) -> EmailMethodConfig:
+        """Email codes work with defaults (as a method or as an alternate way)."""
+        return self.email or EmailMethodConfig()
