@@ -1,0 +1,144 @@
+"""The interface every second-factor method implements, and what it may use.
+
+A factor never talks RADIUS and never decides policy. The engine asks it to `begin` a
+challenge (send an email, ask Duo who the user is), to `check` what the user typed (a
+code, or a word such as `push`), and, for users who may enrol inside the RADIUS flow,
+to `begin_enrolment` and `finish_enrolment`. Each answer is a `FactorResult`; the
+engine turns it into Access-Accept, Access-Challenge or Access-Reject and counts
+failures. Whatever a factor must remember between two rounds goes into `pending`
+(kept by the engine in the challenge session, never sent to the NAS).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mfaproxy.store.async_users import AsyncUserStore
+from mfaproxy.store.state import StateStore
+from mfaproxy.store.users import UserRecord
+
+
+@dataclass(frozen=True)
+class FactorUser:
+    # Normalised name: the user store key.
+    name: str
+    # The User-Name as the NAS sent it (an upstream OTP server or Duo may want it).
+    login_name: str
+    email: str | None = None
+    mobile: str | None = None
+    groups: frozenset[str] = frozenset()
+    # The user's MFA record; None when the store has never seen the user.
+    record: UserRecord | None = None
+
+
+@dataclass(frozen=True)
+class FactorRequest:
+    user: FactorUser
+    # The NAS's configured name.
+    client: str
+    # The end user's address as the NAS reports it (Calling-Station-Id), if any.
+    client_ip: str | None
+    # Unix time; factors read no clock of their own.
+    now: float
+
+
+class Verdict(enum.Enum):
+    ACCEPT = "accept"  # the factor passed
+    REJECT = "reject"  # wrong code, denied push, replay...
+    CHALLENGE = "challenge"  # ask the user (again): `prompt` is shown, `pending` kept
+    UNAVAILABLE = "unavailable"  # the service behind the factor did not answer
+
+
+@dataclass(frozen=True)
+class FactorResult:
+    verdict: Verdict
+    # Short, bounded label for metrics and the audit log (`code_ok`, `bad_code`,
+    # `replayed`, `push_denied`, `unreachable`...). Never contains the code itself.
+    reason: str
+    prompt: str | None = None
+    pending: Mapping[str, Any] = field(default_factory=dict)
+    # A REJECT that is not the user's fault (an expired code, a flood limit) does not
+    # count towards the lockout.
+    counts_as_failure: bool = True
+
+    @staticmethod
+    def accept(reason: str = "ok") -> FactorResult:
+        return FactorResult(Verdict.ACCEPT, reason)
+
+    @staticmethod
+    def reject(reason: str, counts_as_failure: bool = True) -> FactorResult:
+        return FactorResult(Verdict.REJECT, reason, counts_as_failure=counts_as_failure)
+
+    @staticmethod
+    def challenge(
+        prompt: str, pending: Mapping[str, Any] | None = None, reason: str = "challenge"
+    ) -> FactorResult:
+        return FactorResult(Verdict.CHALLENGE, reason, prompt=prompt, pending=dict(pending or {}))
+
+    @staticmethod
+    def unavailable(reason: str = "unreachable") -> FactorResult:
+        return FactorResult(Verdict.UNAVAILABLE, reason, counts_as_failure=False)
+
+
+class MailSender(Protocol):
+    """Sends one plain-text email; raises mfaproxy.errors.UpstreamUnavailable on failure."""
+
+    async def send(self, to: list[str], subject: str, body: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class FactorServices:
+    """What a factor may use. Built once per configuration by the server."""
+
+    users: AsyncUserStore
+    state: StateStore
+    mail: MailSender | None
+    # pyrad Dictionary, for factors that speak RADIUS upstream.
+    dictionary: Any
+    # 32-byte master key (store/crypto.py); derive sub-keys with crypto.derive_key.
+    master_key: bytes
+
+
+class Factor(Protocol):
+    # The configuration name: totp, yubikey, email, sms, duo, radius.
+    name: str
+    # Length of a typed code when fixed (TOTP digits, 44 for a YubiKey OTP), so append
+    # mode can split `password123456` without a delimiter; None when it varies.
+    code_length: int | None
+    # Words the user may type instead of a code (`push`, `phone` for Duo).
+    keywords: frozenset[str]
+
+    def is_enrolled(self, user: FactorUser) -> bool:
+        """Whether the factor can be used for this user now, without enrolment."""
+        ...
+
+    def can_enrol_inline(self, user: FactorUser) -> bool:
+        """Whether `begin_enrolment` can work for this user (a text prompt can carry it)."""
+        ...
+
+    async def begin(self, request: FactorRequest) -> FactorResult:
+        """Start a challenge: usually CHALLENGE with the prompt (after sending a code);
+        ACCEPT or REJECT when the factor decides at once (a Duo bypass or deny)."""
+        ...
+
+    async def check(
+        self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
+    ) -> FactorResult:
+        """Verify what the user typed. `pending` is from `begin` (empty in append mode,
+        where `begin` is not called). Another CHALLENGE asks for another round."""
+        ...
+
+    async def begin_enrolment(self, request: FactorRequest) -> FactorResult:
+        """First step of inline enrolment: CHALLENGE with instructions, or REJECT."""
+        ...
+
+    async def finish_enrolment(
+        self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
+    ) -> FactorResult:
+        """Check the user's first code and store the enrolment on ACCEPT."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,82 @@
+"""The TOTP method (authenticator apps) on top of the pure logic in factors/totp.py."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mfaproxy.factors import totp
+from mfaproxy.factors.base import Factor, FactorRequest, FactorResult, FactorServices, FactorUser
+from mfaproxy.mfa_config import MultifactorConfig
+
+PROMPT = "Enter the code from your authenticator app"
+
+
+class TotpFactor:
+    name = "totp"
+    keywords: frozenset[str] = frozenset()
+
+    def __init__(self, settings: totp.TotpSettings, services: FactorServices):
+        self.settings = settings
+        self.services = services
+        self.code_length: int | None = settings.digits
+
+    def is_enrolled(self, user: FactorUser) -> bool:
+        return user.record is not None and "totp" in user.record.enrolled
+
+    def can_enrol_inline(self, user: FactorUser) -> bool:
+        return True  # the base32 key fits in a Reply-Message
+
+    async def begin(self, request: FactorRequest) -> FactorResult:
+        return FactorResult.challenge(PROMPT)
+
+    async def check(
+        self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
+    ) -> FactorResult:
+        user = request.user.name
+        if totp.normalise_code(answer, self.settings) is None:
+            return FactorResult.reject("malformed_code")
+        secret = await self.services.users.run(lambda s: s.get_totp_secret(user))
+        if secret is None:
+            return FactorResult.reject("not_enrolled")
+        last = request.user.record.totp_last_step if request.user.record else None
+        step = totp.verify(secret, answer, request.now, self.settings, last)
+        if step is None:
+            return FactorResult.reject("bad_code")
+        # The atomic compare-and-set: of two requests with the same code, one wins.
+        if not await self.services.users.run(lambda s: s.accept_totp_step(user, step)):
+            return FactorResult.reject("replayed")
+        return FactorResult.accept("code_ok")
+
+    async def begin_enrolment(self, request: FactorRequest) -> FactorResult:
+        secret = totp.new_secret(self.settings)
+        spaced = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+        prompt = (
+            f"Add this key to your authenticator app ({self.settings.digits} digits, "
+            f"{self.settings.period}s): {spaced} then enter the code it shows"
+        )
+        return FactorResult.challenge(prompt, {"secret": secret}, reason="enrolment")
+
+    async def finish_enrolment(
+        self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
+    ) -> FactorResult:
+        secret = str(pending.get("secret", ""))
+        step = totp.verify(secret, answer, request.now, self.settings) if secret else None
+        if step is None:
+            return FactorResult.reject("bad_code")
+        user, now = request.user.name, request.now
+
+        def enrol(store: Any) -> None:
+            store.set_totp_secret(user, secret, now)
+            store.accept_totp_step(user, step)
+            store.set_method(user, "totp", now)
+
+        await self.services.users.run(enrol)
+        return FactorResult.accept("enrolled")
+
+    async def close(self) -> None:
+        return None
+
+
+def build(config: MultifactorConfig, services: FactorServices) -> Factor:
+    return TotpFactor(config.totp, services)
