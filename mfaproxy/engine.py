@@ -1,22 +1,39 @@
-"""The authentication engine: runs one verified request through the directory and the
-decision rules, and writes the audit event. The transport gives it requests; it gives
-back an `Answer` (the transport encodes and sends it)."""
+"""The authentication engine: one verified request through the login policy, the
+primary check, the MFA policy and the second-factor stage; then the audit event.
+
+The transport gives it requests; it gives back an `Answer`, which the transport
+encodes and sends. Policy and flow decisions are pure (core/); this module does I/O.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
 from mfaproxy.config import ClientConfig, Config
 from mfaproxy.core.answer import Answer, Outcome
-from mfaproxy.core.replies import accept_attributes
+from mfaproxy.core.flow import split_append
+from mfaproxy.core.policy import (
+    CountryLookup,
+    PolicyContext,
+    early_login_denial,
+    evaluate,
+    parse_ip,
+)
 from mfaproxy.directory.base import PasswordChecker, PrimaryOutcome, PrimaryResult
+from mfaproxy.factors.base import Factor, FactorServices, FactorUser
+from mfaproxy.mfa import CHALLENGES, Login, MfaFlow, login_from_session
 from mfaproxy.observability import metrics
 from mfaproxy.radius.codec import STATUS_SERVER, RadiusRequest
+from mfaproxy.sessions import Session
+from mfaproxy.store.users import UserRecord, normalise_user
 
-audit = structlog.get_logger("mfaproxy.audit")
+audit_log = structlog.get_logger("mfaproxy.audit")
 log = structlog.get_logger(__name__)
 
 
@@ -26,37 +43,103 @@ class RequestContext:
     client: ClientConfig
     source_ip: str
     source_port: int
+    # Filled in as the request is processed; written as one audit event at the end.
+    audit: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine:
-    def __init__(self, config: Config, checker: PasswordChecker):
+    def __init__(
+        self,
+        config: Config,
+        checker: PasswordChecker,
+        factors: Mapping[str, Factor],
+        services: FactorServices,
+        country_lookup: CountryLookup | None = None,
+    ):
         self.config = config
         self.checker = checker
+        self.factors = factors
+        self.services = services
+        self.country_lookup = country_lookup
+        self.mfa = MfaFlow(config, factors, services)
 
     async def handle(self, ctx: RequestContext, request: RadiusRequest) -> Answer:
         started = time.monotonic()
-        answer, primary = await self._decide(request)
-        self._audit(ctx, request, answer, primary, time.monotonic() - started)
+        answer = await self._decide(ctx, request, time.time())
+        self._audit(ctx, request, answer, time.monotonic() - started)
         return answer
 
-    def _reject(self, reason: str) -> Answer:
-        return Answer(Outcome.REJECT, reason, reply_message=self.config.replies.reject_message)
+    async def close(self) -> None:
+        await self.checker.close()
+        for factor in self.factors.values():
+            await factor.close()
 
-    async def _decide(self, request: RadiusRequest) -> tuple[Answer, PrimaryResult | None]:
+    def _reject(self, reason: str, message: str | None = None) -> Answer:
+        return Answer(
+            Outcome.REJECT, reason, reply_message=message or self.config.replies.reject_message
+        )
+
+    async def _decide(self, ctx: RequestContext, request: RadiusRequest, now: float) -> Answer:
         if request.code == STATUS_SERVER:
             # RFC 5997 section 4.2: answer Status-Server with Access-Accept.
-            return Answer(Outcome.ACCEPT, "status_server"), None
+            return Answer(Outcome.ACCEPT, "status_server")
         if request.has_chap or request.has_eap:
             # The second factor and the directory bind need the clear password (PAP).
-            return self._reject("unsupported_authentication"), None
+            return self._reject("unsupported_authentication")
         if not request.user_name:
-            return self._reject("missing_user_name"), None
+            return self._reject("missing_user_name")
         if request.state is not None:
-            # No challenge was issued by this server for that State.
-            return self._reject("unknown_state"), None
+            return await self._resume(ctx, request, now)
         if request.password is None:
-            return self._reject("missing_password"), None
-        primary = await self.checker.authenticate(request.user_name, request.password)
+            return self._reject("missing_password")
+        return await self._first_round(ctx, request, request.user_name, request.password, now)
+
+    def _policy_context(
+        self, ctx: RequestContext, request: RadiusRequest, user: str
+    ) -> PolicyContext:
+        address = parse_ip(ctx.source_ip)
+        assert address is not None  # the transport only hands over datagrams from an IP
+        return PolicyContext(
+            user=user,
+            client=ctx.client.name,
+            client_address=address,
+            nas_ip_address=parse_ip(request.nas_ip_address),
+            calling_station_id=request.calling_station_id,
+            country_lookup=self.country_lookup,
+        )
+
+    def _is_administrator(self, primary: PrimaryResult) -> bool:
+        group = self.config.multifactor.administrators.group
+        return group is not None and group.casefold() in {g.casefold() for g in primary.groups}
+
+    def _split(
+        self, ctx: RequestContext, password: str, record: UserRecord | None
+    ) -> tuple[str, str | None]:
+        if ctx.client.second_factor != "append":
+            return password, None
+        method = (record.method if record else None) or self.config.multifactor.default
+        factor = self.factors.get(method) if method else None
+        return split_append(
+            password,
+            ctx.client.append_delimiter,
+            factor.code_length if factor else None,
+            factor.keywords if factor else frozenset(),
+            "backup_codes" in self.config.multifactor.alternate,
+        )
+
+    async def _first_round(
+        self, ctx: RequestContext, request: RadiusRequest, user: str, typed: str, now: float
+    ) -> Answer:
+        at = datetime.fromtimestamp(now, UTC)
+        policy_ctx = self._policy_context(ctx, request, user)
+        early = early_login_denial(self.config.access_policies.login, policy_ctx, at)
+        if early is not None:
+            ctx.audit.update(early.log_fields())
+            return self._reject("login_policy_denied")
+        record = await self.mfa.user_record(user)
+        password, appended = self._split(ctx, typed, record)
+        primary = await self.checker.authenticate(user, password)
+        ctx.audit.update(backend=primary.backend)
         log.debug(
             "primary_checked",
             backend=primary.backend,
@@ -64,32 +147,66 @@ class Engine:
             reason=primary.reason,
             groups=sorted(primary.groups),
         )
-        return self._after_primary(primary), primary
-
-    def _after_primary(self, primary: PrimaryResult) -> Answer:
         if primary.outcome is PrimaryOutcome.UNAVAILABLE:
             # Fail closed: an outage must never look like a good password.
             return self._reject("directory_unavailable")
         if primary.outcome is PrimaryOutcome.REJECT:
             return self._reject(primary.reason or "bad_password")
-        attributes = tuple(accept_attributes(self.config.replies, primary))
-        return Answer(
-            Outcome.ACCEPT,
-            "primary_only",
-            reply_message=self.config.replies.accept_message,
-            attributes=attributes,
+        full = replace(
+            policy_ctx,
+            groups=primary.groups,
+            backend=primary.backend,
+            is_administrator=self._is_administrator(primary),
+        )
+        login_decision = evaluate(self.config.access_policies.login, full, at)
+        ctx.audit.update(login_decision.log_fields())
+        if login_decision.action == "access_denied":
+            return self._reject("login_policy_denied")
+        mfa_decision = evaluate(self.config.access_policies.mfa, full, at)
+        ctx.audit.update(mfa_decision.log_fields())
+        factor_user = FactorUser(
+            name=normalise_user(user),
+            login_name=user,
+            email=primary.email,
+            mobile=primary.mobile,
+            groups=primary.groups,
+            record=record,
+        )
+        login = Login(
+            ctx.request_id,
+            ctx.client.name,
+            ctx.source_ip,
+            factor_user,
+            primary,
+            now,
+            request.calling_station_id,
+            ctx.audit,
+        )
+        return await self.mfa.after_primary(
+            login, mfa_decision.action, ctx.client.second_factor, appended
         )
 
+    async def _resume(self, ctx: RequestContext, request: RadiusRequest, now: float) -> Answer:
+        assert request.state is not None and request.user_name is not None
+        # Taken, not read: a State answers one request only (RFC 2865 section 5.24).
+        data = await self.services.state.take(CHALLENGES, request.state.hex(), now)
+        if data is None:
+            return self._reject("unknown_state")
+        session = Session.from_json(data)
+        bound = (session.user, session.client, session.nas)
+        if bound != (normalise_user(request.user_name), ctx.client.name, ctx.source_ip):
+            # Bound to user, NAS entry and NAS address: a State is no bearer token.
+            return self._reject("state_mismatch")
+        record = await self.mfa.user_record(request.user_name)
+        login = login_from_session(session, ctx.request_id, request.calling_station_id, now, record)
+        login.audit = ctx.audit
+        return await self.mfa.resume(login, session, request.password or "")
+
     def _audit(
-        self,
-        ctx: RequestContext,
-        request: RadiusRequest,
-        answer: Answer,
-        primary: PrimaryResult | None,
-        elapsed: float,
+        self, ctx: RequestContext, request: RadiusRequest, answer: Answer, elapsed: float
     ) -> None:
         metrics.DECISIONS.labels(outcome=answer.outcome.value, reason=answer.reason).inc()
-        audit.info(
+        audit_log.info(
             "auth_decision",
             request_id=ctx.request_id,
             client=ctx.client.name,
@@ -100,6 +217,6 @@ class Engine:
             user=request.user_name,
             outcome=answer.outcome.value,
             reason=answer.reason,
-            backend=primary.backend if primary else None,
             latency_ms=round(elapsed * 1000, 2),
+            **ctx.audit,
         )

@@ -6,6 +6,7 @@ Secrets accept the `<name>_file` / `<name>_env` forms, as everywhere in the sche
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -162,6 +163,13 @@ class OtpRadiusServer(Strict):
     @classmethod
     def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
         return take_secrets(data, ("secret",), info)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        # Replies are matched by source address, so a name would never match one.
+        ipaddress.ip_address(value)
+        return value
 
 
 class RadiusMethodConfig(Strict):

@@ -12,11 +12,14 @@ import os
 import signal
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from mfaproxy.adapters.geoip import GeoIpDatabases
 from mfaproxy.adapters.sdnotify import SystemdNotifier
+from mfaproxy.adapters.smtp import SmtpSender
 from mfaproxy.adapters.status_http import StatusServer
 from mfaproxy.adapters.udp import Dispatcher, Runtime, open_listener
 from mfaproxy.checks import check
@@ -24,11 +27,16 @@ from mfaproxy.config import Config, load_config, parse_host_port
 from mfaproxy.directory.registry import build_checker
 from mfaproxy.engine import Engine
 from mfaproxy.errors import ConfigError
+from mfaproxy.factors.base import FactorServices
+from mfaproxy.factors.registry import build_factors
 from mfaproxy.observability import metrics
 from mfaproxy.observability.logging import configure_logging
 from mfaproxy.radius.clients import ClientTable
 from mfaproxy.radius.codec import load_dictionary
 from mfaproxy.radius.dedup import DuplicateTable
+from mfaproxy.store.async_users import AsyncUserStore
+from mfaproxy.store.factory import master_key, open_user_store
+from mfaproxy.store.state import MemoryStateStore, StateStore
 
 log = structlog.get_logger(__name__)
 
@@ -37,19 +45,42 @@ MAX_REQUEST_SECONDS = 300.0
 EXIT_AT_ONCE = 130
 
 
-def build_runtime(config: Config) -> Runtime:
+@dataclass(frozen=True)
+class Shared:
+    """What outlives a configuration reload: the stores (challenges in flight survive)."""
+
+    users: AsyncUserStore
+    state: StateStore
+    master_key: bytes
+
+    async def close(self) -> None:
+        await self.state.close()
+        await self.users.close()
+
+
+def open_shared(config: Config) -> Shared:
+    return Shared(AsyncUserStore(open_user_store(config)), MemoryStateStore(), master_key(config))
+
+
+def build_runtime(config: Config, shared: Shared) -> Runtime:
     dictionary = load_dictionary(config.server.dictionaries)
     check(config, dictionary)
+    geoip = GeoIpDatabases.open_for(config.access_policies)
+    mail = SmtpSender(config.smtp) if config.smtp is not None else None
+    services = FactorServices(shared.users, shared.state, mail, dictionary, shared.master_key)
+    factors = build_factors(config.multifactor, services)
     checker = build_checker(config.directory, dictionary)
-    return Runtime(ClientTable(config.clients), dictionary, Engine(config, checker))
+    engine = Engine(config, checker, factors, services, geoip)
+    return Runtime(ClientTable(config.clients), dictionary, engine, closers=[geoip.close])
 
 
 class Server:
     def __init__(self, config: Config, notifier: SystemdNotifier | None = None):
         self.config = config
         self.notifier = notifier or SystemdNotifier()
+        self.shared = open_shared(config)
         self.dispatcher = Dispatcher(
-            build_runtime(config),
+            build_runtime(config, self.shared),
             DuplicateTable(
                 reply_ttl=config.server.duplicate_cache_seconds,
                 in_flight_ttl=MAX_REQUEST_SECONDS,
@@ -117,7 +148,7 @@ class Server:
             if path is None:
                 raise ConfigError(["the configuration was not read from a file"])
             new_config = load_config(path)
-            new_runtime = build_runtime(new_config)
+            new_runtime = build_runtime(new_config, self.shared)
         except (ConfigError, OSError) as exc:
             problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
             metrics.CONFIG_RELOADS.labels(result="failure").inc()
@@ -140,7 +171,7 @@ class Server:
     async def _retire(self, runtime: Runtime) -> None:
         """Close the old backends once the requests that started on them are done."""
         await runtime.idle()
-        await runtime.engine.checker.close()
+        await runtime.close()
 
     # ------------------------------------------------------------------ shutdown
 
@@ -169,7 +200,8 @@ class Server:
             task.cancel()
         if self._status is not None:
             await self._status.close()
-        await self.dispatcher.runtime.engine.checker.close()
+        await self.dispatcher.runtime.close()
+        await self.shared.close()
         log.info("stopped")
 
 

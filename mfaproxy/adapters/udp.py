@@ -12,6 +12,7 @@ import asyncio
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -54,8 +55,15 @@ class Runtime:
     clients: ClientTable
     dictionary: Dictionary
     engine: Engine
+    # Called once the runtime is retired and idle (e.g. closing GeoIP databases).
+    closers: list[Callable[[], None]] = field(default_factory=list)
     active: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def close(self) -> None:
+        await self.engine.close()
+        for closer in self.closers:
+            closer()
 
     def acquire(self) -> None:
         self.active += 1

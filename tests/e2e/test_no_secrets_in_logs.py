@@ -47,6 +47,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     config = {
         "clients": [{"name": "nas", "address": ["127.0.0.1"], "secret": SECRET}],
         "directory": {"backend": "local", "local": {"users_file": str(users)}},
+        "access_policies": {"mfa": {"default_action": "mfa_skipped"}},
     }
     with Daemon(tmp, config) as running:
         yield running

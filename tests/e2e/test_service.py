@@ -59,6 +59,7 @@ def make_config(tmp: Path, metrics_port: int) -> dict[str, Any]:
         "server": {"metrics": {"listen": f"127.0.0.1:{metrics_port}"}, "shutdown_grace_seconds": 5},
         "clients": [{"name": "vpn", "address": ["127.0.0.1"], "secret": SECRET}],
         "directory": {"backend": "local", "local": {"users_file": str(tmp / "users.yaml")}},
+        "access_policies": {"mfa": {"default_action": "mfa_skipped"}},
     }
 
 
