@@ -42,7 +42,9 @@ class TotpFactor:
         last = request.user.record.totp_last_step if request.user.record else None
         step = totp.verify(secret, answer, request.now, self.settings, last)
         if step is None:
-            return FactorResult.reject("bad_code")
+            # Tell a replay from a typo in the audit log (RFC 6238 section 5.2).
+            seen = totp.verify(secret, answer, request.now, self.settings) is not None
+            return FactorResult.reject("replayed" if seen else "bad_code")
         # The atomic compare-and-set: of two requests with the same code, one wins.
         if not await self.services.users.run(lambda s: s.accept_totp_step(user, step)):
             return FactorResult.reject("replayed")

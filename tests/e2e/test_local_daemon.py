@@ -81,7 +81,7 @@ def test_unknown_user_is_rejected(daemon: Daemon) -> None:
         {"User-Name": "mallory", "User-Password": "x", "Message-Authenticator": "0x00"},
     )
     assert result.code == "Access-Reject"
-    assert daemon.audit(user="mallory", reason="no_such_user")
+    daemon.wait_audit(user="mallory", reason="no_such_user")
 
 
 def test_proxy_state_is_echoed_in_order(daemon: Daemon) -> None:

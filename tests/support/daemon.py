@@ -87,6 +87,13 @@ class Daemon:
             raise AssertionError(f"event not seen (ok={ok}); daemon output:\n{self.output}")
         return event
 
+    def wait_audit(self, timeout: float = 30, **match: Any) -> LogEvent:
+        """Wait for the audit event with these fields (the reply can beat the log line)."""
+        return self.wait_for(
+            lambda e: e.get("event") == "auth_decision" and all(e.get(k) == v for k, v in match.items()),
+            timeout,
+        )
+
     def audit(self, **match: Any) -> list[LogEvent]:
         with self._cond:
             return [

@@ -57,3 +57,58 @@ class UdpNas:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Reply:
+    """A decoded reply: code, Reply-Message text and State, for following challenges."""
+
+    def __init__(self, raw: bytes, secret: str):
+        self.raw = raw
+        self.packet = pyrad_packet.Packet(secret=secret.encode(), dict=DICTIONARY, packet=raw)
+        self.code: int = raw[0]
+        messages = self.packet.get(18, [])
+        self.message = b"".join(messages).decode() if messages else ""
+        states = self.packet.get(24, [])
+        self.state: bytes | None = states[0] if states else None
+
+    @property
+    def accepted(self) -> bool:
+        return self.code == 2
+
+    @property
+    def rejected(self) -> bool:
+        return self.code == 3
+
+    @property
+    def challenged(self) -> bool:
+        return self.code == 11
+
+    def values(self, name: str) -> list[Any]:
+        return list(self.packet.get(name, []))
+
+
+def exchange(nas: UdpNas, secret: str, request: pyrad_packet.AuthPacket) -> Reply:
+    """Send one request and wait for the reply with its Identifier (verified)."""
+    data = request.RequestPacket()
+    nas.send(data)
+    while True:
+        raw = nas.receive()
+        if raw[1] == request.id:
+            reply = Reply(raw, secret)
+            assert request.VerifyReply(reply.packet, raw, enforce_ma=True)
+            return reply
+
+
+def login(
+    nas: UdpNas, secret: str, user: str, password: str, *answers: str, **attributes: Any
+) -> Reply:
+    """Password, then one answer per Access-Challenge; returns the last reply."""
+    reply = exchange(nas, secret, access_request(secret, user, password, **attributes))
+    for answer in answers:
+        if not reply.challenged:
+            return reply
+        request = access_request(secret, user, answer, **attributes)
+        assert reply.state is not None
+        request.AddAttribute("State", reply.state)
+        reply = exchange(nas, secret, request)
+    return reply
