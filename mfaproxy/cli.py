@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mfaproxy import __version__
+from mfaproxy import __version__, cli_policy, cli_radtest, cli_users
 from mfaproxy.checks import check
 from mfaproxy.config import DEFAULT_CONFIG_PATH, Config, load_config
 from mfaproxy.errors import ConfigError
@@ -97,12 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "check-config", parents=[common], help="validate the configuration and summarise it"
     ).set_defaults(func=cmd_check_config)
-    users = sub.add_parser("users", help="manage users").add_subparsers(
-        dest="users_command", required=True
-    )
+    users = cli_users.register(sub, common)
     users.add_parser(
         "hash-password", parents=[common], help="read a password on stdin, print its argon2id hash"
     ).set_defaults(func=cmd_hash_password)
+    cli_policy.register(sub, common)
+    cli_radtest.register(sub)
     return parser
 
 

@@ -1,0 +1,353 @@
+"""`mfaproxy users ...`: enrolment, backup codes, methods, lockouts and reset requests.
+
+Data a script may want (the otpauth:// URI, backup codes, listings) goes to standard
+output; notes for the operator go to standard error. Secrets are printed only by the
+commands that create them (`enroll`, `backup-codes`), once; `show` never prints one.
+The store normalises user names (case, surrounding space), so they may be typed freely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeAlias, cast
+
+import segno
+
+from mfaproxy.config import Config, load_config
+from mfaproxy.factors import totp
+from mfaproxy.factors.backup_codes import generate_codes
+from mfaproxy.store.factory import open_user_store, user_store_path
+from mfaproxy.store.users import (
+    METHODS,
+    Method,
+    ResetRequest,
+    ResetStatus,
+    StoreError,
+    UserStore,
+    normalise_user,
+)
+
+# The values of mfaproxy.cli's exit codes (importing cli here would be circular).
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_RUNTIME = 3
+
+# What the store can fail with: its own checks, the file system, SQLite (locked, corrupt).
+_STORE_FAULTS = (StoreError, OSError, sqlite3.Error)
+
+Handler = Callable[[UserStore, Config, argparse.Namespace], int]
+# A string: argparse._SubParsersAction is not subscriptable at run time.
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+# Methods that need data only an enrolment stores; a user set to one of them without
+# it cannot log in until they enrol (or are marked "configure later").
+_NEEDS_ENROLMENT: dict[str, str] = {
+    "totp": "enrol with `mfaproxy users enroll {user} totp`",
+    "yubikey": "let them register their key at login with --configure-later",
+}
+
+
+def _user(text: str) -> str:
+    try:
+        return normalise_user(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _note(message: str) -> None:
+    print(f"mfaproxy: {message}", file=sys.stderr)
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
+    """Wrap a handler: load the configuration, open the store, always close it."""
+
+    def run(args: argparse.Namespace) -> int:
+        config = load_config(args.config)
+        try:
+            store = open_user_store(config)
+        except _STORE_FAULTS as exc:
+            # Often a permission problem: run as the user the daemon runs as.
+            _note(f"cannot open the user store {user_store_path(config)}: {exc}")
+            return EXIT_RUNTIME
+        try:
+            return handler(store, config, args)
+        except _STORE_FAULTS as exc:
+            _note(f"user store {user_store_path(config)}: {exc}")
+            return EXIT_RUNTIME
+        finally:
+            store.close()
+
+    return run
+
+
+# --------------------------------------------------------------------------- enrolment
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `data` readable by its owner only: the image carries the TOTP secret."""
+    # O_NOFOLLOW: a planted symlink must not redirect the secret somewhere else.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)  # an existing file keeps its mode otherwise
+        out.write(data)
+
+
+def _qr_image(qr: segno.QRCode, kind: str) -> bytes:
+    buffer = io.BytesIO()
+    qr.save(buffer, kind=kind, scale=8, border=4)
+    return buffer.getvalue()
+
+
+def cmd_enroll(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+    if "totp" not in config.multifactor.enabled:
+        _note("totp is not in multifactor.enabled; enable it before enrolling users")
+        return EXIT_INVALID
+    settings = config.multifactor.totp
+    secret = totp.new_secret(settings)
+    uri = totp.provisioning_uri(secret, args.user, settings)
+    qr = segno.make(uri, error="m")
+    images = [(path, kind) for path, kind in ((args.png, "png"), (args.svg, "svg")) if path]
+    try:
+        # Written before the secret is stored: a bad path then changes nothing.
+        for path, kind in images:
+            _write_private(path, _qr_image(qr, kind))
+    except OSError as exc:
+        _note(f"cannot write {exc.filename}: {exc.strerror}")
+        return EXIT_INVALID
+    previous = store.get_user(args.user)
+    now = time.time()
+    store.set_totp_secret(args.user, secret, now)
+    store.set_method(args.user, "totp", now)
+    if previous is not None and "totp" in previous.enrolled:
+        _note(f"{args.user}: the previous TOTP secret is replaced; its codes no longer work")
+    print(uri)
+    if sys.stdout.isatty():
+        qr.terminal(out=sys.stdout, compact=True)
+        print(f"Key for manual entry: {secret}")
+    for path, _ in images:
+        _note(f"QR code written to {path} (mode 0600: it contains the secret)")
+    _note(f"{args.user} enrolled with TOTP; this is the only time the secret is shown")
+    return EXIT_OK
+
+
+def cmd_backup_codes(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+    codes = generate_codes(config.multifactor.backup_codes.count)
+    store.replace_backup_codes(args.user, codes, time.time())
+    print("\n".join(codes))
+    if "backup_codes" not in config.multifactor.alternate:
+        _note("backup_codes is not in multifactor.alternate: the codes work once it is")
+    _note(f"{len(codes)} new backup codes for {args.user}; any older set is void")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+def _reset_text(request: ResetRequest | None) -> str:
+    if request is None:
+        return "-"
+    decided = f", decided {_when(request.decided_at)}" if request.decided_at else ""
+    return f"{request.status}: requested {_when(request.requested_at)} via {request.via}{decided}"
+
+
+def cmd_show(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+    record = store.get_user(args.user)
+    if record is None:
+        _note(f"{args.user}: not in the user store")
+        return EXIT_INVALID
+    lock = store.lock_state(args.user, time.time())
+    default = config.multifactor.default or "none"
+    rows = [
+        ("user", record.name),
+        ("method", record.method or f"(server default: {default})"),
+        ("configure later", "yes" if record.configure_later else "no"),
+        ("enrolled", ", ".join(sorted(record.enrolled)) or "-"),
+        ("TOTP", "enrolled" if "totp" in record.enrolled else "not enrolled"),
+        ("backup codes left", str(record.backup_codes_remaining)),
+        ("failures", str(lock.failures)),
+        ("locked until", _when(lock.locked_until) if lock.locked else "not locked"),
+        ("last reset request", _reset_text(record.last_reset)),
+        ("created", _when(record.created_at)),
+        ("updated", _when(record.updated_at)),
+    ]
+    for label, value in rows:
+        print(f"{label + ':':<20} {value}")
+    return EXIT_OK
+
+
+def cmd_list(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+    for name in store.list_users():
+        record = store.get_user(name)
+        if record is None:  # deleted between the two reads
+            continue
+        flags = " (configure later)" if record.configure_later else ""
+        print(f"{name:<32} {record.method or '-'}{flags}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- changes
+
+
+def cmd_set_method(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+    method = None if args.method == "none" else cast(Method, args.method)
+    if method is not None and method not in config.multifactor.enabled:
+        enabled = ", ".join(config.multifactor.enabled)
+        _note(f"{method} is not in multifactor.enabled ({enabled})")
+        return EXIT_INVALID
+    store.set_method(args.user, method, time.time(), configure_later=args.configure_later)
+    record = store.get_user(args.user)
+    shown = method or f"none (server default: {config.multifactor.default or 'none'})"
+    later = "; the user enrols at the next login" if args.configure_later else ""
+    print(f"{args.user}: method {shown}{later}")
+    hint = _NEEDS_ENROLMENT.get(method or "")
+    if hint and record and method not in record.enrolled and not args.configure_later:
+        _note(f"{args.user} has no {method} enrolment yet: {hint.format(user=args.user)}")
+    return EXIT_OK
+
+
+def cmd_unlock(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+    if store.get_user(args.user) is None:
+        _note(f"{args.user}: not in the user store")
+        return EXIT_INVALID
+    lock = store.lock_state(args.user, time.time())
+    store.reset_failures(args.user)
+    was = f" (was locked until {_when(lock.locked_until)})" if lock.locked else ""
+    print(f"{args.user}: failures cleared{was}")
+    return EXIT_OK
+
+
+def cmd_delete(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+    if not store.delete_user(args.user):
+        _note(f"{args.user}: not in the user store")
+        return EXIT_INVALID
+    print(f"{args.user}: deleted (method, enrolments, backup codes and resets)")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- resets
+
+
+def cmd_resets_list(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+    status: ResetStatus | None = None if args.all else "pending"
+    requests = store.list_resets(status)
+    if not requests:
+        _note("no pending reset requests" if status else "no reset requests")
+        return EXIT_OK
+    print(f"{'USER':<24} {'REQUESTED AT':<24} {'VIA':<8} STATUS")
+    for request in requests:
+        requested = _when(request.requested_at)
+        print(f"{request.user:<24} {requested:<24} {request.via:<8} {request.status}")
+    return EXIT_OK
+
+
+def cmd_resets_request(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+    if store.request_reset(args.user, "cli", time.time()):
+        print(
+            f"{args.user}: reset request filed; "
+            f"approve it with `mfaproxy users resets approve {args.user}`"
+        )
+    else:
+        print(f"{args.user}: a reset request is already pending")
+    return EXIT_OK
+
+
+def cmd_resets_approve(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+    if not store.approve_reset(args.user, time.time()):
+        _note(f"{args.user}: no pending reset request")
+        return EXIT_INVALID
+    print(
+        f"{args.user}: reset approved; method, TOTP secret, enrolments and backup codes "
+        f"cleared. Enrol again with `mfaproxy users enroll {args.user} totp` or "
+        f"`mfaproxy users set-method {args.user} METHOD --configure-later`"
+    )
+    return EXIT_OK
+
+
+def cmd_resets_clear(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+    if not store.clear_reset(args.user, time.time()):
+        _note(f"{args.user}: no pending reset request")
+        return EXIT_INVALID
+    print(f"{args.user}: reset request dismissed; MFA settings unchanged")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add(
+    sub: SubParsers,
+    name: str,
+    parents: list[argparse.ArgumentParser],
+    help_text: str,
+    handler: Handler,
+    *,
+    user: bool = True,
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, parents=parents, help=help_text, description=help_text)
+    if user:
+        parser.add_argument("user", type=_user, metavar="USER")
+    parser.set_defaults(func=_run(handler))
+    return parser
+
+
+def _register_resets(sub: SubParsers, common: argparse.ArgumentParser) -> None:
+    resets = _add(
+        sub,
+        "resets",
+        [common],
+        "list pending reset requests; approve, clear or file one",
+        cmd_resets_list,
+        user=False,
+    )
+    resets.add_argument("--all", action="store_true", help="also approved and cleared requests")
+    # --config given before the action must survive: a sub-action's default would
+    # overwrite it, so here the option has no default of its own.
+    late = argparse.ArgumentParser(add_help=False)
+    late.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="configuration file")
+    actions = resets.add_subparsers(dest="resets_command", metavar="ACTION")
+    for name, help_text, handler in (
+        ("approve", "approve: clear the user's MFA so they enrol again", cmd_resets_approve),
+        ("clear", "dismiss the pending request, MFA unchanged", cmd_resets_clear),
+        ("request", "file a reset request for a user (as an operator)", cmd_resets_request),
+    ):
+        _add(actions, name, [late], help_text, handler)
+
+
+def register(sub: SubParsers, common: argparse.ArgumentParser) -> SubParsers:
+    """Add `users` and its commands; returns its subparsers for commands defined elsewhere."""
+    users = sub.add_parser("users", help="manage users: enrolment, methods, resets")
+    commands = users.add_subparsers(dest="users_command", required=True, metavar="COMMAND")
+    enroll = _add(
+        commands, "enroll", [common], "enrol a user (prints the otpauth:// URI)", cmd_enroll
+    )
+    enroll.add_argument("method", choices=["totp"], metavar="METHOD", help="totp")
+    enroll.add_argument("--png", type=Path, help="also write the QR code as a PNG (mode 0600)")
+    enroll.add_argument("--svg", type=Path, help="also write the QR code as an SVG (mode 0600)")
+    _add(commands, "backup-codes", [common], "issue a fresh set of backup codes", cmd_backup_codes)
+    _add(commands, "show", [common], "show a user's MFA settings (never secrets)", cmd_show)
+    setm = _add(commands, "set-method", [common], "set or clear a user's method", cmd_set_method)
+    setm.add_argument("method", choices=[*METHODS, "none"], metavar="METHOD|none")
+    setm.add_argument(
+        "--configure-later",
+        action="store_true",
+        help="the user enrols the method inline at their next login",
+    )
+    _add(commands, "list", [common], "list the users in the store", cmd_list, user=False)
+    _add(commands, "unlock", [common], "clear failures and any lockout", cmd_unlock)
+    _add(commands, "delete", [common], "delete a user from the store", cmd_delete)
+    _register_resets(commands, common)
+    return commands
