@@ -133,7 +133,7 @@ def test_ready_watchdog_metrics_and_graceful_stop(
     samples = scrape(metrics_port)
     # the retransmission is not a new request
     assert samples["mfaproxy_requests_total{client=vpn,code=access_request}"] == 3
-    assert samples["mfaproxy_decisions_total{outcome=accept,reason=primary_only}"] == 2
+    assert samples["mfaproxy_decisions_total{outcome=accept,reason=mfa_skipped}"] == 2
     assert samples["mfaproxy_decisions_total{outcome=reject,reason=bad_password}"] == 1
     assert samples["mfaproxy_packets_dropped_total{reason=malformed}"] == 1
     assert samples["mfaproxy_duplicates_total{action=answered_from_cache}"] == 1
