@@ -98,6 +98,7 @@ class UserRepository(Protocol):
     def set_totp_secret(self, user: str, secret: str, now: float) -> None: ...
     def get_totp_secret(self, user: str) -> str | None: ...
     def accept_totp_step(self, user: str, step: int) -> bool: ...
+    def accept_yubikey_counter(self, user: str, counter: int) -> bool: ...
     def set_enrolment(
         self, user: str, method: Method, data: Mapping[str, Any], now: float
     ) -> None: ...
@@ -147,6 +148,8 @@ MIGRATIONS: tuple[str, ...] = (
     -- At most one pending request per user: asking twice must not mail twice.
     CREATE UNIQUE INDEX reset_one_pending ON reset_requests(user) WHERE status = 'pending';
     """,
+    # 2: the last Yubico OTP counter accepted by local validation (session << 8 | use).
+    "ALTER TABLE users ADD COLUMN yubikey_counter INTEGER;",
 )
 
 
@@ -396,6 +399,10 @@ class UserStore:
                 (name, method, sealed, now),
             )
             conn.execute("UPDATE users SET updated_at = ? WHERE name = ?", (now, name))
+            if method == "yubikey":
+                # A new key counts from its own counters, which the old key's marker would
+                # reject; whoever re-binds a key then accepts the OTP used to bind it.
+                conn.execute("UPDATE users SET yubikey_counter = NULL WHERE name = ?", (name,))
 
     def get_enrolment(self, user: str, method: Method) -> dict[str, Any] | None:
         name = normalise_user(user)
@@ -419,6 +426,21 @@ class UserStore:
                     "DELETE FROM enrolments WHERE user = ? AND method = ?", (name, method)
                 )
             conn.execute("UPDATE users SET updated_at = ? WHERE name = ?", (now, name))
+        return cursor.rowcount == 1
+
+    def accept_yubikey_counter(self, user: str, counter: int) -> bool:
+        """Record a Yubico OTP counter as used; False unless it is newer than the last.
+
+        The same single conditional UPDATE as `accept_totp_step`: of two requests with the
+        same OTP, exactly one gets True. Only for users with a YubiKey enrolment.
+        """
+        cursor = self._conn().execute(
+            "UPDATE users SET yubikey_counter = ? WHERE name = ?"
+            " AND (yubikey_counter IS NULL OR yubikey_counter < ?)"
+            " AND EXISTS (SELECT 1 FROM enrolments"
+            " WHERE enrolments.user = users.name AND enrolments.method = 'yubikey')",
+            (counter, normalise_user(user), counter),
+        )
         return cursor.rowcount == 1
 
     # ----------------------------------------------------------------- backup codes
