@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyotp
 import pytest
 import yaml
 from pyrad import packet as pyrad_packet
 
 from tests.support.daemon import REPO, Daemon
-from tests.support.nas import DICTIONARY, UdpNas, access_request
+from tests.support.nas import DICTIONARY, Reply, UdpNas, access_request, exchange, login
 from tests.support.radclient import radclient
 
 pytestmark = pytest.mark.e2e
@@ -203,3 +204,30 @@ def test_hostile_datagrams_do_not_break_the_daemon(daemon: Daemon) -> None:
         nas.close()
     assert raw[0] == 2
     assert daemon.proc is not None and daemon.proc.poll() is None
+
+
+def test_the_shipped_config_as_is_enrols_then_asks_for_totp(tmp_path: Path) -> None:
+    """`make run` serves this: alice (an administrator) must give a TOTP code, and with
+    enrol_unconfigured_users she enrols inline on her first login."""
+    config: dict[str, Any] = yaml.safe_load((REPO / "config/mfaproxy.yaml").read_text())
+    config["directory"]["local"]["users_file"] = str(REPO / "config/users.yaml")
+    for key in ("listen", "log", "state_dir"):
+        config["server"].pop(key)
+    with Daemon(tmp_path, config) as running:
+        nas = UdpNas(running.port)
+        try:
+            first = login(nas, SECRET, "alice", "demo-password")
+            assert first.challenged, first.message
+            key = first.message.split(": ", 1)[1].split(" then")[0].replace(" ", "")
+            assert login_answer(nas, first, "alice", pyotp.TOTP(key).now()).accepted
+            again = login(nas, SECRET, "alice", "demo-password")
+            assert again.challenged and "authenticator app" in again.message
+        finally:
+            nas.close()
+
+
+def login_answer(nas: UdpNas, previous: Reply, user: str, answer: str) -> Reply:
+    request = access_request(SECRET, user, answer)
+    assert previous.state is not None
+    request.AddAttribute("State", previous.state)
+    return exchange(nas, SECRET, request)
