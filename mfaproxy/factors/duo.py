@@ -1,0 +1,320 @@
+"""Duo as a second factor, over Duo's Auth API v2 (duo_client.Auth).
+
+`begin` asks Duo about the user (preauth): bypass, deny, enrol, or a menu of what the
+user's devices can do. `check` turns the answer into one Duo call: `push` and `phone`
+start an asynchronous transaction (auth with async_txn) that is polled with auth_status
+until the user answers or `duo.timeout` runs out; `sms` sends passcodes and asks again;
+digits are a passcode. In append mode (`password,push`) `begin` is not called, so
+`check` runs preauth itself first: bypass, deny and enrolment then behave the same.
+
+One `check` sends at most one push or call: the engine de-duplicates RADIUS
+retransmissions, and nothing here retries `auth` (a timed-out `auth` may still have
+reached Duo, and a retry would buzz the phone twice).
+
+Calls go through factors/duo_api.py (duo_client in a bounded pool, explicit timeouts,
+failures classified). What each failure means here:
+- Duo unreachable (DuoFailure): `failmode` decides. `safe` accepts on the primary
+  password alone (warning log `duo_failmode_safe` and a metric); `secure` answers
+  UNAVAILABLE `duo_unreachable`.
+- Duo answered 4xx (DuoMisconfigured): UNAVAILABLE `duo_misconfigured` with an error
+  log, whatever the failmode. Duo's own proxy fails open on a 401 in safe mode; we do
+  not: a wrong key or secret is a standing misconfiguration, not an outage, and failing
+  open on it would silently turn MFA off for everyone until someone read the logs.
+- Our threads are all busy (DuoBusy): UNAVAILABLE `duo_busy`, whatever the failmode:
+  otherwise one password holder could start enough pushes to fill the pool and then
+  log in without Duo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from mfaproxy.factors.base import (
+    Factor,
+    FactorRequest,
+    FactorResult,
+    FactorServices,
+    FactorUser,
+    Verdict,
+)
+from mfaproxy.factors.duo_api import (
+    REQUEST_TIMEOUT,
+    DuoApi,
+    DuoBusy,
+    DuoError,
+    DuoFailure,
+    DuoMisconfigured,
+    DuoTimeout,
+    printable,
+)
+from mfaproxy.mfa_config import DuoMethodConfig, MultifactorConfig
+from mfaproxy.observability.metrics import SECOND_FACTOR_ATTEMPTS
+
+log = structlog.get_logger(__name__)
+
+# Pause between auth_status calls that came back "waiting" (Duo long-polls, so this
+# only adds latency after a status change such as "pushed").
+POLL_INTERVAL = 0.25
+# Reply-Message carries at most 253 octets.
+MAX_PROMPT = 253
+# Out-of-band words in menu order; a passcode is always offered (bypass codes and
+# hardware tokens need no capability).
+OUT_OF_BAND = ("push", "phone", "sms")
+# Duo passcodes: 6 (Duo Mobile, tokens), 7 (SMS), 8 (tokens), 9-10 (bypass codes).
+PASSCODE = re.compile(r"[0-9]{6,16}")
+# Bound what the challenge session keeps about a user's devices.
+MAX_DEVICES = 10
+SMS_PROMPT = "Enter the passcode sent by SMS"
+PASSCODE_PROMPT = "Enter a Duo passcode"
+# auth/auth_status `status` values that get their own reason label.
+DENY_REASONS = {"fraud": "fraud", "locked_out": "duo_locked_out"}
+
+
+def ascii_text(text: object, limit: int = MAX_PROMPT) -> str:
+    """A prompt: plain ASCII that fits in one Reply-Message."""
+    return printable(text, limit)
+
+
+def menu_prompt(capabilities: set[str]) -> str:
+    words = [w for w in OUT_OF_BAND if w in capabilities]
+    if not words:
+        return PASSCODE_PROMPT
+    return "Duo: type " + ", ".join(words) + ", or a passcode"
+
+
+def device_summary(devices: object) -> list[dict[str, Any]]:
+    """What the challenge session keeps of preauth's device list: ids and the
+    capabilities this factor can use."""
+    if not isinstance(devices, list):
+        return []
+    kept = []
+    for device in devices[:MAX_DEVICES]:
+        if isinstance(device, dict):
+            caps = device.get("capabilities")
+            caps = caps if isinstance(caps, list) else []
+            usable = [c for c in OUT_OF_BAND if c in caps]
+            kept.append(
+                {"device": ascii_text(device.get("device", ""), 64), "capabilities": usable}
+            )
+    return kept
+
+
+def capabilities(pending: Mapping[str, Any]) -> set[str]:
+    found: set[str] = set()
+    for device in pending.get("devices") or []:
+        if isinstance(device, Mapping):
+            found.update(c for c in device.get("capabilities") or [] if c in OUT_OF_BAND)
+    return found
+
+
+def client_ip(request: FactorRequest) -> str | None:
+    """Calling-Station-Id, when it is an address (it may be a MAC or a phone number)."""
+    if not request.client_ip:
+        return None
+    try:
+        return str(ipaddress.ip_address(request.client_ip.strip()))
+    except ValueError:
+        return None
+
+
+def with_prompt(
+    verdict: Verdict, reason: str, message: object, counts: bool = True
+) -> FactorResult:
+    prompt = ascii_text(message) or None
+    return FactorResult(verdict, reason, prompt=prompt, counts_as_failure=counts)
+
+
+class DuoFactor:
+    name = "duo"
+    code_length: int | None = None
+    keywords: frozenset[str] = frozenset(OUT_OF_BAND)
+
+    def __init__(
+        self,
+        settings: DuoMethodConfig,
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+        poll_interval: float = POLL_INTERVAL,
+    ) -> None:
+        self.settings = settings
+        self._poll_interval = poll_interval
+        self.api = DuoApi(settings, request_timeout)
+
+    def is_enrolled(self, user: FactorUser) -> bool:
+        return True  # Duo knows its own users; preauth decides
+
+    def can_enrol_inline(self, user: FactorUser) -> bool:
+        return False  # enrolment happens in Duo's portal
+
+    async def begin(self, request: FactorRequest) -> FactorResult:
+        try:
+            return await self._preauth(request)
+        except DuoError as exc:
+            return self._failed(request, exc)
+
+    async def check(
+        self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
+    ) -> FactorResult:
+        try:
+            if "devices" not in pending:  # append mode or a direct push: no begin
+                first = await self._preauth(request)
+                if first.verdict is not Verdict.CHALLENGE:
+                    return first
+                pending = first.pending
+            return await self._answer(request, answer.strip().lower(), pending)
+        except DuoError as exc:
+            return self._failed(request, exc)
+
+    async def begin_enrolment(self, request: FactorRequest) -> FactorResult:
+        return FactorResult.reject("enrol_at_duo", counts_as_failure=False)
+
+    async def finish_enrolment(
+        self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
+    ) -> FactorResult:
+        return FactorResult.reject("enrol_at_duo", counts_as_failure=False)
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    # ------------------------------------------------------------------ flow
+
+    async def _preauth(self, request: FactorRequest) -> FactorResult:
+        answer = await self.api.preauth(request.user.login_name, client_ip(request))
+        result, message = answer.get("result"), answer.get("status_msg", "")
+        if result == "allow":
+            return FactorResult.accept("duo_bypass")
+        if result == "deny":
+            return with_prompt(Verdict.REJECT, "duo_denied", message or "Access denied by Duo")
+        if result == "enroll":
+            url = ascii_text(answer.get("enroll_portal_url", ""))
+            prompt = f"Enroll in Duo first: {url}"
+            if not url or len(prompt) > MAX_PROMPT:
+                prompt = "Enroll in Duo first; ask your administrator how"
+            return with_prompt(Verdict.REJECT, "duo_enroll", prompt, counts=False)
+        if result == "auth":
+            pending = {"devices": device_summary(answer.get("devices"))}
+            return FactorResult.challenge(menu_prompt(capabilities(pending)), pending)
+        raise DuoFailure(f"unexpected preauth result {ascii_text(result, 40)!r}")
+
+    async def _answer(
+        self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
+    ) -> FactorResult:
+        caps = capabilities(pending)
+        word = answer or self._default_word(caps)
+        if word is None:
+            return FactorResult.challenge(PASSCODE_PROMPT, pending, reason="passcode_needed")
+        if word in OUT_OF_BAND:
+            if word not in caps:
+                prompt = ascii_text(f"No Duo device can do {word}. {menu_prompt(caps)}")
+                return FactorResult.challenge(prompt, pending, reason="factor_unavailable")
+            if word == "sms":
+                return await self._sms(request, pending)
+            return await self._out_of_band(request, word)
+        if PASSCODE.fullmatch(word):
+            return await self._passcode(request, word)
+        return FactorResult.reject("malformed_code")
+
+    def _default_word(self, caps: set[str]) -> str | None:
+        """What an empty answer means: the configured factor; `auto` is push, else a
+        phone call, else a passcode must be typed."""
+        factor = self.settings.factor
+        if factor == "auto":
+            return next((w for w in ("push", "phone") if w in caps), None)
+        return None if factor == "passcode" else factor
+
+    async def _out_of_band(self, request: FactorRequest, factor: str) -> FactorResult:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.timeout
+        started = await self.api.auth(
+            factor=factor,
+            username=request.user.login_name,
+            device="auto",
+            ipaddr=client_ip(request),
+            async_txn=True,
+        )
+        txid = started.get("txid")
+        if not isinstance(txid, str) or not txid:
+            raise DuoFailure("auth answered without a txid")
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return FactorResult.reject(f"{factor}_timeout", counts_as_failure=False)
+            try:
+                status = await self.api.auth_status(txid, remaining)
+            except DuoTimeout:
+                # The user did not answer in time; the push is not sent again.
+                return FactorResult.reject(f"{factor}_timeout", counts_as_failure=False)
+            if not status.get("waiting"):
+                break
+            await asyncio.sleep(min(self._poll_interval, max(0.0, deadline - loop.time())))
+        if status.get("success"):
+            return FactorResult.accept(f"{factor}_approved")
+        return self._denied(factor, status)
+
+    async def _sms(self, request: FactorRequest, pending: Mapping[str, Any]) -> FactorResult:
+        # Sending passcodes completes in one request: no transaction to poll.
+        answer = await self.api.auth(
+            factor="sms",
+            username=request.user.login_name,
+            device="auto",
+            ipaddr=client_ip(request),
+        )
+        if answer.get("status") == "sent":
+            return FactorResult.challenge(SMS_PROMPT, pending, reason="sms_sent")
+        if answer.get("result") == "allow":
+            return FactorResult.accept("sms_allowed")
+        return self._denied("sms", answer)
+
+    async def _passcode(self, request: FactorRequest, passcode: str) -> FactorResult:
+        # A passcode is verified in one request: no transaction to poll.
+        answer = await self.api.auth(
+            factor="passcode",
+            username=request.user.login_name,
+            passcode=passcode,
+            ipaddr=client_ip(request),
+        )
+        if answer.get("result") == "allow":
+            return FactorResult.accept("passcode_ok")
+        return self._denied("passcode", answer)
+
+    @staticmethod
+    def _denied(factor: str, answer: Mapping[str, Any]) -> FactorResult:
+        status = answer.get("status")
+        message = answer.get("status_msg", "")
+        if status == "timeout":
+            return with_prompt(Verdict.REJECT, f"{factor}_timeout", message, counts=False)
+        default = "bad_passcode" if factor == "passcode" else f"{factor}_denied"
+        reason = DENY_REASONS.get(str(status), default)
+        return with_prompt(Verdict.REJECT, reason, message)
+
+    # -------------------------------------------------------------- plumbing
+
+    def _failed(self, request: FactorRequest, exc: Exception) -> FactorResult:
+        user, error = request.user.name, str(exc)
+        if isinstance(exc, DuoBusy):
+            # Never fail open on our own load: one password holder could otherwise
+            # start enough pushes to fill the pool and then log in without Duo.
+            log.warning("duo_busy", user=user, error=error)
+            return FactorResult.unavailable("duo_busy")
+        if isinstance(exc, DuoMisconfigured):
+            # Never fail open here: see the module docstring.
+            log.error("duo_misconfigured", user=user, error=error)
+            return FactorResult.unavailable("duo_misconfigured")
+        if self.settings.failmode == "safe":
+            log.warning("duo_failmode_safe", user=user, error=error)
+            SECOND_FACTOR_ATTEMPTS.labels(method="duo", result="failmode_safe").inc()
+            return FactorResult.accept("failmode_safe")
+        log.warning("duo_unreachable", user=user, error=error)
+        return FactorResult.unavailable("duo_unreachable")
+
+
+def build(config: MultifactorConfig, services: FactorServices) -> Factor:
+    if config.duo is None:
+        raise ValueError("duo is enabled but the 'duo' section is missing")
+    return DuoFactor(config.duo)
