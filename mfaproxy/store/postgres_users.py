@@ -1,0 +1,674 @@
+"""The durable user store on PostgreSQL (psycopg 3), for several daemons sharing one store.
+
+`PostgresUserStore` keeps the `UserRepository` contract of the SQLite `UserStore`: the
+same tables, the same sealing of secrets (`SecretBox` with record ids ``"<user>:totp"``
+and ``"<user>:<method>"``), the same peppered backup-code hashes, the same answers. The
+contract suite in tests/store/test_user_store_contract.py runs against both.
+
+Atomicity across daemons. Every check-and-set is one SQL statement (a conditional
+``UPDATE`` whose row count is the answer, or an upsert), so two daemons accepting the
+same TOTP step, Yubico OTP counter or backup code cannot both win: under READ COMMITTED
+the second writer waits for the first's row lock, then re-checks the condition against
+the committed row. Operations of several statements (approving a reset and clearing the
+user's MFA, replacing the backup codes...) are one transaction, so a crash between steps
+leaves nothing half done; they lock the user's row first, the one lock order that keeps
+them from deadlocking each other, and one rolled back by a deadlock or serialisation
+failure anyway (nothing of it was written) is run again.
+
+Schema. ``schema_version`` holds one row; `MIGRATIONS` are applied in order, in one
+transaction, under a transaction-scoped advisory lock, so two daemons starting together
+neither race nor apply a step twice. Version N here is the same step as version N of the
+SQLite store's migrations. The tables live in the first schema of the connection's
+``search_path`` (``options=-csearch_path=NAME`` in the DSN picks another one).
+
+Availability. Connections are made on demand with a bounded ``connect_timeout``, every
+statement has a ``statement_timeout`` (lock waits included), and TCP keepalives with
+``tcp_user_timeout`` notice a vanished server. Any failure to reach or use the server
+raises `UserStoreUnavailable` at once; the caller's failmode decides what to answer. Idle
+connections are reused; one the server has closed (a restart, a failover) is recognised
+before use without a round trip and replaced, so service resumes with the first request
+after the server is back. Metrics: ``mfaproxy_upstream_up{service="postgres"}`` and
+``mfaproxy_upstream_duration_seconds{service="postgres", result="ok"|"failure"}``.
+
+Durability is the server's: a committed write is durable as configured there (keep
+``fsync`` and ``synchronous_commit`` on). Methods block; the daemon calls them through
+`AsyncUserStore`'s thread pool. The store is thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import select
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias, TypeVar, cast
+
+import psycopg
+import structlog
+from psycopg import errors as pg_errors
+from psycopg.abc import Params
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
+from psycopg.rows import TupleRow
+
+from mfaproxy.errors import UpstreamError
+from mfaproxy.factors.backup_codes import BackupCodeHasher
+from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
+from mfaproxy.store.crypto import SecretBox
+from mfaproxy.store.users import (
+    METHODS,
+    LockState,
+    Method,
+    ResetRequest,
+    ResetStatus,
+    StoreError,
+    UserRecord,
+    normalise_user,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+Connection: TypeAlias = psycopg.Connection[TupleRow]
+
+SERVICE = "postgres"
+# Transaction-scoped advisory lock serialising migrations ("mfaproxy" as a bigint).
+MIGRATION_LOCK = int.from_bytes(b"mfaproxy", "big")
+_ROLLBACK_RETRIES = 3
+
+_METHOD_CHECK = "(" + ", ".join(f"'{m}'" for m in METHODS) + ")"
+
+# Ordered: version N is MIGRATIONS[N - 1]. Append, never edit a shipped entry.
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        method TEXT CHECK (method IS NULL OR method IN {_METHOD_CHECK}),
+        configure_later BOOLEAN NOT NULL DEFAULT FALSE,
+        totp_secret BYTEA, totp_last_step BIGINT,
+        failures INTEGER NOT NULL DEFAULT 0, locked_until DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE enrolments (
+        user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        method TEXT NOT NULL CHECK (method IN {_METHOD_CHECK}),
+        data BYTEA NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (user_name, method));
+    CREATE TABLE backup_codes (
+        user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        code_hash BYTEA NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+        used_at DOUBLE PRECISION,
+        PRIMARY KEY (user_name, code_hash));
+    CREATE TABLE reset_requests (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        requested_at DOUBLE PRECISION NOT NULL, via TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'cleared')),
+        decided_at DOUBLE PRECISION);
+    CREATE INDEX reset_requests_by_user ON reset_requests (user_name, id);
+    -- At most one pending request per user: asking twice must not mail twice.
+    CREATE UNIQUE INDEX reset_one_pending ON reset_requests (user_name)
+        WHERE status = 'pending';
+    """,
+    # 2: the last Yubico OTP counter accepted by local validation (session << 8 | use).
+    "ALTER TABLE users ADD COLUMN yubikey_counter BIGINT;",
+)
+
+# Creates the user's row if missing and row-locks it either way (ON CONFLICT DO UPDATE
+# locks the conflicting row even when its WHERE rejects the update): the first step of
+# every multi-statement write, so they all take their locks in the same order.
+_LOCK_USER = (
+    "INSERT INTO users (name, created_at, updated_at) VALUES (%s, %s, %s)"
+    " ON CONFLICT (name) DO UPDATE SET name = excluded.name WHERE false"
+)
+
+_SELECT_RESETS = "SELECT id, user_name, requested_at, via, status, decided_at FROM reset_requests"
+
+
+# Errors meaning the server is out of reach or cannot serve us now, as opposed to a
+# statement being wrong: connection lost or refused, shutdown, timeouts, too many
+# connections (all OperationalError), and a read-only server.
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, pg_errors.ReadOnlySqlTransaction)
+
+
+class UserStoreUnavailable(UpstreamError):
+    """The PostgreSQL user store did not answer (down, unreachable, timed out, read-only)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _lock_view(failures: int, locked_until: float | None, now: float) -> LockState:
+    if locked_until is not None and now >= locked_until:
+        return LockState(0, None, False)  # an expired lockout starts a fresh count
+    return LockState(failures, locked_until, locked_until is not None)
+
+
+class _Connections:
+    """Idle connections kept for reuse, each checked before it is handed out again.
+
+    Not psycopg_pool: its health check sleeps with exponential backoff (1 s, 2 s, 4 s...)
+    for each stale connection it meets after a server restart, and it reconnects in the
+    background with backoff too, so requests would fail or wait for seconds after the
+    database is back. Here a failed connect is reported at once, and a stale connection
+    is dropped and replaced at once.
+    """
+
+    def __init__(self, conninfo: str, statement_timeout_ms: int, max_idle: int) -> None:
+        self._conninfo = conninfo
+        self._statement_timeout = str(statement_timeout_ms)
+        self._max_idle = max_idle
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def take(self) -> Connection:
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise StoreError("user store is closed")
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._connect()
+            if self._usable(conn):
+                return conn
+            conn.close()
+
+    def give(self, conn: Connection, *, reusable: bool = True) -> None:
+        if reusable and self._usable(conn, poll=False):
+            with self._lock:
+                if not self._closed and len(self._idle) < self._max_idle:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _connect(self) -> Connection:
+        conn = psycopg.connect(self._conninfo, autocommit=True)
+        try:
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, false)", (self._statement_timeout,)
+            )
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _usable(conn: Connection, *, poll: bool = True) -> bool:
+        if conn.closed or conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
+            return False
+        if not poll:
+            return True
+        # An idle connection has nothing to read unless the server has closed it or sent
+        # the termination notice of a shutdown: readable means stale.
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return not poller.poll(0)
+
+
+class PostgresUserStore:
+    """`UserRepository` on PostgreSQL; see the module docstring for the guarantees.
+
+    `dsn` is a libpq connection string or URI; `connect_timeout` (whole seconds, at least
+    2, as libpq counts them) bounds each connection attempt and `statement_timeout` each
+    statement. Raises `UserStoreUnavailable` when the server cannot be reached, also from
+    the constructor, which applies pending migrations.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        key: bytes,
+        *,
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 5.0,
+        max_idle: int = 8,
+    ) -> None:
+        if connect_timeout <= 0 or statement_timeout <= 0 or max_idle < 0:
+            raise ValueError("timeouts must be positive and max_idle not negative")
+        self._box = SecretBox(key)
+        self._hasher = BackupCodeHasher.from_master_key(key)
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError:
+            # not chained, not quoted: the DSN may hold a password
+            raise StoreError("the PostgreSQL DSN does not parse") from None
+        self.server = str(params.get("host") or params.get("hostaddr") or "localhost")
+        settings: dict[str, Any] = {
+            "application_name": "mfaproxy",
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": math.ceil((connect_timeout + statement_timeout) * 1000),
+        }
+        settings.update(params)
+        settings["connect_timeout"] = max(2, math.ceil(connect_timeout))
+        self._connections = _Connections(
+            make_conninfo("", **settings), math.ceil(statement_timeout * 1000), max_idle
+        )
+        self._up: bool | None = None
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _run(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` on a connection; map server trouble to `UserStoreUnavailable`."""
+        started = time.perf_counter()
+        try:
+            result = self._attempt(work)
+        except _UNAVAILABLE as exc:
+            self._observe(started, up=False, error=exc)
+            raise UserStoreUnavailable(f"PostgreSQL {self.server}: {_first_line(exc)}") from exc
+        except psycopg.Error as exc:
+            self._observe(started, up=True)  # the server answered; the statement failed
+            raise StoreError(f"PostgreSQL {self.server}: {_first_line(exc)}") from exc
+        self._observe(started, up=True)
+        return result
+
+    def _attempt(self, work: Callable[[Connection], T]) -> T:
+        conn = self._connections.take()
+        reusable = True
+        try:
+            for attempt in range(1, _ROLLBACK_RETRIES + 1):
+                try:
+                    return work(conn)
+                except pg_errors.TransactionRollback:  # deadlock, serialisation
+                    if attempt == _ROLLBACK_RETRIES:
+                        raise
+            raise AssertionError("unreachable")
+        except pg_errors.ReadOnlySqlTransaction:
+            reusable = False  # a standby (after a failover?): reconnect to find the primary
+            raise
+        finally:
+            self._connections.give(conn, reusable=reusable)
+
+    def _observe(self, started: float, *, up: bool, error: BaseException | None = None) -> None:
+        result = "ok" if up else "failure"
+        UPSTREAM_LATENCY.labels(service=SERVICE, result=result).observe(
+            time.perf_counter() - started
+        )
+        UPSTREAM_UP.labels(service=SERVICE, server=self.server).set(1 if up else 0)
+        was_up, self._up = self._up, up
+        if not up and was_up is not False:
+            detail = _first_line(error) if error else ""
+            log.warning("user_store_down", backend=SERVICE, server=self.server, error=detail)
+        elif up and was_up is False:
+            log.info("user_store_up", backend=SERVICE, server=self.server)
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        def in_transaction(conn: Connection) -> T:
+            with conn.transaction():
+                return work(conn)
+
+        return self._run(in_transaction)
+
+    def _rowcount(self, query: str, params: Params) -> int:
+        return self._run(lambda conn: conn.execute(query, params).rowcount)
+
+    def _one(self, query: str, params: Params) -> tuple[Any, ...] | None:
+        return self._run(lambda conn: conn.execute(query, params).fetchone())
+
+    def _all(self, query: str, params: Params) -> list[tuple[Any, ...]]:
+        return self._run(lambda conn: conn.execute(query, params).fetchall())
+
+    def _migrate(self) -> None:
+        def migrate(conn: Connection) -> None:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            # Nothing is written when the schema is current, so a read-only server (a
+            # standby) can still serve reads.
+            exists = conn.execute("SELECT to_regclass('schema_version')").fetchone()
+            if exists is None or exists[0] is None:
+                conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+            current = 0 if row is None else int(row[0])
+            if current == len(MIGRATIONS):
+                return
+            if current > len(MIGRATIONS):
+                raise StoreError(
+                    f"PostgreSQL {self.server}: schema version {current} is newer than this"
+                    f" mfaproxy ({len(MIGRATIONS)}); upgrade mfaproxy"
+                )
+            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                try:
+                    conn.execute(script)
+                except _UNAVAILABLE:
+                    raise
+                except psycopg.Error as exc:
+                    raise StoreError(
+                        f"PostgreSQL {self.server}: migration {version} failed: {exc}"
+                    ) from exc
+            conn.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))
+
+        self._transaction(migrate)
+
+    def schema_version(self) -> int:
+        row = self._one("SELECT version FROM schema_version", ())
+        return 0 if row is None else int(row[0])
+
+    def close(self) -> None:
+        """Close the idle connections; those in use close when their call returns."""
+        self._connections.close()
+
+    # ----------------------------------------------------------------- users
+
+    def get_user(self, user: str) -> UserRecord | None:
+        name = normalise_user(user)
+        row = self._one(  # one statement: one snapshot
+            "SELECT u.method, u.configure_later, u.totp_secret IS NOT NULL, u.totp_last_step,"
+            " u.failures, u.locked_until, u.created_at, u.updated_at,"
+            " ARRAY(SELECT e.method FROM enrolments e WHERE e.user_name = u.name),"
+            " (SELECT count(*) FROM backup_codes b"
+            "  WHERE b.user_name = u.name AND b.used_at IS NULL),"
+            " r.id, r.user_name, r.requested_at, r.via, r.status, r.decided_at"
+            " FROM users u LEFT JOIN LATERAL (SELECT * FROM reset_requests"
+            "  WHERE user_name = u.name ORDER BY id DESC LIMIT 1) r ON true"
+            " WHERE u.name = %s",
+            (name,),
+        )
+        if row is None:
+            return None
+        methods = set(row[8])
+        if row[2]:
+            methods.add("totp")
+        return UserRecord(
+            name=name,
+            method=row[0],
+            configure_later=bool(row[1]),
+            enrolled=frozenset(cast(set[Method], methods)),
+            totp_last_step=row[3],
+            backup_codes_remaining=int(row[9]),
+            failures=int(row[4]),
+            locked_until=row[5],
+            last_reset=None if row[10] is None else ResetRequest(*row[10:]),
+            created_at=row[6],
+            updated_at=row[7],
+        )
+
+    def list_users(self) -> list[str]:
+        # COLLATE "C": byte order whatever the database's locale, as SQLite sorts
+        return [n for (n,) in self._all('SELECT name FROM users ORDER BY name COLLATE "C"', ())]
+
+    def delete_user(self, user: str) -> bool:
+        return self._rowcount("DELETE FROM users WHERE name = %s", (normalise_user(user),)) == 1
+
+    def set_method(
+        self, user: str, method: Method | None, now: float, *, configure_later: bool = False
+    ) -> None:
+        """Set the user's method (None: the server default); enrolment data is kept."""
+        if method is not None and method not in METHODS:
+            raise ValueError(f"unknown method {method!r}")
+        self._rowcount(
+            "INSERT INTO users (name, method, configure_later, created_at, updated_at)"
+            " VALUES (%(name)s, %(method)s, %(later)s, %(now)s, %(now)s)"
+            " ON CONFLICT (name) DO UPDATE SET method = excluded.method,"
+            " configure_later = excluded.configure_later, updated_at = excluded.updated_at",
+            {"name": normalise_user(user), "method": method, "later": configure_later, "now": now},
+        )
+
+    def clear_mfa(self, user: str, now: float) -> bool:
+        """Forget method, TOTP secret, enrolments and backup codes (the lost-device fix)."""
+        name = normalise_user(user)
+        return self._transaction(lambda conn: self._clear_mfa(conn, name, now))
+
+    @staticmethod
+    def _clear_mfa(conn: Connection, name: str, now: float) -> bool:
+        cursor = conn.execute(  # the user's row first: the common lock order
+            "UPDATE users SET method = NULL, totp_secret = NULL, totp_last_step = NULL,"
+            " updated_at = %s WHERE name = %s",
+            (now, name),
+        )
+        conn.execute("DELETE FROM enrolments WHERE user_name = %s", (name,))
+        conn.execute("DELETE FROM backup_codes WHERE user_name = %s", (name,))
+        return cursor.rowcount == 1
+
+    # ----------------------------------------------------------------- TOTP
+
+    def set_totp_secret(self, user: str, secret: str, now: float) -> None:
+        """Store a new TOTP key (sealed); the replay marker restarts with it."""
+        name = normalise_user(user)
+        sealed = self._box.seal(f"{name}:totp", secret.encode("utf-8"))
+        self._rowcount(
+            "INSERT INTO users (name, totp_secret, created_at, updated_at)"
+            " VALUES (%(name)s, %(sealed)s, %(now)s, %(now)s)"
+            " ON CONFLICT (name) DO UPDATE SET totp_secret = excluded.totp_secret,"
+            " totp_last_step = NULL, updated_at = excluded.updated_at",
+            {"name": name, "sealed": sealed, "now": now},
+        )
+
+    def get_totp_secret(self, user: str) -> str | None:
+        name = normalise_user(user)
+        row = self._one("SELECT totp_secret FROM users WHERE name = %s", (name,))
+        if row is None or row[0] is None:
+            return None
+        return self._box.open(f"{name}:totp", bytes(row[0])).decode("utf-8")
+
+    def accept_totp_step(self, user: str, step: int) -> bool:
+        """Record `step` as used; False if it is not newer than the last one (a replay)."""
+        return (
+            self._rowcount(
+                "UPDATE users SET totp_last_step = %(step)s WHERE name = %(name)s"
+                " AND totp_secret IS NOT NULL"
+                " AND (totp_last_step IS NULL OR totp_last_step < %(step)s)",
+                {"step": step, "name": normalise_user(user)},
+            )
+            == 1
+        )
+
+    # ----------------------------------------------------------------- other methods
+
+    def set_enrolment(self, user: str, method: Method, data: Mapping[str, Any], now: float) -> None:
+        """Store a method's enrolment data (YubiKey ids, email, phone...) as sealed JSON."""
+        if method not in METHODS or method == "totp":
+            raise ValueError(f"no enrolment data for {method!r} (TOTP: set_totp_secret)")
+        name = normalise_user(user)
+        plain = json.dumps(dict(data), sort_keys=True, separators=(",", ":")).encode()
+        sealed = self._box.seal(f"{name}:{method}", plain)
+
+        def write(conn: Connection) -> None:
+            # A new key counts from its own counters, which the old key's marker would
+            # reject: (re)binding a YubiKey restarts the counter.
+            conn.execute(
+                "INSERT INTO users (name, created_at, updated_at)"
+                " VALUES (%(name)s, %(now)s, %(now)s)"
+                " ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at,"
+                " yubikey_counter = CASE WHEN %(rebind)s THEN NULL"
+                " ELSE users.yubikey_counter END",
+                {"name": name, "now": now, "rebind": method == "yubikey"},
+            )
+            conn.execute(
+                "INSERT INTO enrolments (user_name, method, data, updated_at)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (user_name, method)"
+                " DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+                (name, method, sealed, now),
+            )
+
+        self._transaction(write)
+
+    def get_enrolment(self, user: str, method: Method) -> dict[str, Any] | None:
+        name = normalise_user(user)
+        row = self._one(
+            "SELECT data FROM enrolments WHERE user_name = %s AND method = %s", (name, method)
+        )
+        if row is None:
+            return None
+        opened = self._box.open(f"{name}:{method}", bytes(row[0]))
+        return cast(dict[str, Any], json.loads(opened))
+
+    def clear_enrolment(self, user: str, method: Method, now: float) -> bool:
+        name = normalise_user(user)
+
+        def clear(conn: Connection) -> int:
+            conn.execute("UPDATE users SET updated_at = %s WHERE name = %s", (now, name))
+            if method == "totp":
+                return conn.execute(
+                    "UPDATE users SET totp_secret = NULL, totp_last_step = NULL"
+                    " WHERE name = %s AND totp_secret IS NOT NULL",
+                    (name,),
+                ).rowcount
+            return conn.execute(
+                "DELETE FROM enrolments WHERE user_name = %s AND method = %s", (name, method)
+            ).rowcount
+
+        return self._transaction(clear) == 1
+
+    def accept_yubikey_counter(self, user: str, counter: int) -> bool:
+        """Record a Yubico OTP counter as used; False unless it is newer than the last."""
+        return (
+            self._rowcount(
+                "UPDATE users SET yubikey_counter = %(counter)s WHERE name = %(name)s"
+                " AND (yubikey_counter IS NULL OR yubikey_counter < %(counter)s)"
+                " AND EXISTS (SELECT 1 FROM enrolments"
+                " WHERE enrolments.user_name = users.name AND enrolments.method = 'yubikey')",
+                {"counter": counter, "name": normalise_user(user)},
+            )
+            == 1
+        )
+
+    # ----------------------------------------------------------------- backup codes
+
+    def replace_backup_codes(self, user: str, codes: Sequence[str], now: float) -> None:
+        """Make `codes` the user's only backup codes (a new set voids the old one)."""
+        name = normalise_user(user)
+        digests = {self._hasher.digest(name, code) for code in codes}
+        if None in digests:
+            raise ValueError("not a backup code")
+
+        def replace(conn: Connection) -> None:
+            conn.execute(_LOCK_USER, (name, now, now))
+            conn.execute("DELETE FROM backup_codes WHERE user_name = %s", (name,))
+            conn.execute(
+                "INSERT INTO backup_codes (user_name, code_hash, created_at)"
+                " SELECT %s, code_hash, %s FROM unnest(%s::bytea[]) AS code_hash",
+                (name, now, sorted(cast(set[bytes], digests))),
+            )
+
+        self._transaction(replace)
+
+    def consume_backup_code(self, user: str, code: str, now: float) -> bool:
+        """Use up `code`; True at most once per code, even under concurrent calls."""
+        name = normalise_user(user)
+        digest = self._hasher.digest(name, code)
+        if digest is None:
+            return False
+        return (
+            self._rowcount(
+                "UPDATE backup_codes SET used_at = %s WHERE user_name = %s AND code_hash = %s"
+                " AND used_at IS NULL",
+                (now, name, digest),
+            )
+            == 1
+        )
+
+    # ----------------------------------------------------------------- resets
+
+    def request_reset(self, user: str, via: str, now: float) -> bool:
+        """File a reset request; False when one is already pending (send no new email)."""
+        name = normalise_user(user)
+
+        def request(conn: Connection) -> int:
+            conn.execute(_LOCK_USER, (name, now, now))
+            return conn.execute(
+                "INSERT INTO reset_requests (user_name, requested_at, via, status)"
+                " VALUES (%s, %s, %s, 'pending')"
+                " ON CONFLICT (user_name) WHERE status = 'pending' DO NOTHING",
+                (name, now, via),
+            ).rowcount
+
+        return self._transaction(request) == 1
+
+    def approve_reset(self, user: str, now: float) -> bool:
+        """Approve the pending request and clear the user's MFA, in one transaction."""
+        name = normalise_user(user)
+
+        def approve(conn: Connection) -> bool:
+            conn.execute("SELECT 1 FROM users WHERE name = %s FOR UPDATE", (name,))
+            if not self._decide(conn, name, "approved", now):
+                return False
+            self._clear_mfa(conn, name, now)
+            return True
+
+        return self._transaction(approve)
+
+    def clear_reset(self, user: str, now: float) -> bool:
+        """Dismiss the pending request without touching the user's MFA."""
+        name = normalise_user(user)
+        return self._run(lambda conn: self._decide(conn, name, "cleared", now))
+
+    @staticmethod
+    def _decide(conn: Connection, name: str, status: ResetStatus, now: float) -> bool:
+        cursor = conn.execute(
+            "UPDATE reset_requests SET status = %s, decided_at = %s"
+            " WHERE user_name = %s AND status = 'pending'",
+            (status, now, name),
+        )
+        return cursor.rowcount == 1
+
+    def list_resets(self, status: ResetStatus | None = "pending") -> list[ResetRequest]:
+        if status is None:
+            rows = self._all(_SELECT_RESETS + " ORDER BY id", ())
+        else:
+            rows = self._all(_SELECT_RESETS + " WHERE status = %s ORDER BY id", (status,))
+        return [ResetRequest(*row) for row in rows]
+
+    # ----------------------------------------------------------------- lockout
+
+    def lock_state(self, user: str, now: float) -> LockState:
+        row = self._one(
+            "SELECT failures, locked_until FROM users WHERE name = %s", (normalise_user(user),)
+        )
+        return LockState(0, None, False) if row is None else _lock_view(row[0], row[1], now)
+
+    def record_failure(
+        self, user: str, now: float, max_failures: int, lockout_seconds: float
+    ) -> LockState:
+        """Count one failed attempt; lock for `lockout_seconds` at `max_failures`.
+
+        One upsert: a lockout in force is kept (failures during it count but do not
+        extend it), an expired one restarts the count, and reaching `max_failures`
+        starts a lockout. The SET expressions all read the row as it was.
+        """
+        if max_failures < 1 or lockout_seconds < 0:
+            raise ValueError("max_failures must be >= 1 and lockout_seconds >= 0")
+        row = self._one(
+            "INSERT INTO users AS u (name, created_at, updated_at, failures, locked_until)"
+            " VALUES (%(name)s, %(now)s, %(now)s, 1, CASE WHEN 1 >= %(max)s"
+            "  AND %(seconds)s > 0 THEN %(now)s + %(seconds)s END)"
+            " ON CONFLICT (name) DO UPDATE SET"
+            " failures = CASE WHEN u.locked_until <= %(now)s THEN 1 ELSE u.failures + 1 END,"
+            " locked_until = CASE WHEN u.locked_until > %(now)s THEN u.locked_until"
+            "  WHEN (CASE WHEN u.locked_until <= %(now)s THEN 1 ELSE u.failures + 1 END)"
+            "   >= %(max)s AND %(seconds)s > 0 THEN %(now)s + %(seconds)s END"
+            " RETURNING failures, locked_until",
+            {
+                "name": normalise_user(user),
+                "now": float(now),
+                "max": max_failures,
+                "seconds": float(lockout_seconds),
+            },
+        )
+        assert row is not None  # an upsert with RETURNING returns its row
+        return _lock_view(row[0], row[1], now)
+
+    def reset_failures(self, user: str) -> None:
+        """Forget failures and any lockout (after a success, or by an operator)."""
+        self._rowcount(
+            "UPDATE users SET failures = 0, locked_until = NULL WHERE name = %s",
+            (normalise_user(user),),
+        )
