@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/mfaproxy.yaml
-DEB_TEST_PACKAGES := slapd ldap-utils freeradius freeradius-utils redis-server systemd
+DEB_TEST_PACKAGES := slapd ldap-utils freeradius freeradius-utils redis-server postgresql systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint typecheck unit bench deb-packages clean

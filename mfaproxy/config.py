@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -28,6 +28,7 @@ from mfaproxy.config_base import Strict, resolve_path, take_secrets
 from mfaproxy.errors import ConfigError
 from mfaproxy.mfa_config import MultifactorConfig, SmtpConfig
 from mfaproxy.policy_config import AccessPoliciesConfig
+from mfaproxy.store.redis_state import RedisSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/mfaproxy/mfaproxy.yaml")
 
@@ -76,18 +77,36 @@ class MetricsConfig(Strict):
         return value
 
 
-class StateStoreConfig(Strict):
+class MemoryStateStoreConfig(Strict):
+    """Challenges and counters in this process: one instance (the default)."""
+
     backend: Literal["memory"] = "memory"
 
 
+StateStoreConfig = Annotated[MemoryStateStoreConfig | RedisSettings, Field(discriminator="backend")]
+
+
 class UserStoreConfig(Strict):
-    backend: Literal["sqlite"] = "sqlite"
+    # sqlite: a file under state_dir (one host); postgres: shared by a cluster.
+    backend: Literal["sqlite", "postgres"] = "sqlite"
     path: Path | None = None
+    dsn: SecretStr | None = None  # postgresql://user@host/db (password via dsn_file/env)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
+        return take_secrets(data, ("dsn",), info)
 
     @field_validator("path", mode="before")
     @classmethod
     def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
         return None if value is None else resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _dsn_for_postgres(self) -> UserStoreConfig:
+        if self.backend == "postgres" and self.dsn is None:
+            raise ValueError("backend postgres needs dsn (or dsn_file / dsn_env)")
+        return self
 
 
 class ServerConfig(Strict):
@@ -96,8 +115,14 @@ class ServerConfig(Strict):
     metrics: MetricsConfig | None = None
     state_dir: Path = Path("./state")
     secrets_key_file: Path | None = None
-    state_store: StateStoreConfig = StateStoreConfig()
+    state_store: StateStoreConfig = MemoryStateStoreConfig()
     user_store: UserStoreConfig = UserStoreConfig()
+    # When the state or user store cannot be reached: secure rejects; safe accepts on
+    # the primary check alone (logged and metered), like Duo's failmode.
+    store_failmode: Literal["secure", "safe"] = "secure"
+    # Processes serving the same UDP ports (SO_REUSEPORT); more than one needs a shared
+    # state store, since a NAS may send the answer to a challenge to any of them.
+    workers: int = Field(default=1, ge=1, le=64)
     # RFC 5080 section 2.2.2: keep replies long enough to answer every retransmission a
     # NAS can send (its timeout x retries); 30 s is what FreeRADIUS and Duo use.
     duplicate_cache_seconds: float = Field(default=30.0, gt=0, le=600)
@@ -116,6 +141,12 @@ class ServerConfig(Strict):
         for item in value:
             parse_host_port(item, 1812)
         return value
+
+    @model_validator(mode="after")
+    def _workers_share_state(self) -> ServerConfig:
+        if self.workers > 1 and self.state_store.backend == "memory":
+            raise ValueError("workers > 1 needs state_store backend redis (challenges are shared)")
+        return self
 
     @field_validator("state_dir", "secrets_key_file", mode="before")
     @classmethod

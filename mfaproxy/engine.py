@@ -25,9 +25,11 @@ from mfaproxy.core.policy import (
     evaluate,
     parse_ip,
 )
+from mfaproxy.core.replies import accept_attributes
 from mfaproxy.directory.base import PasswordChecker, PrimaryOutcome, PrimaryResult
+from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.base import Factor, FactorServices, FactorUser
-from mfaproxy.mfa import CHALLENGES, Login, MfaFlow, login_from_session
+from mfaproxy.mfa import CHALLENGES, MSG_UNAVAILABLE, Login, MfaFlow, login_from_session
 from mfaproxy.observability import metrics
 from mfaproxy.radius.codec import STATUS_SERVER, RadiusRequest
 from mfaproxy.sessions import Session
@@ -37,7 +39,7 @@ audit_log = structlog.get_logger("mfaproxy.audit")
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class RequestContext:
     request_id: str
     client: ClientConfig
@@ -45,6 +47,9 @@ class RequestContext:
     source_port: int
     # Filled in as the request is processed; written as one audit event at the end.
     audit: dict[str, Any] = field(default_factory=dict)
+    # Set once the password and the login policy have passed: what the store failmode
+    # `safe` may accept on when a store is down.
+    admitted: PrimaryResult | None = None
 
 
 class Engine:
@@ -65,9 +70,29 @@ class Engine:
 
     async def handle(self, ctx: RequestContext, request: RadiusRequest) -> Answer:
         started = time.monotonic()
-        answer = await self._decide(ctx, request, time.time())
+        try:
+            answer = await self._decide(ctx, request, time.time())
+        except UpstreamError as exc:
+            # Factors report their own outages as UNAVAILABLE; what is raised here is
+            # the state or user store (Redis, PostgreSQL, SQLite) failing.
+            answer = self._store_failure(ctx, exc)
         self._audit(ctx, request, answer, time.monotonic() - started)
         return answer
+
+    def _store_failure(self, ctx: RequestContext, exc: UpstreamError) -> Answer:
+        mode = self.config.server.store_failmode
+        log.error("store_unavailable", error=str(exc), failmode=mode)
+        if mode == "safe" and ctx.admitted is not None:
+            metrics.STORE_FAILMODE.labels(action="accepted").inc()
+            attributes = tuple(accept_attributes(self.config.replies, ctx.admitted))
+            return Answer(
+                Outcome.ACCEPT,
+                "store_failmode_safe",
+                self.config.replies.accept_message,
+                attributes,
+            )
+        metrics.STORE_FAILMODE.labels(action="rejected").inc()
+        return self._reject("store_unavailable", MSG_UNAVAILABLE)
 
     async def close(self) -> None:
         await self.checker.close()
@@ -136,7 +161,12 @@ class Engine:
         if early is not None:
             ctx.audit.update(early.log_fields())
             return self._reject("login_policy_denied")
-        record = await self.mfa.user_record(user)
+        record: UserRecord | None = None
+        record_read = True
+        try:
+            record = await self.mfa.user_record(user)
+        except UpstreamError:
+            record_read = False  # decided below, once the password is known to be right
         password, appended = self._split(ctx, typed, record)
         primary = await self.checker.authenticate(user, password)
         ctx.audit.update(backend=primary.backend)
@@ -162,6 +192,9 @@ class Engine:
         ctx.audit.update(login_decision.log_fields())
         if login_decision.action == "access_denied":
             return self._reject("login_policy_denied")
+        ctx.admitted = primary
+        if not record_read:
+            record = await self.mfa.user_record(user)  # raises again if the store is down
         mfa_decision = evaluate(self.config.access_policies.mfa, full, at)
         ctx.audit.update(mfa_decision.log_fields())
         factor_user = FactorUser(

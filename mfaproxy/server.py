@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from mfaproxy.adapters.duplicates import Duplicates, LocalDuplicates, SharedDuplicates
 from mfaproxy.adapters.geoip import GeoIpDatabases
 from mfaproxy.adapters.sdnotify import SystemdNotifier
 from mfaproxy.adapters.smtp import SmtpSender
@@ -35,8 +36,8 @@ from mfaproxy.radius.clients import ClientTable
 from mfaproxy.radius.codec import load_dictionary
 from mfaproxy.radius.dedup import DuplicateTable
 from mfaproxy.store.async_users import AsyncUserStore
-from mfaproxy.store.factory import master_key, open_user_store
-from mfaproxy.store.state import MemoryStateStore, StateStore
+from mfaproxy.store.factory import master_key, open_state_store, open_user_store
+from mfaproxy.store.state import StateStore
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +60,22 @@ class Shared:
 
 
 def open_shared(config: Config) -> Shared:
-    return Shared(AsyncUserStore(open_user_store(config)), MemoryStateStore(), master_key(config))
+    return Shared(
+        AsyncUserStore(open_user_store(config)), open_state_store(config), master_key(config)
+    )
+
+
+def duplicates_for(config: Config, shared: Shared) -> Duplicates:
+    """In a cluster the duplicate table is shared, so a retransmission that fails over
+    to another instance is recognised there too (no second push)."""
+    reply_ttl = config.server.duplicate_cache_seconds
+    if config.server.state_store.backend == "memory":
+        return LocalDuplicates(
+            DuplicateTable(reply_ttl=reply_ttl, in_flight_ttl=MAX_REQUEST_SECONDS)
+        )
+    duo = config.multifactor.duo
+    hold = duo.timeout + 10 if duo is not None else 30.0
+    return SharedDuplicates(shared.state, reply_ttl, hold)
 
 
 def build_runtime(config: Config, shared: Shared) -> Runtime:
@@ -81,10 +97,7 @@ class Server:
         self.shared = open_shared(config)
         self.dispatcher = Dispatcher(
             build_runtime(config, self.shared),
-            DuplicateTable(
-                reply_ttl=config.server.duplicate_cache_seconds,
-                in_flight_ttl=MAX_REQUEST_SECONDS,
-            ),
+            duplicates_for(config, self.shared),
             queue_size=config.server.intake_queue,
             workers=config.server.concurrency,
         )

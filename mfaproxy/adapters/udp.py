@@ -19,9 +19,10 @@ from typing import Any, cast
 import structlog
 from pyrad.dictionary import Dictionary
 
+from mfaproxy.adapters.duplicates import Duplicates
 from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.engine import Engine, RequestContext
-from mfaproxy.errors import PeerError
+from mfaproxy.errors import PeerError, UpstreamError
 from mfaproxy.observability import metrics
 from mfaproxy.radius.clients import ClientTable
 from mfaproxy.radius.codec import (
@@ -33,7 +34,7 @@ from mfaproxy.radius.codec import (
     decode_request,
     encode_reply,
 )
-from mfaproxy.radius.dedup import DuplicateTable, Seen
+from mfaproxy.radius.dedup import Lookup, RequestKey, Seen
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +83,7 @@ class Runtime:
 class Dispatcher:
     """Shared by every listening socket: the intake queue, workers and the reply cache."""
 
-    def __init__(self, runtime: Runtime, dedup: DuplicateTable, queue_size: int, workers: int):
+    def __init__(self, runtime: Runtime, dedup: Duplicates, queue_size: int, workers: int):
         self.runtime = runtime
         self.dedup = dedup
         self._queue: asyncio.Queue[tuple[bytes, Address, asyncio.DatagramTransport]] = (
@@ -172,7 +173,13 @@ class Dispatcher:
             return
         code_name = CODE_NAMES.get(request.code, str(request.code))
         key = (source_ip, source_port, request.identifier, request.authenticator)
-        lookup = self.dedup.begin(key, time.monotonic())
+        try:
+            lookup = await self.dedup.begin(key, time.time())
+        except UpstreamError:
+            # The shared table is down: process the request; the engine's store
+            # failmode then decides, and a retransmission may be processed again.
+            log.warning("duplicate_table_unavailable")
+            lookup = Lookup(Seen.NEW)
         if lookup.seen is Seen.ANSWERED and lookup.reply is not None:
             metrics.DUPLICATES.labels(action="answered_from_cache").inc()
             transport.sendto(lookup.reply, addr)
@@ -197,10 +204,16 @@ class Dispatcher:
             answer = await runtime.engine.handle(ctx, request)
             reply = self._encode(request, answer)
         finally:
-            self.dedup.finish(key, reply, time.monotonic())
+            await self._finish(key, reply)
         if reply is not None:
             transport.sendto(reply, addr)
         metrics.REQUEST_LATENCY.labels(code=code_name).observe(time.monotonic() - started)
+
+    async def _finish(self, key: RequestKey, reply: bytes | None) -> None:
+        try:
+            await self.dedup.finish(key, reply, time.time())
+        except UpstreamError:
+            log.warning("duplicate_table_unavailable")
 
     @staticmethod
     def _encode(request: RadiusRequest, answer: Answer) -> bytes | None:

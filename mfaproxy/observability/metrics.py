@@ -78,6 +78,12 @@ IN_FLIGHT = Gauge(
     "Requests being processed now.",
     registry=REGISTRY,
 )
+STORE_FAILMODE = Counter(
+    "mfaproxy_store_failmode",
+    "Requests answered by the store failmode because a state or user store was down.",
+    ["action"],
+    registry=REGISTRY,
+)
 CONFIG_RELOADS = Counter(
     "mfaproxy_config_reloads",
     "Configuration reloads by result.",

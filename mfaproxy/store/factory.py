@@ -6,7 +6,8 @@ from pathlib import Path
 
 from mfaproxy.config import Config
 from mfaproxy.store.crypto import load_or_create_key
-from mfaproxy.store.users import UserStore
+from mfaproxy.store.state import MemoryStateStore, StateStore
+from mfaproxy.store.users import UserRepository, UserStore
 
 
 def user_store_path(config: Config) -> Path:
@@ -14,11 +15,27 @@ def user_store_path(config: Config) -> Path:
 
 
 def master_key(config: Config) -> bytes:
-    """The key that seals per-user secrets; created (mode 0600) on first use."""
+    """The key that seals per-user secrets; created (mode 0600) on first use. Every
+    instance of a cluster must be given the same key file."""
     return load_or_create_key(config.key_file)
 
 
-def open_user_store(config: Config) -> UserStore:
+def open_user_store(config: Config) -> UserRepository:
+    settings = config.server.user_store
+    if settings.backend == "postgres":
+        from mfaproxy.store.postgres_users import PostgresUserStore
+
+        assert settings.dsn is not None  # the schema requires it for postgres
+        return PostgresUserStore(settings.dsn.get_secret_value(), master_key(config))
     path = user_store_path(config)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return UserStore(path, master_key(config))
+
+
+def open_state_store(config: Config) -> StateStore:
+    settings = config.server.state_store
+    if settings.backend == "redis":
+        from mfaproxy.store.redis_state import RedisStateStore
+
+        return RedisStateStore(settings)
+    return MemoryStateStore()

@@ -163,6 +163,25 @@ if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
 end
 """
 
+# KEYS: value, index. ARGV: payload, px, member, expires, now. Stores the payload
+# unless a live value is there; returns that value (nil when ours was stored). A
+# value whose logical expiry (inside the JSON) has passed counts as absent.
+PUT_IF_ABSENT = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, decoded = pcall(cjson.decode, current)
+  if ok and type(decoded) == 'table' and tonumber(decoded['expires']) > tonumber(ARGV[5]) then
+    return current
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return false
+"""
+
 # KEYS: value, index. ARGV: member. Returns the payload or nil; nobody else gets it.
 TAKE = """
 local payload = redis.call('GET', KEYS[1])
@@ -221,6 +240,7 @@ class RedisStateStore:
         self._client = self._connect(settings)
         self._put = self._client.register_script(PUT)
         self._take = self._client.register_script(TAKE)
+        self._put_if_absent = self._client.register_script(PUT_IF_ABSENT)
         self._rate_limit = self._client.register_script(RATE_LIMIT)
 
     def _connect(self, settings: RedisSettings) -> Redis:
@@ -308,6 +328,16 @@ class RedisStateStore:
         keys = [self._key(namespace, "v", key), self._key(namespace, "index")]
         args: list[EncodableT] = [payload, _px(ttl), _encode(key), repr(expires), repr(now)]
         await self._call("put", self._put(keys, args))
+
+    async def put_if_absent(
+        self, namespace: str, key: str, value: JsonDict, ttl: float, now: float
+    ) -> JsonDict | None:
+        expires = now + ttl
+        payload = json.dumps({"expires": expires, "value": value}, separators=(",", ":"))
+        keys = [self._key(namespace, "v", key), self._key(namespace, "index")]
+        args: list[EncodableT] = [payload, _px(ttl), _encode(key), repr(expires), repr(now)]
+        raw = await self._call("put_if_absent", self._put_if_absent(keys, args))
+        return self._decode(raw, now)
 
     async def get(self, namespace: str, key: str, now: float) -> JsonDict | None:
         raw = await self._call("get", self._client.get(self._key(namespace, "v", key)))

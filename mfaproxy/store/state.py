@@ -20,6 +20,13 @@ class StateStore(Protocol):
         """Store `value` until `now + ttl`, replacing any earlier value."""
         ...
 
+    async def put_if_absent(
+        self, namespace: str, key: str, value: JsonDict, ttl: float, now: float
+    ) -> JsonDict | None:
+        """Store `value` unless a live value exists; return that value (None when ours
+        was stored). Atomic: of two callers, exactly one stores."""
+        ...
+
     async def get(self, namespace: str, key: str, now: float) -> JsonDict | None: ...
 
     async def take(self, namespace: str, key: str, now: float) -> JsonDict | None:
@@ -72,6 +79,15 @@ class MemoryStateStore:
     async def put(self, namespace: str, key: str, value: JsonDict, ttl: float, now: float) -> None:
         self._prune(now)
         self._values[(namespace, key)] = (now + ttl, value)
+
+    async def put_if_absent(
+        self, namespace: str, key: str, value: JsonDict, ttl: float, now: float
+    ) -> JsonDict | None:
+        current = await self.get(namespace, key, now)
+        if current is not None:
+            return current
+        await self.put(namespace, key, value, ttl, now)
+        return None
 
     async def get(self, namespace: str, key: str, now: float) -> JsonDict | None:
         item = self._values.get((namespace, key))

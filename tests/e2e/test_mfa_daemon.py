@@ -16,7 +16,7 @@ from argon2 import PasswordHasher
 from mfaproxy.config import load_config
 from mfaproxy.factors.backup_codes import generate_codes
 from mfaproxy.store.factory import open_user_store
-from mfaproxy.store.users import UserStore
+from mfaproxy.store.users import UserRepository
 from tests.support.daemon import Daemon
 from tests.support.nas import UdpNas, access_request, exchange, login
 from tests.support.smtp import SmtpServer
@@ -47,7 +47,7 @@ def password(user: str) -> str:
 class Setup:
     daemon: Daemon
     smtp: SmtpServer
-    store: UserStore
+    store: UserRepository
     totp: dict[str, str]
 
 

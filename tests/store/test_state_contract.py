@@ -122,6 +122,29 @@ async def test_concurrent_takes_from_two_instances_one_winner(make_store: StoreF
         assert [r for r in results if r is not None] == [{"round": round_}]
 
 
+async def test_put_if_absent_keeps_the_first_value(store: StateStore) -> None:
+    assert await store.put_if_absent("inflight", "k", {"n": 1}, ttl=30, now=NOW) is None
+    assert await store.put_if_absent("inflight", "k", {"n": 2}, ttl=30, now=NOW) == {"n": 1}
+    assert await store.get("inflight", "k", NOW) == {"n": 1}
+    # once the first has expired (by the caller's clock) the slot is free again
+    assert await store.put_if_absent("inflight", "k", {"n": 3}, ttl=30, now=NOW + 31) is None
+    assert await store.get("inflight", "k", NOW + 31) == {"n": 3}
+
+
+async def test_put_if_absent_has_one_winner_across_instances(make_store: StoreFactory) -> None:
+    first, second = make_store(), make_store()
+    callers = [first if i % 2 else second for i in range(20)]
+    results = await asyncio.gather(
+        *(
+            s.put_if_absent("inflight", "race", {"i": i}, ttl=30, now=NOW)
+            for i, s in enumerate(callers)
+        )
+    )
+    assert sum(1 for r in results if r is None) == 1
+    winner = await first.get("inflight", "race", NOW)
+    assert winner is not None and all(r in (None, winner) for r in results)
+
+
 async def test_delete(store: StateStore) -> None:
     await store.put("sessions", "s1", {"a": 1}, ttl=60, now=NOW)
     await store.delete("sessions", "s1")
