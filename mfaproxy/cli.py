@@ -36,6 +36,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)  # the server runs the remaining checks as it builds
     configure_logging(config.server.log.format, config.server.log.level)
     from mfaproxy.server import serve
+    from mfaproxy.supervisor import Supervisor, worker_index
+
+    # Several workers: this process supervises; each worker runs `serve` itself.
+    supervise = config.server.workers > 1 and worker_index() is None
+    main_coro = Supervisor(config, args.config).run() if supervise else serve(config)
 
     try:
         import uvloop
@@ -44,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:  # not on every platform; asyncio works, a little slower
         runner = asyncio.run
     try:
-        return runner(serve(config))
+        return runner(main_coro)
     except OSError as exc:
         print(f"mfaproxy: cannot start: {exc}", file=sys.stderr)
         return EXIT_RUNTIME

@@ -38,6 +38,7 @@ from mfaproxy.radius.dedup import DuplicateTable
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.factory import master_key, open_state_store, open_user_store
 from mfaproxy.store.state import StateStore
+from mfaproxy.supervisor import report_ready, worker_index
 
 log = structlog.get_logger(__name__)
 
@@ -110,13 +111,17 @@ class Server:
 
     async def start(self) -> None:
         self.dispatcher.start()
+        worker = worker_index()
         for host, port in self.config.server.listen_addresses():
-            transport, bound_port = await open_listener(self.dispatcher, host, port)
+            transport, bound_port = await open_listener(
+                self.dispatcher, host, port, reuse_port=worker is not None
+            )
             self._transports.append(transport)
             self.bound.append((host, bound_port))
         if self.config.server.metrics is not None:
             host, port = parse_host_port(self.config.server.metrics.listen, 9812)
-            self._status = StatusServer(host, port, self.readiness)
+            # Each worker has its own registry: worker i serves metrics on port + i.
+            self._status = StatusServer(host, port + (worker or 0), self.readiness)
             await self._status.start()
         metrics.CONFIG_RELOADS.labels(result="initial").inc()
         metrics.CONFIG_LAST_RELOAD.set(time.time())
@@ -128,6 +133,7 @@ class Server:
             backend=self.config.directory.backend,
         )
         self.notifier.ready()
+        report_ready()  # to the supervisor, when this process is one of several workers
         self.notifier.status(f"serving {len(self.config.clients)} client(s)")
         interval = self.notifier.watchdog_interval()
         if interval is not None:

@@ -244,12 +244,15 @@ class RadiusProtocol(asyncio.DatagramProtocol):
 
 
 async def open_listener(
-    dispatcher: Dispatcher, host: str, port: int
+    dispatcher: Dispatcher, host: str, port: int, reuse_port: bool = False
 ) -> tuple[asyncio.DatagramTransport, int]:
-    """Bind one UDP socket; returns the transport and the bound port (for port 0)."""
+    """Bind one UDP socket; returns the transport and the bound port (for port 0).
+    With `reuse_port` several worker processes bind the same port (SO_REUSEPORT)."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
