@@ -1,5 +1,7 @@
 """`mfaproxy users ...`: enrolment, backup codes, methods, lockouts and reset requests.
 
+`enroll` does TOTP here; YubiKey, email and SMS enrolment are in cli_enrol.py.
+
 Data a script may want (the otpauth:// URI, backup codes, listings) goes to standard
 output; notes for the operator go to standard error. Secrets are printed only by the
 commands that create them (`enroll`, `backup-codes`), once; `show` never prints one.
@@ -21,6 +23,7 @@ from typing import TypeAlias, cast
 
 import segno
 
+from mfaproxy import cli_enrol
 from mfaproxy.config import Config, load_config
 from mfaproxy.factors import totp
 from mfaproxy.factors.backup_codes import generate_codes
@@ -31,19 +34,20 @@ from mfaproxy.store.users import (
     ResetRequest,
     ResetStatus,
     StoreError,
-    UserStore,
+    UserRepository,
     normalise_user,
 )
 
 # The values of mfaproxy.cli's exit codes (importing cli here would be circular).
 EXIT_OK = 0
 EXIT_INVALID = 1
+EXIT_USAGE = 2
 EXIT_RUNTIME = 3
 
 # What the store can fail with: its own checks, the file system, SQLite (locked, corrupt).
 _STORE_FAULTS = (StoreError, OSError, sqlite3.Error)
 
-Handler = Callable[[UserStore, Config, argparse.Namespace], int]
+Handler = Callable[[UserRepository, Config, argparse.Namespace], int]
 # A string: argparse._SubParsersAction is not subscriptable at run time.
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -51,7 +55,10 @@ SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 # it cannot log in until they enrol (or are marked "configure later").
 _NEEDS_ENROLMENT: dict[str, str] = {
     "totp": "enrol with `mfaproxy users enroll {user} totp`",
-    "yubikey": "let them register their key at login with --configure-later",
+    "yubikey": (
+        "enrol with `mfaproxy users enroll {user} yubikey --otp OTP`, or (yubicloud) "
+        "let them register their key at login with --configure-later"
+    ),
 }
 
 
@@ -112,10 +119,16 @@ def _qr_image(qr: segno.QRCode, kind: str) -> bytes:
     return buffer.getvalue()
 
 
-def cmd_enroll(store: UserStore, config: Config, args: argparse.Namespace) -> int:
-    if "totp" not in config.multifactor.enabled:
-        _note("totp is not in multifactor.enabled; enable it before enrolling users")
+def cmd_enroll(store: UserRepository, config: Config, args: argparse.Namespace) -> int:
+    misplaced = cli_enrol.misplaced_option(args)
+    if misplaced is not None:
+        _note(misplaced)
+        return EXIT_USAGE
+    if args.method not in config.multifactor.enabled:
+        _note(f"{args.method} is not in multifactor.enabled; enable it before enrolling users")
         return EXIT_INVALID
+    if args.method != "totp":
+        return cli_enrol.enrol(store, config, args)
     settings = config.multifactor.totp
     secret = totp.new_secret(settings)
     uri = totp.provisioning_uri(secret, args.user, settings)
@@ -144,7 +157,7 @@ def cmd_enroll(store: UserStore, config: Config, args: argparse.Namespace) -> in
     return EXIT_OK
 
 
-def cmd_backup_codes(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+def cmd_backup_codes(store: UserRepository, config: Config, args: argparse.Namespace) -> int:
     codes = generate_codes(config.multifactor.backup_codes.count)
     store.replace_backup_codes(args.user, codes, time.time())
     print("\n".join(codes))
@@ -164,7 +177,7 @@ def _reset_text(request: ResetRequest | None) -> str:
     return f"{request.status}: requested {_when(request.requested_at)} via {request.via}{decided}"
 
 
-def cmd_show(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+def cmd_show(store: UserRepository, config: Config, args: argparse.Namespace) -> int:
     record = store.get_user(args.user)
     if record is None:
         _note(f"{args.user}: not in the user store")
@@ -189,7 +202,7 @@ def cmd_show(store: UserStore, config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_list(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+def cmd_list(store: UserRepository, config: Config, args: argparse.Namespace) -> int:
     for name in store.list_users():
         record = store.get_user(name)
         if record is None:  # deleted between the two reads
@@ -202,7 +215,7 @@ def cmd_list(store: UserStore, config: Config, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- changes
 
 
-def cmd_set_method(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+def cmd_set_method(store: UserRepository, config: Config, args: argparse.Namespace) -> int:
     method = None if args.method == "none" else cast(Method, args.method)
     if method is not None and method not in config.multifactor.enabled:
         enabled = ", ".join(config.multifactor.enabled)
@@ -219,7 +232,7 @@ def cmd_set_method(store: UserStore, config: Config, args: argparse.Namespace) -
     return EXIT_OK
 
 
-def cmd_unlock(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+def cmd_unlock(store: UserRepository, config: Config, args: argparse.Namespace) -> int:
     if store.get_user(args.user) is None:
         _note(f"{args.user}: not in the user store")
         return EXIT_INVALID
@@ -230,7 +243,7 @@ def cmd_unlock(store: UserStore, config: Config, args: argparse.Namespace) -> in
     return EXIT_OK
 
 
-def cmd_delete(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+def cmd_delete(store: UserRepository, config: Config, args: argparse.Namespace) -> int:
     if not store.delete_user(args.user):
         _note(f"{args.user}: not in the user store")
         return EXIT_INVALID
@@ -241,7 +254,7 @@ def cmd_delete(store: UserStore, config: Config, args: argparse.Namespace) -> in
 # --------------------------------------------------------------------------- resets
 
 
-def cmd_resets_list(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+def cmd_resets_list(store: UserRepository, config: Config, args: argparse.Namespace) -> int:
     status: ResetStatus | None = None if args.all else "pending"
     requests = store.list_resets(status)
     if not requests:
@@ -254,7 +267,7 @@ def cmd_resets_list(store: UserStore, config: Config, args: argparse.Namespace) 
     return EXIT_OK
 
 
-def cmd_resets_request(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+def cmd_resets_request(store: UserRepository, config: Config, args: argparse.Namespace) -> int:
     if store.request_reset(args.user, "cli", time.time()):
         print(
             f"{args.user}: reset request filed; "
@@ -265,7 +278,7 @@ def cmd_resets_request(store: UserStore, config: Config, args: argparse.Namespac
     return EXIT_OK
 
 
-def cmd_resets_approve(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+def cmd_resets_approve(store: UserRepository, config: Config, args: argparse.Namespace) -> int:
     if not store.approve_reset(args.user, time.time()):
         _note(f"{args.user}: no pending reset request")
         return EXIT_INVALID
@@ -277,7 +290,7 @@ def cmd_resets_approve(store: UserStore, config: Config, args: argparse.Namespac
     return EXIT_OK
 
 
-def cmd_resets_clear(store: UserStore, config: Config, args: argparse.Namespace) -> int:
+def cmd_resets_clear(store: UserRepository, config: Config, args: argparse.Namespace) -> int:
     if not store.clear_reset(args.user, time.time()):
         _note(f"{args.user}: no pending reset request")
         return EXIT_INVALID
@@ -332,11 +345,13 @@ def register(sub: SubParsers, common: argparse.ArgumentParser) -> SubParsers:
     users = sub.add_parser("users", help="manage users: enrolment, methods, resets")
     commands = users.add_subparsers(dest="users_command", required=True, metavar="COMMAND")
     enroll = _add(
-        commands, "enroll", [common], "enrol a user (prints the otpauth:// URI)", cmd_enroll
+        commands,
+        "enroll",
+        [common],
+        "enrol a user in totp (prints the otpauth:// URI), yubikey, email or sms",
+        cmd_enroll,
     )
-    enroll.add_argument("method", choices=["totp"], metavar="METHOD", help="totp")
-    enroll.add_argument("--png", type=Path, help="also write the QR code as a PNG (mode 0600)")
-    enroll.add_argument("--svg", type=Path, help="also write the QR code as an SVG (mode 0600)")
+    cli_enrol.add_options(enroll)
     _add(commands, "backup-codes", [common], "issue a fresh set of backup codes", cmd_backup_codes)
     _add(commands, "show", [common], "show a user's MFA settings (never secrets)", cmd_show)
     setm = _add(commands, "set-method", [common], "set or clear a user's method", cmd_set_method)

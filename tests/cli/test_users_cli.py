@@ -17,7 +17,7 @@ from mfaproxy.cli import main
 from mfaproxy.config import load_config
 from mfaproxy.factors import totp
 from mfaproxy.store.factory import open_user_store
-from mfaproxy.store.users import UserStore
+from mfaproxy.store.users import UserRepository
 
 CONFIG = """
 server: {state_dir: ./state}
@@ -42,7 +42,7 @@ def config_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(config_path: Path) -> Iterator[UserStore]:
+def store(config_path: Path) -> Iterator[UserRepository]:
     """The same store the CLI opens (same file, same master key)."""
     opened = open_user_store(load_config(config_path))
     yield opened
@@ -73,7 +73,7 @@ def uri_secret(uri: str) -> str:
 
 
 def test_enroll_prints_a_uri_whose_secret_is_stored(
-    run: Runner, store: UserStore, config_path: Path, tmp_path: Path
+    run: Runner, store: UserRepository, config_path: Path, tmp_path: Path
 ) -> None:
     png = tmp_path / "alice.png"
     png.write_bytes(b"old")
@@ -107,7 +107,7 @@ def test_enroll_shows_a_qr_code_only_on_a_terminal(
     assert stat.S_IMODE(svg.stat().st_mode) == 0o600 and b"<svg" in svg.read_bytes()
 
 
-def test_reenrolment_replaces_the_secret(run: Runner, store: UserStore) -> None:
+def test_reenrolment_replaces_the_secret(run: Runner, store: UserRepository) -> None:
     first = uri_secret(enroll(run))
     _, out, err = run("users", "enroll", "alice", "totp")
     assert "previous TOTP secret is replaced" in err
@@ -115,7 +115,7 @@ def test_reenrolment_replaces_the_secret(run: Runner, store: UserStore) -> None:
 
 
 def test_enroll_refused_when_totp_is_not_enabled(
-    run: Runner, store: UserStore, config_path: Path
+    run: Runner, store: UserRepository, config_path: Path
 ) -> None:
     config_path.write_text(
         CONFIG.replace("[totp, email]", "[email]").replace("default: totp", "default: email"),
@@ -128,7 +128,7 @@ def test_enroll_refused_when_totp_is_not_enabled(
 
 
 def test_enroll_with_an_unwritable_image_stores_nothing(
-    run: Runner, store: UserStore, tmp_path: Path
+    run: Runner, store: UserRepository, tmp_path: Path
 ) -> None:
     bad = tmp_path / "missing-dir" / "qr.png"
     code, _, err = run("users", "enroll", "alice", "totp", "--png", str(bad))
@@ -139,7 +139,7 @@ def test_enroll_with_an_unwritable_image_stores_nothing(
 # --------------------------------------------------------------------------- backup codes
 
 
-def test_backup_codes_print_count_codes_usable_once(run: Runner, store: UserStore) -> None:
+def test_backup_codes_print_count_codes_usable_once(run: Runner, store: UserRepository) -> None:
     code, out, _ = run("users", "backup-codes", "alice")
     assert code == 0
     codes = out.split()
@@ -150,7 +150,7 @@ def test_backup_codes_print_count_codes_usable_once(run: Runner, store: UserStor
         assert not store.consume_backup_code("alice", item, now)
 
 
-def test_new_backup_codes_void_the_old_set(run: Runner, store: UserStore) -> None:
+def test_new_backup_codes_void_the_old_set(run: Runner, store: UserRepository) -> None:
     _, old, _ = run("users", "backup-codes", "alice")
     _, new, _ = run("users", "backup-codes", "alice")
     assert not store.consume_backup_code("alice", old.split()[0], time.time())
@@ -180,7 +180,7 @@ def test_show_and_unlock_unknown_user(run: Runner) -> None:
         assert code == 1 and "not in the user store" in err
 
 
-def test_list_and_delete(run: Runner, store: UserStore) -> None:
+def test_list_and_delete(run: Runner, store: UserRepository) -> None:
     enroll(run, "alice")
     run("users", "set-method", "bob", "email", "--configure-later")
     code, out, _ = run("users", "list")
@@ -194,7 +194,7 @@ def test_list_and_delete(run: Runner, store: UserStore) -> None:
 # --------------------------------------------------------------------------- set-method
 
 
-def test_set_method_validates_against_enabled_methods(run: Runner, store: UserStore) -> None:
+def test_set_method_validates_against_enabled_methods(run: Runner, store: UserRepository) -> None:
     code, _, err = run("users", "set-method", "alice", "sms")
     assert code == 1 and "sms is not in multifactor.enabled (totp, email)" in err
     assert store.get_user("alice") is None
@@ -203,7 +203,7 @@ def test_set_method_validates_against_enabled_methods(run: Runner, store: UserSt
     assert info.value.code == 2
 
 
-def test_set_method_none_and_configure_later(run: Runner, store: UserStore) -> None:
+def test_set_method_none_and_configure_later(run: Runner, store: UserRepository) -> None:
     code, _, err = run("users", "set-method", "alice", "totp")
     assert code == 0 and "no totp enrolment yet" in err
     record = store.get_user("alice")
@@ -221,7 +221,7 @@ def test_set_method_none_and_configure_later(run: Runner, store: UserStore) -> N
 # --------------------------------------------------------------------------- unlock, resets
 
 
-def test_unlock_clears_a_lockout(run: Runner, store: UserStore) -> None:
+def test_unlock_clears_a_lockout(run: Runner, store: UserRepository) -> None:
     now = time.time()
     store.record_failure("alice", now, max_failures=1, lockout_seconds=900)
     assert store.lock_state("alice", now).locked
@@ -232,7 +232,7 @@ def test_unlock_clears_a_lockout(run: Runner, store: UserStore) -> None:
     assert store.lock_state("alice", time.time()).locked is False
 
 
-def test_reset_lifecycle_request_list_approve(run: Runner, store: UserStore) -> None:
+def test_reset_lifecycle_request_list_approve(run: Runner, store: UserRepository) -> None:
     enroll(run, "alice")
     run("users", "backup-codes", "alice")
     code, out, _ = run("users", "resets", "request", "Alice")
@@ -257,7 +257,7 @@ def test_reset_lifecycle_request_list_approve(run: Runner, store: UserStore) -> 
     assert "approved" in history
 
 
-def test_reset_clear_keeps_the_enrolment(run: Runner, store: UserStore) -> None:
+def test_reset_clear_keeps_the_enrolment(run: Runner, store: UserRepository) -> None:
     secret = uri_secret(enroll(run, "alice"))
     run("users", "resets", "request", "alice")
     code, out, _ = run("users", "resets", "clear", "alice")
@@ -271,7 +271,7 @@ def test_reset_clear_keeps_the_enrolment(run: Runner, store: UserStore) -> None:
 
 
 def test_config_before_the_reset_action_is_kept(
-    config_path: Path, store: UserStore, capsys: pytest.CaptureFixture[str]
+    config_path: Path, store: UserRepository, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["users", "resets", "--config", str(config_path), "request", "bob"]) == 0
     assert [r.user for r in store.list_resets()] == ["bob"]
