@@ -17,7 +17,7 @@ from mfaproxy import __version__, cli_policy, cli_radtest, cli_users
 from mfaproxy.checks import check
 from mfaproxy.config import DEFAULT_CONFIG_PATH, Config, load_config
 from mfaproxy.errors import ConfigError
-from mfaproxy.observability.logging import configure_logging
+from mfaproxy.observability.logging import apply_log_config
 from mfaproxy.radius.codec import load_dictionary
 
 EXIT_OK = 0
@@ -34,7 +34,7 @@ def _load(path: Path) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)  # the server runs the remaining checks as it builds
-    configure_logging(config.server.log.format, config.server.log.level)
+    apply_log_config(config.server.log)
     from mfaproxy.server import serve
     from mfaproxy.supervisor import Supervisor, worker_index
 

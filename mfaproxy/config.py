@@ -62,9 +62,37 @@ def parse_host_port(value: str, default_port: int) -> tuple[str, int]:
 # --------------------------------------------------------------------------- server
 
 
+class SyslogConfig(Strict):
+    """Audit events (one per decision) also go to syslog, as JSON, for a SIEM."""
+
+    # A local socket path (/dev/log) or host:port for UDP syslog.
+    address: str = "/dev/log"
+    facility: Literal[
+        "auth",
+        "authpriv",
+        "daemon",
+        "local0",
+        "local1",
+        "local2",
+        "local3",
+        "local4",
+        "local5",
+        "local6",
+        "local7",
+    ] = "authpriv"
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        if not value.startswith("/"):
+            parse_host_port(value, 514)
+        return value
+
+
 class LogConfig(Strict):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
+    syslog: SyslogConfig | None = None
 
 
 class MetricsConfig(Strict):

@@ -27,11 +27,12 @@ from mfaproxy.checks import check
 from mfaproxy.config import Config, load_config, parse_host_port
 from mfaproxy.directory.registry import build_checker
 from mfaproxy.engine import Engine
-from mfaproxy.errors import ConfigError
+from mfaproxy.errors import ConfigError, UpstreamError
 from mfaproxy.factors.base import FactorServices
 from mfaproxy.factors.registry import build_factors
+from mfaproxy.mfa import CHALLENGES
 from mfaproxy.observability import metrics
-from mfaproxy.observability.logging import configure_logging
+from mfaproxy.observability.logging import apply_log_config
 from mfaproxy.radius.clients import ClientTable
 from mfaproxy.radius.codec import load_dictionary
 from mfaproxy.radius.dedup import DuplicateTable
@@ -121,7 +122,9 @@ class Server:
         if self.config.server.metrics is not None:
             host, port = parse_host_port(self.config.server.metrics.listen, 9812)
             # Each worker has its own registry: worker i serves metrics on port + i.
-            self._status = StatusServer(host, port + (worker or 0), self.readiness)
+            self._status = StatusServer(
+                host, port + (worker or 0), self.readiness, before_scrape=self.refresh_gauges
+            )
             await self._status.start()
         metrics.CONFIG_RELOADS.labels(result="initial").inc()
         metrics.CONFIG_LAST_RELOAD.set(time.time())
@@ -151,11 +154,20 @@ class Server:
             await asyncio.sleep(interval)
 
     async def readiness(self) -> tuple[bool, str]:
+        """Ready when listening, not stopping, and the shared state store answers."""
         if self._stopping:
             return False, "shutting down"
         if not self._transports:
             return False, "not listening yet"
+        try:
+            await self.shared.state.size(CHALLENGES, time.time())
+        except UpstreamError as exc:
+            return False, f"state store unavailable: {exc}"
         return True, "ok"
+
+    async def refresh_gauges(self) -> None:
+        pending = await self.shared.state.size(CHALLENGES, time.time())
+        metrics.CHALLENGES_PENDING.set(pending)
 
     # ------------------------------------------------------------------ reload
 
@@ -179,7 +191,7 @@ class Server:
         old = self.dispatcher.runtime
         self.dispatcher.runtime = new_runtime  # new requests only; in-flight keep theirs
         self.config = new_config
-        configure_logging(new_config.server.log.format, new_config.server.log.level)
+        apply_log_config(new_config.server.log)
         self.spawn(self._retire(old))
         metrics.CONFIG_RELOADS.labels(result="success").inc()
         metrics.CONFIG_LAST_RELOAD.set(time.time())

@@ -107,11 +107,15 @@ class StatusServer:
         read_timeout: float = READ_TIMEOUT,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         max_connections: int = MAX_CONNECTIONS,
+        before_scrape: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         # Accept "[::1]" as well as "::1": the config writes IPv6 hosts bracketed.
         self._host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         self._requested_port = port
         self._readiness = readiness
+        # Refreshes gauges that are read from elsewhere (pending challenges in the
+        # state store) so a scrape shows the value at scrape time.
+        self._before_scrape = before_scrape
         self._registry = registry
         self._timeout = read_timeout
         self._max_request = max_request_bytes
@@ -210,6 +214,11 @@ class StatusServer:
         return await handler()
 
     async def _metrics(self) -> _Response:
+        if self._before_scrape is not None:
+            try:
+                await asyncio.wait_for(self._before_scrape(), self._timeout)
+            except Exception as exc:  # a gauge we cannot refresh must not hide the rest
+                _log.warning("metrics refresh failed", error=repr(exc))
         return _Response(HTTPStatus.OK, generate_latest(self._registry), CONTENT_TYPE_LATEST)
 
     async def _healthz(self) -> _Response:

@@ -7,11 +7,14 @@ log call, and this processor still blanks any key that looks like one, at every 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor
+
+from mfaproxy.config import LogConfig
 
 SENSITIVE_KEYS = frozenset(
     {
@@ -50,6 +53,52 @@ def _shared_processors() -> list[Processor]:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
     ]
+
+
+AUDIT_LOGGER = "mfaproxy.audit"
+
+
+def _syslog_handler(address: str, facility: str, shared: list[Processor]) -> logging.Handler:
+    """Audit events as JSON lines to syslog (a socket path, or host:port over UDP)."""
+    if address.startswith("/"):
+        target: str | tuple[str, int] = address
+    else:
+        host, _, port = address.rpartition(":")
+        target = (host.strip("[]"), int(port))
+    handler = logging.handlers.SysLogHandler(
+        address=target, facility=logging.handlers.SysLogHandler.facility_names[facility]
+    )
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    handler.ident = "mfaproxy: "
+    handler.append_nul = False  # a JSON line, nothing after it
+    return handler
+
+
+def configure_audit_syslog(address: str | None, facility: str = "authpriv") -> None:
+    """Send the audit logger's events to syslog too (or stop, with address None)."""
+    audit = logging.getLogger(AUDIT_LOGGER)
+    for handler in [h for h in audit.handlers if isinstance(h, logging.handlers.SysLogHandler)]:
+        audit.removeHandler(handler)
+        handler.close()
+    if address is not None:
+        audit.addHandler(_syslog_handler(address, facility, _shared_processors()))
+
+
+def apply_log_config(log: LogConfig) -> None:
+    """The `server.log` section: format, level, and the optional audit syslog."""
+    configure_logging(log.format, log.level)
+    syslog = log.syslog
+    configure_audit_syslog(
+        syslog.address if syslog else None, syslog.facility if syslog else "authpriv"
+    )
 
 
 def configure_logging(

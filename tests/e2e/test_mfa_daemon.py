@@ -3,6 +3,7 @@ challenges, and a real SMTP server for reset notices."""
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import pyotp
 import pytest
 import yaml
 from argon2 import PasswordHasher
+from prometheus_client.parser import text_string_to_metric_families
 
 from mfaproxy.config import load_config
 from mfaproxy.factors.backup_codes import generate_codes
@@ -19,11 +21,13 @@ from mfaproxy.store.factory import open_user_store
 from mfaproxy.store.users import UserRepository
 from tests.support.daemon import Daemon
 from tests.support.nas import UdpNas, access_request, exchange, login
+from tests.support.ports import free_port
 from tests.support.smtp import SmtpServer
 
 pytestmark = pytest.mark.e2e
 
 SECRET = "mfa-e2e-secret"
+METRICS_PORT = free_port()
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 USERS: dict[str, dict[str, Any]] = {
     "alice": {"groups": ["vpn-users", "mfa-admins"], "email": "alice@example.com"},
@@ -55,6 +59,7 @@ def config(tmp: Path, smtp_port: int) -> dict[str, Any]:
     users = {u: {"password_hash": FAST.hash(password(u)), **extra} for u, extra in USERS.items()}
     (tmp / "users.yaml").write_text(yaml.safe_dump({"users": users}))
     return {
+        "server": {"metrics": {"listen": f"127.0.0.1:{METRICS_PORT}"}},
         "clients": [
             {"name": "vpn", "address": ["127.0.0.1"], "secret": SECRET},
             {
@@ -255,3 +260,27 @@ def test_retransmitted_answer_counts_once(setup: Setup, nas: UdpNas) -> None:
     record = setup.store.get_user("carol")
     assert record is not None and record.failures == 1
     setup.store.reset_failures("carol")
+
+
+def pending_challenges() -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "mfaproxy_challenges_pending":
+            return float(family.samples[0].value)
+    raise AssertionError("mfaproxy_challenges_pending is not exported")
+
+
+def test_pending_challenges_are_metered(setup: Setup, nas: UdpNas) -> None:
+    before = pending_challenges()
+    first = login(nas, SECRET, "carol", password("carol"))
+    assert first.challenged
+    assert pending_challenges() == before + 1
+    assert login_answer(nas, first, "carol", code(setup, "carol")).accepted
+    assert pending_challenges() == before
+
+
+def login_answer(nas: UdpNas, previous: Any, user: str, answer: str) -> Any:
+    request = access_request(SECRET, user, answer)
+    request.AddAttribute("State", previous.state)
+    return exchange(nas, SECRET, request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import threading
@@ -54,9 +55,17 @@ def write_users(path: Path, users: dict[str, str]) -> None:
     )
 
 
-def make_config(tmp: Path, metrics_port: int) -> dict[str, Any]:
+def make_config(tmp: Path, metrics_port: int, syslog_port: int) -> dict[str, Any]:
     return {
-        "server": {"metrics": {"listen": f"127.0.0.1:{metrics_port}"}, "shutdown_grace_seconds": 5},
+        "server": {
+            "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+            "shutdown_grace_seconds": 5,
+            "log": {
+                "format": "json",
+                "level": "debug",
+                "syslog": {"address": f"127.0.0.1:{syslog_port}", "facility": "authpriv"},
+            },
+        },
         "clients": [{"name": "vpn", "address": ["127.0.0.1"], "secret": SECRET}],
         "directory": {"backend": "local", "local": {"users_file": str(tmp / "users.yaml")}},
         "access_policies": {"mfa": {"default_action": "mfa_skipped"}},
@@ -91,14 +100,37 @@ def auth(nas: UdpNas, user: str, password: str) -> int:
             return raw[0]
 
 
+class SyslogCollector:
+    """A UDP syslog receiver on loopback (what rsyslog or a SIEM agent would be)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(30)
+        self.port: int = self.sock.getsockname()[1]
+
+    def next_event(self) -> tuple[int, dict[str, Any]]:
+        """(priority, JSON event) of the next message."""
+        data = self.sock.recv(65536).decode()
+        priority, _, rest = data.partition(">")
+        return int(priority.lstrip("<")), json.loads(rest[rest.index("{") :])
+
+
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[tuple[Daemon, NotifySocket, int]]:
+def syslog() -> Iterator[SyslogCollector]:
+    collector = SyslogCollector()
+    yield collector
+    collector.sock.close()
+
+
+@pytest.fixture
+def service(tmp_path: Path, syslog: SyslogCollector) -> Iterator[tuple[Daemon, NotifySocket, int]]:
     notify = NotifySocket(tmp_path / "notify.sock")
     metrics_port = free_port()
     write_users(tmp_path / "users.yaml", {"dave": "dave-pw"})
     daemon = Daemon(
         tmp_path,
-        make_config(tmp_path, metrics_port),
+        make_config(tmp_path, metrics_port, syslog.port),
         env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"},
     )
     daemon.start()
@@ -219,3 +251,20 @@ def test_second_signal_exits_at_once_while_draining(
     daemon.proc.send_signal(signal.SIGTERM)
     code = daemon.proc.wait(30)
     assert code in (0, 130)  # the first may complete the drain before the second lands
+
+
+def test_audit_events_go_to_syslog(
+    service: tuple[Daemon, NotifySocket, int], syslog: SyslogCollector
+) -> None:
+    daemon, notify, _ = service
+    notify.wait_for("READY")
+    nas = UdpNas(daemon.port)
+    try:
+        assert auth(nas, "dave", "wrong") == 3
+    finally:
+        nas.close()
+    priority, event = syslog.next_event()
+    assert priority == 10 * 8 + 6  # authpriv.info (RFC 5424 section 6.2.1)
+    assert event["event"] == "auth_decision"
+    assert (event["user"], event["outcome"], event["reason"]) == ("dave", "reject", "bad_password")
+    assert "dave-pw" not in json.dumps(event) and "wrong" not in json.dumps(event)
