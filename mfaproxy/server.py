@@ -211,6 +211,7 @@ class Server:
             log.warning("second_signal_exit")
             os._exit(EXIT_AT_ONCE)
         self._stopping = True
+        log.info("stopping", grace_seconds=self.config.server.shutdown_grace_seconds)
         self.notifier.stopping()
         self._stop.set()
 

@@ -241,16 +241,60 @@ def test_no_request_is_lost_during_reloads(service: tuple[Daemon, NotifySocket, 
     assert sum(1 for e in daemon.events if e.get("event") == "reloaded") == 3
 
 
-def test_second_signal_exits_at_once_while_draining(
-    service: tuple[Daemon, NotifySocket, int],
-) -> None:
-    daemon, notify, _ = service
-    notify.wait_for("READY")
-    assert daemon.proc is not None
-    daemon.proc.send_signal(signal.SIGTERM)
-    daemon.proc.send_signal(signal.SIGTERM)
-    code = daemon.proc.wait(30)
-    assert code in (0, 130)  # the first may complete the drain before the second lands
+def hanging_upstream_daemon(tmp: Path, grace: float) -> tuple[Daemon, socket.socket]:
+    """A daemon whose upstream RADIUS server never answers: requests stay in flight."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    config = {
+        "server": {"shutdown_grace_seconds": grace},
+        "clients": [{"name": "vpn", "address": ["127.0.0.1"], "secret": SECRET}],
+        "directory": {
+            "backend": "radius",
+            "radius": {
+                "servers": [{"host": "127.0.0.1", "port": silent.getsockname()[1], "secret": "x"}],
+                "timeout": 60,
+                "retries": 0,
+            },
+        },
+        "access_policies": {"mfa": {"default_action": "mfa_skipped"}},
+    }
+    return Daemon(tmp, config).start(), silent
+
+
+def send_and_wait_in_flight(daemon: Daemon, silent: socket.socket) -> UdpNas:
+    nas = UdpNas(daemon.port)
+    nas.send(access_request(SECRET, "dave", "dave-pw").RequestPacket())
+    silent.settimeout(30)
+    silent.recv(4096)  # the daemon has forwarded it upstream: it is in flight
+    return nas
+
+
+def test_drain_waits_for_requests_in_flight_up_to_the_grace(tmp_path: Path) -> None:
+    daemon, silent = hanging_upstream_daemon(tmp_path, grace=1)
+    nas = send_and_wait_in_flight(daemon, silent)
+    try:
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(30) == 0
+        assert any(e.get("event") == "shutdown_grace_expired" for e in daemon.events)
+    finally:
+        nas.close()
+        silent.close()
+
+
+def test_second_signal_exits_at_once_while_draining(tmp_path: Path) -> None:
+    daemon, silent = hanging_upstream_daemon(tmp_path, grace=120)
+    nas = send_and_wait_in_flight(daemon, silent)
+    try:
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        daemon.wait_for(lambda e: e.get("event") == "stopping")  # signals do not queue
+        daemon.proc.send_signal(signal.SIGTERM)
+        # without the second signal it would wait for the upstream (60 s) or the grace
+        assert daemon.proc.wait(30) == 130
+    finally:
+        nas.close()
+        silent.close()
 
 
 def test_audit_events_go_to_syslog(
