@@ -68,6 +68,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         )
     print(f"  directory: {config.directory.backend}")
     print(f"  reply mappings: {len(config.replies.groups)} group(s)")
+    policies = config.access_policies
+    for target in (policies.login, policies.mfa):
+        active = sum(1 for p in target.policies if p.active)
+        print(f"  {target.target} policies: {active} active, default {target.default_action}")
+    mfa = config.multifactor
+    alternates = ", ".join(mfa.alternate) or "none"
+    enabled = ", ".join(mfa.enabled)
+    print(f"  multifactor: {enabled} (default {mfa.default}); alternates {alternates}")
+    server = config.server
+    print(
+        f"  stores: state {server.state_store.backend}, users {server.user_store.backend}; "
+        f"failmode {server.store_failmode}; workers {server.workers}"
+    )
     return EXIT_OK
 
 
