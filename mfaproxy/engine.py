@@ -144,12 +144,15 @@ class Engine:
             return password, None
         method = (record.method if record else None) or self.config.multifactor.default
         factor = self.factors.get(method) if method else None
+        if factor is None:
+            return split_append(password, ctx.client.append_delimiter, None, frozenset(), False)
         return split_append(
             password,
             ctx.client.append_delimiter,
-            factor.code_length if factor else None,
-            factor.keywords if factor else frozenset(),
+            factor.code_length,
+            factor.keywords,
             "backup_codes" in self.config.multifactor.alternate,
+            factor.looks_like_code,
         )
 
     async def _first_round(

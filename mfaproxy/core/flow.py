@@ -115,33 +115,41 @@ def classify_answer(
     return Intent(IntentKind.ANSWER)
 
 
+def digits_code(text: str) -> bool:
+    """The shape of a typical OTP when no method says otherwise: 4 to 10 digits."""
+    typed = text.strip()
+    return 4 <= len(typed) <= 10 and typed.isascii() and typed.isdigit()
+
+
 def split_append(
     password: str,
     delimiter: str,
     code_length: int | None,
     keywords: frozenset[str],
     backup_codes: bool,
+    is_code: Callable[[str], bool] = digits_code,
 ) -> tuple[str, str | None]:
     """Split `password<delimiter>answer`, or `password` + a code of known length.
 
     The split happens at the last delimiter and only when what follows looks like an
-    answer (digits, a factor keyword, a backup code), so a password that itself contains
-    the delimiter still works. Without a delimiter, the last `code_length` characters
-    are taken when they are digits. The primary check is never retried with another
-    split: a second bind would count twice against directory lockout.
+    answer (`is_code`: the method's code shape, a factor keyword, a backup code), so a
+    password that itself contains the delimiter still works. Without a delimiter, the
+    last `code_length` characters are taken when they have the code's shape (digits for
+    TOTP, 44 modhex letters for a YubiKey). The primary check is never retried with
+    another split: a second bind would count twice against directory lockout.
     """
     head, sep, tail = password.rpartition(delimiter)
     if sep and head:
         answer = tail.strip()
         if (
-            (answer.isascii() and answer.isdigit() and 4 <= len(answer) <= 10)
+            is_code(answer)
             or answer.lower() in keywords
             or (backup_codes and looks_like_backup_code(answer))
         ):
             return head, answer
     if code_length and len(password) > code_length:
         tail = password[-code_length:]
-        if tail.isascii() and tail.isdigit():
+        if is_code(tail):
             return password[:-code_length], tail
     return password, None
 

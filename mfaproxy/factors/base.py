@@ -115,6 +115,11 @@ class Factor(Protocol):
         """Whether the factor can be used for this user now, without enrolment."""
         ...
 
+    def looks_like_code(self, text: str) -> bool:
+        """Whether `text` has the shape of this method's code, so append mode can split
+        `password,code` (or `password` + code of `code_length`) without guessing."""
+        ...
+
     def can_enrol_inline(self, user: FactorUser) -> bool:
         """Whether `begin_enrolment` can work for this user (a text prompt can carry it)."""
         ...

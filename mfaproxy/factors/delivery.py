@@ -232,6 +232,10 @@ class DeliveryFactor:
 
     # -- the Factor interface
 
+    def looks_like_code(self, text: str) -> bool:
+        typed = text.strip()
+        return len(typed) == self.settings.code_length and typed.isascii() and typed.isdigit()
+
     def is_enrolled(self, user: FactorUser) -> bool:
         if self.normalise(self.directory_value(user)) is not None:
             return True

@@ -146,6 +146,10 @@ class DuoFactor:
         self._poll_interval = poll_interval
         self.api = DuoApi(settings, request_timeout)
 
+    def looks_like_code(self, text: str) -> bool:
+        typed = text.strip()  # a Duo passcode: 6 to 16 digits
+        return 6 <= len(typed) <= 16 and typed.isascii() and typed.isdigit()
+
     def is_enrolled(self, user: FactorUser) -> bool:
         return True  # Duo knows its own users; preauth decides
 

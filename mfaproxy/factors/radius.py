@@ -128,6 +128,10 @@ class RadiusFactor:
     def client(self) -> RadiusClient:
         return self._client
 
+    def looks_like_code(self, text: str) -> bool:
+        typed = text.strip()  # OTP tokens: 4 to 12 digits (PIN-prefixed codes need challenge)
+        return 4 <= len(typed) <= 12 and typed.isascii() and typed.isdigit()
+
     def is_enrolled(self, user: FactorUser) -> bool:
         return True  # the OTP server owns tokens and enrolment; it says no if need be
 

@@ -24,6 +24,9 @@ class TotpFactor:
     def is_enrolled(self, user: FactorUser) -> bool:
         return user.record is not None and "totp" in user.record.enrolled
 
+    def looks_like_code(self, text: str) -> bool:
+        return totp.normalise_code(text, self.settings) is not None
+
     def can_enrol_inline(self, user: FactorUser) -> bool:
         return True  # the base32 key fits in a Reply-Message
 

@@ -279,6 +279,9 @@ class YubikeyFactor:
         self.code_length: int | None = OTP_LENGTH
         self.cloud = YubicloudClient(settings) if settings.validation == "yubicloud" else None
 
+    def looks_like_code(self, text: str) -> bool:
+        return normalise_otp(text) is not None
+
     def is_enrolled(self, user: FactorUser) -> bool:
         return user.record is not None and "yubikey" in user.record.enrolled
 

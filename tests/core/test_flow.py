@@ -136,3 +136,14 @@ def test_prompts_fit_one_reply_message_and_list_options() -> None:
     assert len(long) <= 253
     assert flow.fit_prompt("café") == "caf?"
     assert flow.retry_prompt("Enter").startswith("Wrong code")
+
+
+def test_split_append_uses_the_methods_code_shape() -> None:
+    otp = "cccccccfhcbe" + "l" * 32  # 44 modhex characters, a YubiKey OTP
+    is_otp = lambda text: len(text) == 44 and set(text) <= set("cbdefghijklnrtuv")  # noqa: E731
+    assert flow.split_append(f"pw{otp}", ",", 44, frozenset(), False, is_otp) == ("pw", otp)
+    assert flow.split_append(f"pw,{otp}", ",", 44, frozenset(), False, is_otp) == ("pw", otp)
+    assert flow.split_append("pw,123456", ",", 44, frozenset(), False, is_otp) == (
+        "pw,123456",
+        None,
+    )

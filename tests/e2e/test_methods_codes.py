@@ -157,13 +157,6 @@ def test_yubikey_otp_of_another_key_is_refused_without_asking_yubicloud(
     assert otp not in [r.get("otp") for r in codes.cloud.requests]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/flow.py split_append only splits off digits (or keywords, backup codes): "
-    "a 44-character modhex YubiKey OTP is never split, with or without the delimiter, so "
-    "the whole text is checked as the password",
-    raises=AssertionError,
-)
 @pytest.mark.parametrize("delimiter", ["", ","])
 def test_yubikey_otp_appended_to_the_password(codes: Codes, delimiter: str) -> None:
     legacy = UdpNas(codes.daemon.port, source=APPEND_SOURCE)
