@@ -109,8 +109,20 @@ class MfaFlow:
             prompt=prompt,
         )
 
-    def _prompt(self, prompt: str | None, method: str) -> str:
-        return flow.with_options(prompt or "Enter your code", self.mfa.alternate, method, True)
+    def _alternates(self, login: Login) -> list[str]:
+        """The alternate ways this user can actually use: email only with an address on
+        file, backup codes only while some are left (the prompt lists no dead ends)."""
+        record = login.user.record
+        usable: list[str] = []
+        for way in self.mfa.alternate:
+            if way == "email" and (login.user.email or (record and "email" in record.enrolled)):
+                usable.append(way)
+            if way == "backup_codes" and record is not None and record.backup_codes_remaining > 0:
+                usable.append(way)
+        return usable
+
+    def _prompt(self, login: Login, prompt: str | None, method: str) -> str:
+        return flow.with_options(prompt or "Enter your code", self._alternates(login), method, True)
 
     async def _blocked(self, login: Login) -> Answer | None:
         """Lockout per user, throttle per NAS: checked before any code is looked at."""
@@ -182,7 +194,7 @@ class MfaFlow:
         if appended is None and not factor.keywords:
             return self._reject("code_missing", MSG_APPEND)
         answer = appended or ""
-        intent = flow.classify_answer(answer, factor.name, self.mfa.alternate, False)
+        intent = flow.classify_answer(answer, factor.name, self._alternates(login), False)
         if intent.kind is flow.IntentKind.BACKUP_CODE:
             return await self._backup_code(login, answer, None)
         result = await factor.check(login.factor_request(), answer, {})
@@ -202,7 +214,7 @@ class MfaFlow:
             return await self._after_result(login, session.method, "enrol", result, session)
         if session.stage == "backup":
             return await self._backup_code(login, answer, session)
-        intent = flow.classify_answer(answer, session.method, self.mfa.alternate, True)
+        intent = flow.classify_answer(answer, session.method, self._alternates(login), True)
         if intent.kind is flow.IntentKind.RESET:
             return await self._reset(login)
         if intent.kind is flow.IntentKind.BACKUP_CODE:
@@ -233,7 +245,11 @@ class MfaFlow:
         if result.verdict is Verdict.ACCEPT:
             return await self._succeeded(login, method, result.reason)
         if result.verdict is Verdict.CHALLENGE:
-            prompt = self._prompt(result.prompt, method) if stage == "code" else result.prompt or ""
+            prompt = (
+                self._prompt(login, result.prompt, method)
+                if stage == "code"
+                else result.prompt or ""
+            )
             session = self._session(login, stage, method, result.pending, prompt)
             if previous is not None:
                 session = replace(session, attempts=previous.attempts)

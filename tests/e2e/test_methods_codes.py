@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pyotp
 import pytest
 
+from mfaproxy.factors.backup_codes import generate_codes
 from mfaproxy.store.users import UserRepository
 from tests.e2e.methods_common import (
     APPEND_SOURCE,
@@ -48,7 +49,7 @@ USERS = {
     "emma": {"email": "emma@example.com"},  # email method
     "mark": {"email": "mark@example.com"},  # email method, a marker for counting mails
     "tom": {"email": "tom@example.com"},  # TOTP, email as the alternate way
-    "tina": {},  # TOTP, for the prompt menu
+    "tina": {"email": "tina@example.com"},  # TOTP with backup codes, for the prompt menu
     "sam": {"mobile": "+1 (555) 123-4567"},  # SMS through Twilio
 }
 
@@ -115,6 +116,8 @@ def codes(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpServer) -> Iterato
             secrets[user] = pyotp.random_base32()
             store.set_totp_secret(user, secrets[user], 0)
             store.set_method(user, "totp", 0)
+        # The menu lists only ways the user can use: an address, codes left.
+        store.replace_backup_codes("tina", generate_codes(2), 0)
         with daemon:
             yield Codes(daemon, store, smtp, twilio, cloud, key, new_key, secrets)
         store.close()
@@ -291,3 +294,10 @@ def test_prompt_lists_the_alternate_words_in_one_reply_message(codes: Codes, nas
     # The words work: `backup` switches to the backup-code prompt.
     backup = answer(nas, first, "tina", "backup")
     assert backup.challenged and "backup code" in backup.message
+
+
+def test_prompt_offers_only_usable_alternates(codes: Codes, nas: UdpNas) -> None:
+    # tom has an address but no backup codes: "email" is offered, "backup" is not
+    first = login(nas, SECRET, "tom", password("tom"))
+    assert first.challenged
+    assert first.message.endswith("(or type email, reset)"), first.message

@@ -126,6 +126,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             store.set_totp_secret(user, secrets[user], 0)
             store.set_method(user, "totp", 0)
         store.set_method("heidi", "totp", 0, configure_later=True)
+        store.replace_backup_codes("alice", generate_codes(3), 0)  # so the prompt offers them
         with daemon:
             yield Setup(daemon, smtp, store, secrets)
         store.close()
