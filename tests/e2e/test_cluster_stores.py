@@ -1,0 +1,280 @@
+"""End to end: the shared stores failing under running daemons, and `server.workers`.
+
+Real redis-server and PostgreSQL, started for this module and stopped, restarted and
+started again by the tests. `store_failmode: secure` (the default) rejects while a store
+is down, `safe` accepts on the password alone; both log and meter it, and service comes
+back by itself when the store does. Then one supervisor with two workers on one port
+(SO_REUSEPORT) sharing Redis and PostgreSQL: a challenge issued by one worker is
+answered by the other, reloads and stops are passed on.
+
+Two daemons answering for each other are in test_cluster.py.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import pytest
+from pyrad import packet as pyrad_packet
+
+from tests.support.cluster import (
+    SECRET,
+    Cluster,
+    answer,
+    count_events,
+    first_round,
+    free_port_pair,
+    new_schema,
+    password,
+    total,
+    wait_new,
+    wait_until,
+)
+from tests.support.daemon import Daemon
+from tests.support.duo_fake import FakeDuo
+from tests.support.nas import DICTIONARY, Reply, UdpNas, exchange, login
+from tests.support.postgres_server import PostgresServer
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.e2e
+
+USERS = ["erin", "frank", "gina", "hank", "ivan", "w1", "w2", "w3", "w4"]
+REJECTED = "mfaproxy_store_failmode_total{action=rejected}"
+ACCEPTED = "mfaproxy_store_failmode_total{action=accepted}"
+REQUESTS = "mfaproxy_requests_total"
+RECOVERY_TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer
+) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("cluster-stores")
+    with RedisServer() as redis, FakeDuo() as duo:
+        shared = Cluster(tmp, redis, new_schema(postgres, "stores"), duo, USERS, {})
+        try:
+            shared.setup()
+            yield shared
+        finally:
+            shared.close()
+
+
+class Instance:
+    """A running daemon, its metrics port and a NAS socket pointed at it."""
+
+    def __init__(self, cluster: Cluster, name: str, failmode: Literal["secure", "safe"]):
+        self.metrics = free_port_pair()
+        self.daemon = cluster.daemon(
+            name, store_failmode=failmode, metrics={"listen": f"127.0.0.1:{self.metrics}"}
+        )
+        self.daemon.start()
+        self.nas = UdpNas(self.daemon.port)
+
+    def close(self) -> None:
+        self.nas.close()
+        self.daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def secure(cluster: Cluster) -> Iterator[Instance]:
+    instance = Instance(cluster, "secure", "secure")
+    yield instance
+    instance.close()
+
+
+@pytest.fixture(scope="module")
+def safe(cluster: Cluster, secure: Instance) -> Iterator[Instance]:
+    instance = Instance(cluster, "safe", "safe")
+    yield instance
+    instance.close()
+
+
+def challenged_again(instance: Instance, user: str) -> Reply:
+    """Bounded polling (for recovery): first rounds until one is a challenge."""
+
+    def attempt() -> Reply | None:
+        reply = first_round(instance.nas, user)
+        return reply if reply.challenged else None
+
+    return wait_until(attempt, f"{user} to be challenged again", RECOVERY_TIMEOUT)
+
+
+def test_redis_restarted_mid_test_is_invisible(cluster: Cluster, secure: Instance) -> None:
+    challenge = first_round(secure.nas, "erin")
+    assert challenge.challenged
+    cluster.redis.restart()  # same port, empty: the challenge above is gone with it
+    lost = answer(secure.nas, "erin", challenge, cluster.code("erin"))
+    assert lost.rejected, lost.message
+    # Redis answered (empty): not a store failure, the restart itself went unnoticed.
+    secure.daemon.wait_audit(user="erin", outcome="reject", reason="unknown_state")
+    # A new login right after the restart: the broken connections are replaced at once.
+    reply = login(secure.nas, SECRET, "erin", password("erin"), cluster.code("erin"))
+    assert reply.accepted, reply.message
+
+
+def test_redis_down_secure_rejects_safe_accepts_then_both_recover(
+    cluster: Cluster, secure: Instance, safe: Instance
+) -> None:
+    rejected, accepted = total(secure.metrics, REJECTED), total(safe.metrics, ACCEPTED)
+    marks = len(secure.daemon.events), len(safe.daemon.events)
+    cluster.redis.stop()
+    try:
+        down = first_round(secure.nas, "frank")
+        assert down.rejected, down.message
+        secure.daemon.wait_audit(user="frank", outcome="reject", reason="store_unavailable")
+        wait_new(secure.daemon, marks[0], "store_unavailable", failmode="secure")
+        wait_new(secure.daemon, marks[0], "state_store_down")
+        assert total(secure.metrics, REJECTED) == rejected + 1
+
+        # safe: the right password alone is enough while the store is down...
+        ok = first_round(safe.nas, "gina")
+        assert ok.accepted, ok.message
+        safe.daemon.wait_audit(user="gina", outcome="accept", reason="store_failmode_safe")
+        wait_new(safe.daemon, marks[1], "store_unavailable", failmode="safe")
+        assert total(safe.metrics, ACCEPTED) == accepted + 1
+        # ...but a wrong one is not.
+        assert first_round(safe.nas, "gina", "not-the-password").rejected
+    finally:
+        cluster.redis.start()
+
+    challenge = challenged_again(secure, "frank")
+    done = answer(secure.nas, "frank", challenge, cluster.code("frank"))
+    assert done.accepted, done.message
+    wait_new(secure.daemon, marks[0], "state_store_up")
+    # The safe instance asks for the second factor again: no lasting bypass.
+    assert challenged_again(safe, "gina").challenged
+    assert total(safe.metrics, ACCEPTED) == accepted + 1
+
+
+def test_postgres_down_secure_rejects_safe_accepts_then_both_recover(
+    cluster: Cluster, postgres: PostgresServer, secure: Instance, safe: Instance
+) -> None:
+    rejected, accepted = total(secure.metrics, REJECTED), total(safe.metrics, ACCEPTED)
+    marks = len(secure.daemon.events), len(safe.daemon.events)
+    postgres.stop()  # data kept: enrolments are back when it returns
+    try:
+        down = first_round(secure.nas, "hank")
+        assert down.rejected, down.message
+        secure.daemon.wait_audit(user="hank", outcome="reject", reason="store_unavailable")
+        wait_new(secure.daemon, marks[0], "store_unavailable", failmode="secure")
+        assert total(secure.metrics, REJECTED) == rejected + 1
+
+        ok = first_round(safe.nas, "ivan")
+        assert ok.accepted, ok.message
+        safe.daemon.wait_audit(user="ivan", outcome="accept", reason="store_failmode_safe")
+        assert total(safe.metrics, ACCEPTED) == accepted + 1
+    finally:
+        postgres.start()
+
+    challenge = challenged_again(secure, "hank")
+    done = answer(secure.nas, "hank", challenge, cluster.code("hank"))
+    assert done.accepted, done.message
+    assert challenged_again(safe, "ivan").challenged
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def status_server(nas: UdpNas) -> Reply:
+    request = pyrad_packet.AuthPacket(
+        code=pyrad_packet.StatusServer, secret=SECRET.encode(), dict=DICTIONARY
+    )
+    request.add_message_authenticator()
+    return exchange(nas, SECRET, request)
+
+
+class Workers:
+    """Two NAS sockets, each routed by the kernel (SO_REUSEPORT hashes the source
+    address and port) to a different worker; `metrics + i` is worker i's page."""
+
+    def __init__(self, port: int, metrics: int):
+        self.metrics = metrics
+        self.nas: dict[int, UdpNas] = {}
+        spare: list[UdpNas] = []
+        for _ in range(64):  # a 2^-63 chance of never meeting one of the two workers
+            nas = UdpNas(port)
+            worker = self.serving(nas, lambda n: status_server(n).accepted)
+            if worker in self.nas:
+                spare.append(nas)
+            else:
+                self.nas[worker] = nas
+            if len(self.nas) == 2:
+                break
+        for nas in spare:
+            nas.close()
+        assert sorted(self.nas) == [0, 1], "the kernel sent every socket to one worker"
+
+    def requests(self) -> list[float]:
+        return [total(self.metrics + i, REQUESTS) for i in (0, 1)]
+
+    def serving(self, nas: UdpNas, step: Callable[[UdpNas], bool]) -> int:
+        """Run `step(nas)` (one request); return the worker that counted it."""
+        before = self.requests()
+        assert step(nas)
+        after = self.requests()
+        moved = [i for i in (0, 1) if after[i] > before[i]]
+        assert len(moved) == 1, (before, after)
+        return moved[0]
+
+    def close(self) -> None:
+        for nas in self.nas.values():
+            nas.close()
+
+
+def cross_worker_login(cluster: Cluster, workers: Workers, user: str, first: int) -> None:
+    """The password to worker `first`, the answer to the other one: Accept."""
+    replies: list[Reply] = []
+
+    def password_round(nas: UdpNas) -> bool:
+        replies.append(first_round(nas, user))
+        return replies[-1].challenged
+
+    def answer_round(nas: UdpNas) -> bool:
+        replies.append(answer(nas, user, replies[0], cluster.code(user)))
+        return True
+
+    assert workers.serving(workers.nas[first], password_round) == first
+    assert workers.serving(workers.nas[1 - first], answer_round) == 1 - first
+    assert replies[-1].accepted, replies[-1].message
+
+
+def test_two_workers_on_one_port_share_challenges_reload_and_stop(cluster: Cluster) -> None:
+    metrics = free_port_pair()
+    daemon: Daemon = cluster.daemon(
+        "workers", workers=2, metrics={"listen": f"127.0.0.1:{metrics}"}
+    )
+    daemon.start()  # returns on the first worker's `listening`
+    workers: Workers | None = None
+    try:
+        daemon.wait_for(lambda e: e.get("event") == "workers_ready" and e.get("workers") == 2)
+        count_events(daemon, "listening", 2)  # both workers log to the one stream
+        workers = Workers(daemon.port, metrics)
+        cross_worker_login(cluster, workers, "w1", first=0)
+        cross_worker_login(cluster, workers, "w2", first=1)
+        whole = login(workers.nas[0], SECRET, "w3", password("w3"), cluster.code("w3"))
+        assert whole.accepted, whole.message
+
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for(lambda e: e.get("event") == "reload_forwarded")
+        count_events(daemon, "reloaded", 2)
+        cross_worker_login(cluster, workers, "w4", first=0)  # still served after reload
+    finally:
+        if workers is not None:
+            workers.close()
+        code = daemon.stop()
+    assert code == 0, daemon.output
+    wait_until(
+        lambda: any(e.get("event") == "stopped" and e.get("workers") == 2 for e in daemon.events),
+        "the supervisor's `stopped` event",
+    )
+    # Both workers stopped cleanly as well (their `stopped` has no `workers` field).
+    assert sum(1 for e in daemon.events if e.get("event") == "stopped") == 3
