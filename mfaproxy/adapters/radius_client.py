@@ -39,6 +39,7 @@ import structlog
 from pyrad import packet as radpacket
 
 from mfaproxy.errors import UpstreamUnavailable
+from mfaproxy.observability import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -303,3 +304,20 @@ class RadiusClient:
         finally:
             transport.close()
             protocol.reply.cancel()
+
+
+def observe_exchange(
+    service: str,
+    started: float,
+    result: str,
+    up: tuple[RadiusServer, ...],
+    down: tuple[RadiusServer, ...],
+) -> None:
+    """Record one exchange in the upstream metrics. The client keeps none itself: the
+    caller knows which service (primary directory, OTP server) the servers are."""
+    elapsed = asyncio.get_running_loop().time() - started
+    metrics.UPSTREAM_LATENCY.labels(service=service, result=result).observe(elapsed)
+    for server in down:
+        metrics.UPSTREAM_UP.labels(service=service, server=server.label).set(0)
+    for server in up:
+        metrics.UPSTREAM_UP.labels(service=service, server=server.label).set(1)

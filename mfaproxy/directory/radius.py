@@ -31,11 +31,11 @@ from mfaproxy.adapters.radius_client import (
     RadiusReply,
     RadiusServer,
     RequestAttributes,
+    observe_exchange,
 )
 from mfaproxy.config import RadiusDirectoryConfig
 from mfaproxy.directory.base import PrimaryOutcome, PrimaryResult, ReplyAttribute
 from mfaproxy.errors import UpstreamUnavailable
-from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
 
 log = structlog.get_logger(__name__)
 
@@ -82,11 +82,13 @@ class RadiusChecker:
         try:
             reply = await self._client.access_request(attributes, password=password)
         except UpstreamUnavailable:
-            self._observe(started, "unavailable", up=(), down=self._client.servers)
+            observe_exchange(SERVICE, started, "unavailable", (), self._client.servers)
             log.warning("radius_primary_unavailable", user=username)
             return self._result(PrimaryOutcome.UNAVAILABLE, "unreachable")
         result = self._interpret(reply, username)
-        self._observe(started, result.outcome.value, up=(reply.server,), down=reply.failed_servers)
+        observe_exchange(
+            SERVICE, started, result.outcome.value, (reply.server,), reply.failed_servers
+        )
         return result
 
     async def close(self) -> None:
@@ -132,18 +134,3 @@ class RadiusChecker:
             user_id=user_id,
             reply_attributes=attrs,
         )
-
-    @staticmethod
-    def _observe(
-        started: float,
-        result: str,
-        *,
-        up: tuple[RadiusServer, ...],
-        down: tuple[RadiusServer, ...],
-    ) -> None:
-        elapsed = asyncio.get_running_loop().time() - started
-        UPSTREAM_LATENCY.labels(service=SERVICE, result=result).observe(elapsed)
-        for server in down:
-            UPSTREAM_UP.labels(service=SERVICE, server=server.label).set(0)
-        for server in up:
-            UPSTREAM_UP.labels(service=SERVICE, server=server.label).set(1)

@@ -25,7 +25,6 @@ The typed answer is never logged, nor is any State value.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -38,11 +37,11 @@ from mfaproxy.adapters.radius_client import (
     RadiusReply,
     RadiusServer,
     RequestAttributes,
+    observe_exchange,
 )
 from mfaproxy.errors import UpstreamUnavailable
 from mfaproxy.factors.base import Factor, FactorRequest, FactorResult, FactorServices, FactorUser
 from mfaproxy.mfa_config import MultifactorConfig, OtpRadiusServer, RadiusMethodConfig
-from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
 
 log = structlog.get_logger(__name__)
 
@@ -95,20 +94,15 @@ def upstream_prompt(reply: RadiusReply) -> str:
     return text or NEXT_PROMPT
 
 
-def _server(settings: OtpRadiusServer, path: str) -> RadiusServer:
-    # The client matches replies by source address, so it needs an IP literal; a host
-    # name would make every reply look like it came from the wrong peer.
-    try:
-        ipaddress.ip_address(settings.host)
-    except ValueError:
-        raise ValueError(f"{path}.host must be an IP address, not {settings.host!r}") from None
+def _server(settings: OtpRadiusServer) -> RadiusServer:
+    # The schema already refused host names (replies are matched by source address).
     return RadiusServer(settings.host, settings.port, settings.secret.get_secret_value().encode())
 
 
 def _servers(config: RadiusMethodConfig) -> list[RadiusServer]:
-    servers = [_server(config.server, "multifactor.radius.server")]
+    servers = [_server(config.server)]
     if config.failover is not None:
-        servers.append(_server(config.failover, "multifactor.radius.failover"))
+        servers.append(_server(config.failover))
     return servers
 
 
@@ -160,14 +154,16 @@ class RadiusFactor:
                 self._attributes(request), password=answer, state=state
             )
         except UpstreamUnavailable:
-            self._observe(started, "unavailable", up=(), down=self._client.servers)
+            observe_exchange(SERVICE, started, "unavailable", (), self._client.servers)
             log.warning("otp_radius_unavailable", user=request.user.name)
             return FactorResult.unavailable("unreachable")
         except ValueError as exc:  # an attribute that does not encode; not the user's fault
             log.warning("otp_radius_request_unencodable", user=request.user.name, error=str(exc))
             return FactorResult.reject("unencodable_request", counts_as_failure=False)
         result = self._interpret(reply, request, rounds)
-        self._observe(started, result.verdict.value, up=(reply.server,), down=reply.failed_servers)
+        observe_exchange(
+            SERVICE, started, result.verdict.value, (reply.server,), reply.failed_servers
+        )
         return result
 
     async def begin_enrolment(self, request: FactorRequest) -> FactorResult:
@@ -208,22 +204,6 @@ class RadiusFactor:
         # RFC 2865 section 4: only Accept, Reject or Challenge answer an Access-Request.
         log.warning("otp_radius_unexpected_code", server=reply.server.label, packet_code=reply.code)
         return FactorResult.reject("unexpected_reply", counts_as_failure=False)
-
-    @staticmethod
-    def _observe(
-        started: float,
-        result: str,
-        *,
-        up: tuple[RadiusServer, ...],
-        down: tuple[RadiusServer, ...],
-    ) -> None:
-        # RadiusClient keeps no metrics of its own: the caller knows the service name.
-        elapsed = asyncio.get_running_loop().time() - started
-        UPSTREAM_LATENCY.labels(service=SERVICE, result=result).observe(elapsed)
-        for server in down:
-            UPSTREAM_UP.labels(service=SERVICE, server=server.label).set(0)
-        for server in up:
-            UPSTREAM_UP.labels(service=SERVICE, server=server.label).set(1)
 
 
 def _pending_state(pending: Mapping[str, Any]) -> bytes | None:
