@@ -90,7 +90,9 @@ class Daemon:
     def wait_audit(self, timeout: float = 30, **match: Any) -> LogEvent:
         """Wait for the audit event with these fields (the reply can beat the log line)."""
         return self.wait_for(
-            lambda e: e.get("event") == "auth_decision" and all(e.get(k) == v for k, v in match.items()),
+            lambda e: (
+                e.get("event") == "auth_decision" and all(e.get(k) == v for k, v in match.items())
+            ),
             timeout,
         )
 
