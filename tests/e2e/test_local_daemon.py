@@ -46,7 +46,7 @@ def test_demo_user_is_accepted_with_group_attributes(daemon: Daemon) -> None:
     result = radclient(
         daemon.port,
         SECRET,
-        {"User-Name": "alice", "User-Password": "demo-password", "Message-Authenticator": "0x00"},
+        {"User-Name": "bob", "User-Password": "bob-password", "Message-Authenticator": "0x00"},
     )
     assert result.code == "Access-Accept", result.output
     assert result.attributes[0][0] == "Message-Authenticator"
@@ -58,7 +58,7 @@ def test_user_name_is_case_insensitive_and_groups_differ(daemon: Daemon) -> None
     result = radclient(
         daemon.port,
         SECRET,
-        {"User-Name": "BOB", "User-Password": "bob-password", "Message-Authenticator": "0x00"},
+        {"User-Name": "ALICE", "User-Password": "demo-password", "Message-Authenticator": "0x00"},
     )
     assert result.code == "Access-Accept", result.output
     assert result.values("Filter-Id") == ["vpn-users"]
@@ -206,21 +206,33 @@ def test_hostile_datagrams_do_not_break_the_daemon(daemon: Daemon) -> None:
     assert daemon.proc is not None and daemon.proc.poll() is None
 
 
-def test_the_shipped_config_as_is_enrols_then_asks_for_totp(tmp_path: Path) -> None:
-    """`make run` serves this: alice (an administrator) must give a TOTP code, and with
-    enrol_unconfigured_users she enrols inline on her first login."""
+def test_the_shipped_config_as_is(tmp_path: Path) -> None:
+    """`make run` serves this: alice (no method yet) is accepted on her password; bob
+    (an administrator) must give a TOTP code and, with enrol_unconfigured_users, enrols
+    inline on his first login."""
     config: dict[str, Any] = yaml.safe_load((REPO / "config/mfaproxy.yaml").read_text())
     config["directory"]["local"]["users_file"] = str(REPO / "config/users.yaml")
     for key in ("listen", "log", "state_dir"):
         config["server"].pop(key)
     with Daemon(tmp_path, config) as running:
+        alice = radclient(
+            running.port,
+            SECRET,
+            {
+                "User-Name": "alice",
+                "User-Password": "demo-password",
+                "Message-Authenticator": "0x00",
+            },
+        )
+        assert alice.code == "Access-Accept", alice.output
+        assert alice.values("Filter-Id") == ["vpn-users"]
         nas = UdpNas(running.port)
         try:
-            first = login(nas, SECRET, "alice", "demo-password")
+            first = login(nas, SECRET, "bob", "bob-password")
             assert first.challenged, first.message
             key = first.message.split(": ", 1)[1].split(" then")[0].replace(" ", "")
-            assert login_answer(nas, first, "alice", pyotp.TOTP(key).now()).accepted
-            again = login(nas, SECRET, "alice", "demo-password")
+            assert login_answer(nas, first, "bob", pyotp.TOTP(key).now()).accepted
+            again = login(nas, SECRET, "bob", "bob-password")
             assert again.challenged and "authenticator app" in again.message
         finally:
             nas.close()
