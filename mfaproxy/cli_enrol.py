@@ -31,8 +31,8 @@ from mfaproxy.mfa_config import YubikeyMethodConfig
 from mfaproxy.radius.codec import load_dictionary
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.factory import master_key
+from mfaproxy.store.records import Method, UserRepository
 from mfaproxy.store.state import MemoryStateStore
-from mfaproxy.store.users import Method, UserRepository
 
 # The values of mfaproxy.cli's exit codes (importing cli here would be circular).
 EXIT_OK = 0

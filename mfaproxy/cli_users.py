@@ -28,7 +28,7 @@ from mfaproxy.config import Config, load_config
 from mfaproxy.factors import totp
 from mfaproxy.factors.backup_codes import generate_codes
 from mfaproxy.store.factory import open_user_store, user_store_path
-from mfaproxy.store.users import (
+from mfaproxy.store.records import (
     METHODS,
     Method,
     ResetRequest,

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from mfaproxy.config_base import Strict, resolve_path, take_secrets
+from mfaproxy.config_base import ConfigPath, RadiusServerConfig, Strict, take_secrets
 from mfaproxy.errors import ConfigError
 from mfaproxy.mfa_config import MultifactorConfig, SmtpConfig
 from mfaproxy.policy_config import AccessPoliciesConfig
@@ -117,18 +117,13 @@ StateStoreConfig = Annotated[MemoryStateStoreConfig | RedisSettings, Field(discr
 class UserStoreConfig(Strict):
     # sqlite: a file under state_dir (one host); postgres: shared by a cluster.
     backend: Literal["sqlite", "postgres"] = "sqlite"
-    path: Path | None = None
+    path: ConfigPath | None = None
     dsn: SecretStr | None = None  # postgresql://user@host/db (password via dsn_file/env)
 
     @model_validator(mode="before")
     @classmethod
     def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
         return take_secrets(data, ("dsn",), info)
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return None if value is None else resolve_path(value, info)
 
     @model_validator(mode="after")
     def _dsn_for_postgres(self) -> UserStoreConfig:
@@ -141,8 +136,9 @@ class ServerConfig(Strict):
     listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:1812"], min_length=1)
     log: LogConfig = LogConfig()
     metrics: MetricsConfig | None = None
-    state_dir: Path = Path("./state")
-    secrets_key_file: Path | None = None
+    # Relative to the configuration file, like every path in it (the default too).
+    state_dir: ConfigPath = Field(default=Path("./state"), validate_default=True)
+    secrets_key_file: ConfigPath | None = None
     state_store: StateStoreConfig = MemoryStateStoreConfig()
     user_store: UserStoreConfig = UserStoreConfig()
     # When the state or user store cannot be reached: secure rejects; safe accepts on
@@ -161,7 +157,7 @@ class ServerConfig(Strict):
     # On SIGTERM, how long requests in flight may take to finish before we exit.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
     # Extra FreeRADIUS-format dictionary files loaded after the shipped ones.
-    dictionaries: list[Path] = Field(default_factory=list)
+    dictionaries: list[ConfigPath] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
@@ -175,18 +171,6 @@ class ServerConfig(Strict):
         if self.workers > 1 and self.state_store.backend == "memory":
             raise ValueError("workers > 1 needs state_store backend redis (challenges are shared)")
         return self
-
-    @field_validator("state_dir", "secrets_key_file", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return None if value is None else resolve_path(value, info)
-
-    @field_validator("dictionaries", mode="before")
-    @classmethod
-    def _resolve_list(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, list):
-            return [resolve_path(v, info) for v in value]
-        return value
 
     def listen_addresses(self) -> list[tuple[str, int]]:
         return [parse_host_port(item, 1812) for item in self.listen]
@@ -228,12 +212,7 @@ class ClientConfig(Strict):
 
 
 class LocalDirectoryConfig(Strict):
-    users_file: Path
-
-    @field_validator("users_file", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return resolve_path(value, info)
+    users_file: ConfigPath
 
 
 class LdapGroupSearchConfig(Strict):
@@ -260,7 +239,7 @@ class LdapConfig(Strict):
     # direct bind: the user's DN is built from this template; no service account.
     user_dn_template: str | None = None
     start_tls: bool = False
-    ca_file: Path | None = None
+    ca_file: ConfigPath | None = None
     verify_certificate: bool = True
     connect_timeout: float = Field(default=3.0, gt=0, le=60)
     timeout: float = Field(default=5.0, gt=0, le=120)
@@ -272,11 +251,6 @@ class LdapConfig(Strict):
     @classmethod
     def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
         return take_secrets(data, ("bind_password",), info)
-
-    @field_validator("ca_file", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return None if value is None else resolve_path(value, info)
 
     @field_validator("servers")
     @classmethod
@@ -295,23 +269,6 @@ class LdapConfig(Strict):
         if "{username}" not in self.user_filter:
             raise ValueError("user_filter must contain {username}")
         return self
-
-
-class RadiusServerConfig(Strict):
-    host: str
-    port: int = Field(default=1812, ge=1, le=65535)
-    secret: SecretStr
-
-    @model_validator(mode="before")
-    @classmethod
-    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
-        return take_secrets(data, ("secret",), info)
-
-    @field_validator("host")
-    @classmethod
-    def _check_host(cls, value: str) -> str:
-        ipaddress.ip_address(value)
-        return value
 
 
 class RadiusDirectoryConfig(Strict):

@@ -4,11 +4,21 @@ the environment. No mfaproxy imports here, so any section module can use it."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.functional_validators import BeforeValidator
 
 
 class Strict(BaseModel):
@@ -52,3 +62,31 @@ def take_secrets(data: Any, names: tuple[str, ...], info: ValidationInfo) -> Any
                     raise ValueError(f"{name}_env: environment variable {env_name} is not set")
                 out[name] = os.environ[str(env_name)]
     return out
+
+
+def _resolve_if_path(value: Any, info: ValidationInfo) -> Any:
+    return resolve_path(value, info) if isinstance(value, str | Path) else value
+
+
+# A path in the configuration: relative ones are relative to the configuration file.
+ConfigPath = Annotated[Path, BeforeValidator(_resolve_if_path)]
+
+
+class RadiusServerConfig(Strict):
+    """An upstream RADIUS server (primary directory or OTP server)."""
+
+    host: str
+    port: int = Field(default=1812, ge=1, le=65535)
+    secret: SecretStr
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
+        return take_secrets(data, ("secret",), info)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        # Replies are matched by source address, so a host name would never match one.
+        ipaddress.ip_address(value)
+        return value

@@ -33,7 +33,7 @@ from mfaproxy.mfa import CHALLENGES, MSG_UNAVAILABLE, Login, MfaFlow, login_from
 from mfaproxy.observability import metrics
 from mfaproxy.radius.codec import STATUS_SERVER, RadiusRequest
 from mfaproxy.sessions import Session
-from mfaproxy.store.users import UserRecord, normalise_user
+from mfaproxy.store.records import UserRecord, normalise_user
 
 audit_log = structlog.get_logger("mfaproxy.audit")
 log = structlog.get_logger(__name__)

@@ -32,7 +32,7 @@ from mfaproxy.factors.base import (
 )
 from mfaproxy.observability import metrics
 from mfaproxy.sessions import Session, primary_from_json, primary_to_json
-from mfaproxy.store.users import UserRecord, normalise_user
+from mfaproxy.store.records import UserRecord, normalise_user
 
 log = structlog.get_logger(__name__)
 

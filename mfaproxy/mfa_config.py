@@ -6,13 +6,11 @@ Secrets accept the `<name>_file` / `<name>_env` forms, as everywhere in the sche
 
 from __future__ import annotations
 
-import ipaddress
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, model_validator
 
-from mfaproxy.config_base import Strict, resolve_path, take_secrets
+from mfaproxy.config_base import ConfigPath, RadiusServerConfig, Strict, take_secrets
 from mfaproxy.factors.backup_codes import BackupCodeSettings
 from mfaproxy.factors.totp import TotpSettings
 
@@ -37,17 +35,12 @@ class SmtpConfig(Strict):
     password: SecretStr | None = None
     from_address: str = Field(default="mfaproxy@localhost", alias="from")
     timeout: float = Field(default=10.0, gt=0, le=120)
-    ca_file: Path | None = None
+    ca_file: ConfigPath | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
         return take_secrets(data, ("password",), info)
-
-    @field_validator("ca_file", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return None if value is None else resolve_path(value, info)
 
 
 class CodeDelivery(Strict):
@@ -111,17 +104,12 @@ class YubikeyMethodConfig(Strict):
     api_key: SecretStr | None = None  # base64, from the Yubico API key page
     api_urls: list[str] = Field(default_factory=lambda: list(YUBICLOUD_URLS), min_length=1)
     timeout: float = Field(default=5.0, gt=0, le=60)
-    ca_file: Path | None = None
+    ca_file: ConfigPath | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
         return take_secrets(data, ("api_key",), info)
-
-    @field_validator("ca_file", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return None if value is None else resolve_path(value, info)
 
     @model_validator(mode="after")
     def _cloud_credentials(self) -> YubikeyMethodConfig:
@@ -141,35 +129,16 @@ class DuoMethodConfig(Strict):
     # How long an out-of-band push or phone call may take (keep the NAS timeout longer).
     timeout: float = Field(default=60.0, gt=0, le=300)
     pool_size: int = Field(default=16, ge=1, le=256)
-    ca_file: Path | None = None
+    ca_file: ConfigPath | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
         return take_secrets(data, ("secret_key",), info)
 
-    @field_validator("ca_file", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return None if value is None else resolve_path(value, info)
 
-
-class OtpRadiusServer(Strict):
-    host: str
-    port: int = Field(default=1812, ge=1, le=65535)
-    secret: SecretStr
-
-    @model_validator(mode="before")
-    @classmethod
-    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
-        return take_secrets(data, ("secret",), info)
-
-    @field_validator("host")
-    @classmethod
-    def _check_host(cls, value: str) -> str:
-        # Replies are matched by source address, so a name would never match one.
-        ipaddress.ip_address(value)
-        return value
+# The OTP server's settings are those of any upstream RADIUS server.
+OtpRadiusServer = RadiusServerConfig
 
 
 class RadiusMethodConfig(Strict):

@@ -20,12 +20,11 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import (
     BeforeValidator,
     Field,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from mfaproxy.config_base import Strict, resolve_path
+from mfaproxy.config_base import ConfigPath, Strict
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -213,12 +212,7 @@ class GeoIpRule(Strict):
     type: Literal["geo_ip"] = "geo_ip"
     countries: list[CountryItem] = Field(min_length=1)
     # A MaxMind database (GeoLite2-Country, GeoIP2-City...). Opened once at start.
-    database: Path
-
-    @field_validator("database", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return resolve_path(value, info) if isinstance(value, str | Path) else value
+    database: ConfigPath
 
 
 Rule = Annotated[

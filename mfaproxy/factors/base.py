@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mfaproxy.store.async_users import AsyncUserStore
+from mfaproxy.store.records import UserRecord
 from mfaproxy.store.state import StateStore
-from mfaproxy.store.users import UserRecord
 
 
 @dataclass(frozen=True)

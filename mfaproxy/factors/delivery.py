@@ -25,8 +25,8 @@ from mfaproxy.errors import ConfigError
 from mfaproxy.factors.base import FactorRequest, FactorResult, FactorServices, FactorUser, Verdict
 from mfaproxy.mfa_config import CodeDelivery
 from mfaproxy.store.crypto import derive_key
+from mfaproxy.store.records import Method, UserRepository
 from mfaproxy.store.state import StateStore
-from mfaproxy.store.users import Method, UserRepository
 
 log = structlog.get_logger(__name__)
 

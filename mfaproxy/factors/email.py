@@ -19,7 +19,7 @@ from mfaproxy.factors.delivery import (
     render,
 )
 from mfaproxy.mfa_config import EmailMethodConfig, MultifactorConfig
-from mfaproxy.store.users import Method
+from mfaproxy.store.records import Method
 
 # Deliberately loose (RFC 5322 is not the point): one @, a dotted domain, and nothing
 # that could break a header line.

@@ -43,7 +43,7 @@ from mfaproxy.factors.delivery import (
 )
 from mfaproxy.mfa_config import EmailGatewayConfig, MultifactorConfig, SmsMethodConfig, TwilioConfig
 from mfaproxy.observability import metrics
-from mfaproxy.store.users import Method
+from mfaproxy.store.records import Method
 
 log = structlog.get_logger(__name__)
 

@@ -43,7 +43,7 @@ from mfaproxy.factors.base import (
 )
 from mfaproxy.mfa_config import MultifactorConfig, YubikeyMethodConfig
 from mfaproxy.observability import metrics
-from mfaproxy.store.users import UserRepository
+from mfaproxy.store.records import UserRepository
 
 log = structlog.get_logger(__name__)
 

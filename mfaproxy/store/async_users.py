@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from mfaproxy.store.users import UserRepository
+from mfaproxy.store.records import UserRepository
 
 T = TypeVar("T")
 

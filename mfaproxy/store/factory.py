@@ -6,8 +6,9 @@ from pathlib import Path
 
 from mfaproxy.config import Config
 from mfaproxy.store.crypto import load_or_create_key
+from mfaproxy.store.records import UserRepository
 from mfaproxy.store.state import MemoryStateStore, StateStore
-from mfaproxy.store.users import UserRepository, UserStore
+from mfaproxy.store.users import UserStore
 
 
 def user_store_path(config: Config) -> Path:

@@ -57,7 +57,7 @@ from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.backup_codes import BackupCodeHasher
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
 from mfaproxy.store.crypto import SecretBox
-from mfaproxy.store.users import (
+from mfaproxy.store.records import (
     METHODS,
     LockState,
     Method,

@@ -36,7 +36,6 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -50,7 +49,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
-from mfaproxy.config_base import Strict, resolve_path, take_secrets
+from mfaproxy.config_base import ConfigPath, Strict, take_secrets
 from mfaproxy.errors import UpstreamError
 from mfaproxy.observability import metrics
 from mfaproxy.store.state import JsonDict
@@ -85,7 +84,7 @@ class RedisSettings(Strict):
     tls: bool = False  # Sentinel form only (sentinels and master); a URL says rediss://
     username: str | None = None
     password: SecretStr | None = None  # overrides a password in the URL
-    tls_ca_file: Path | None = None  # CA bundle to verify the server (system CAs if unset)
+    tls_ca_file: ConfigPath | None = None  # CA bundle to verify the server (system CAs if unset)
     key_prefix: str = Field(default="mfaproxy", min_length=1)
     socket_timeout: float = Field(default=1.0, gt=0, le=30)
 
@@ -93,11 +92,6 @@ class RedisSettings(Strict):
     @classmethod
     def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
         return take_secrets(data, ("password",), info)
-
-    @field_validator("tls_ca_file", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return None if value is None else resolve_path(value, info)
 
     @field_validator("url")
     @classmethod

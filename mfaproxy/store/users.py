@@ -24,99 +24,24 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast, get_args
+from typing import Any, cast
 
-from mfaproxy.errors import MfaproxyError
 from mfaproxy.factors.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
-
-Method = Literal["totp", "yubikey", "email", "sms", "duo", "radius"]
-METHODS: tuple[Method, ...] = get_args(Method)
-ResetStatus = Literal["pending", "approved", "cleared"]
-
-
-class StoreError(MfaproxyError):
-    """The user store cannot be used (unknown schema, closed, corrupt)."""
-
-
-def normalise_user(name: str) -> str:
-    """The key a user is stored under: surrounding space removed, lower case."""
-    key = name.strip().lower()
-    if not key:
-        raise ValueError("user name is empty")
-    return key
-
-
-@dataclass(frozen=True)
-class ResetRequest:
-    id: int
-    user: str
-    requested_at: float
-    via: str  # who filed it: "radius" (the user at the prompt), "cli" (an operator)...
-    status: ResetStatus
-    decided_at: float | None
-
-
-@dataclass(frozen=True)
-class LockState:
-    failures: int  # consecutive failures counted towards the lockout
-    locked_until: float | None  # None unless a lockout is in force at `now`
-    locked: bool
-
-
-@dataclass(frozen=True)
-class UserRecord:
-    """What `users show` prints; secrets are never part of it."""
-
-    name: str
-    method: Method | None
-    configure_later: bool
-    enrolled: frozenset[Method]  # methods with stored enrolment data ("totp": a secret)
-    totp_last_step: int | None
-    backup_codes_remaining: int
-    failures: int
-    locked_until: float | None
-    last_reset: ResetRequest | None  # the most recent request, whatever its status
-    created_at: float
-    updated_at: float
-
-
-class UserRepository(Protocol):
-    """The contract of a durable user store. Every write is atomic and durable."""
-
-    def get_user(self, user: str) -> UserRecord | None: ...
-    def list_users(self) -> list[str]: ...
-    def delete_user(self, user: str) -> bool: ...
-    def set_method(
-        self, user: str, method: Method | None, now: float, *, configure_later: bool = False
-    ) -> None: ...
-    def clear_mfa(self, user: str, now: float) -> bool: ...
-    def set_totp_secret(self, user: str, secret: str, now: float) -> None: ...
-    def get_totp_secret(self, user: str) -> str | None: ...
-    def accept_totp_step(self, user: str, step: int) -> bool: ...
-    def accept_yubikey_counter(self, user: str, counter: int) -> bool: ...
-    def set_enrolment(
-        self, user: str, method: Method, data: Mapping[str, Any], now: float
-    ) -> None: ...
-    def get_enrolment(self, user: str, method: Method) -> dict[str, Any] | None: ...
-    def clear_enrolment(self, user: str, method: Method, now: float) -> bool: ...
-    def replace_backup_codes(self, user: str, codes: Sequence[str], now: float) -> None: ...
-    def consume_backup_code(self, user: str, code: str, now: float) -> bool: ...
-    def request_reset(self, user: str, via: str, now: float) -> bool: ...
-    def approve_reset(self, user: str, now: float) -> bool: ...
-    def clear_reset(self, user: str, now: float) -> bool: ...
-    def list_resets(self, status: ResetStatus | None = "pending") -> list[ResetRequest]: ...
-    def lock_state(self, user: str, now: float) -> LockState: ...
-    def record_failure(
-        self, user: str, now: float, max_failures: int, lockout_seconds: float
-    ) -> LockState: ...
-    def reset_failures(self, user: str) -> None: ...
-    def close(self) -> None: ...
-
+from mfaproxy.store.records import (
+    METHODS,
+    LockState,
+    Method,
+    ResetRequest,
+    ResetStatus,
+    StoreError,
+    UserRecord,
+    normalise_user,
+)
 
 _METHOD_CHECK = "(" + ", ".join(f"'{m}'" for m in METHODS) + ")"
 
@@ -209,7 +134,7 @@ class UserStore:
                 isolation_level=None,
                 check_same_thread=False,  # only close() touches it from another thread
             )
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._enable_wal(conn)
             if mode != "wal":
                 raise StoreError(f"{self.path}: cannot use WAL journal (got {mode})")
             conn.execute("PRAGMA synchronous = FULL")
@@ -218,6 +143,20 @@ class UserStore:
             with self._all_lock:
                 self._all.append(conn)
         return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> str:
+        """Switch a new file to WAL. The switch needs the file to itself and SQLite does
+        not apply the busy timeout to it, so when several processes open a fresh file
+        at once the losers retry (briefly) instead of failing; once set, WAL persists."""
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError:
+                mode = "locked"
+            if mode == "wal" or time.monotonic() > deadline:
+                return mode
+            time.sleep(0.01)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

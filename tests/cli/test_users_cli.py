@@ -17,7 +17,7 @@ from mfaproxy.cli import main
 from mfaproxy.config import load_config
 from mfaproxy.factors import totp
 from mfaproxy.store.factory import open_user_store
-from mfaproxy.store.users import UserRepository
+from mfaproxy.store.records import UserRepository
 
 CONFIG = """
 server: {state_dir: ./state}

@@ -21,8 +21,8 @@ from mfaproxy.factors.base import FactorRequest, FactorResult, FactorServices, F
 from mfaproxy.factors.yubikey import build
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.factory import master_key, open_user_store
+from mfaproxy.store.records import Method, UserRepository
 from mfaproxy.store.state import MemoryStateStore
-from mfaproxy.store.users import Method, UserRepository
 from tests.support.ports import free_port
 from tests.support.yubicloud import FakeYubicloud, SimulatedKey
 

@@ -17,7 +17,7 @@ from pyrad import packet as pyrad_packet
 
 from mfaproxy.config import load_config
 from mfaproxy.store.factory import open_user_store
-from mfaproxy.store.users import UserRepository
+from mfaproxy.store.records import UserRepository
 from tests.support.daemon import Daemon
 from tests.support.nas import DICTIONARY, Reply, UdpNas, access_request, exchange
 from tests.support.smtp import ReceivedMail, SmtpServer

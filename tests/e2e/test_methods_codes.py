@@ -17,7 +17,7 @@ import pyotp
 import pytest
 
 from mfaproxy.factors.backup_codes import generate_codes
-from mfaproxy.store.users import UserRepository
+from mfaproxy.store.records import UserRepository
 from tests.e2e.methods_common import (
     APPEND_SOURCE,
     SECRET,

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mfaproxy.config import load_config
 from mfaproxy.factors.backup_codes import generate_codes
 from mfaproxy.store.factory import open_user_store
-from mfaproxy.store.users import UserRepository
+from mfaproxy.store.records import UserRepository
 from tests.support.daemon import Daemon
 from tests.support.nas import UdpNas, access_request, exchange, login
 from tests.support.ports import free_port

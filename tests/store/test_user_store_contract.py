@@ -35,7 +35,8 @@ from mfaproxy.observability import metrics
 from mfaproxy.store import postgres_users, users
 from mfaproxy.store.crypto import DecryptionError
 from mfaproxy.store.postgres_users import PostgresUserStore, UserStoreUnavailable
-from mfaproxy.store.users import LockState, StoreError, UserRepository, UserStore
+from mfaproxy.store.records import LockState, StoreError, UserRepository
+from mfaproxy.store.users import UserStore
 from tests.support.ports import free_port
 from tests.support.postgres_server import PostgresServer
 

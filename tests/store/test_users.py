@@ -15,14 +15,8 @@ from mfaproxy.factors.backup_codes import generate_codes
 from mfaproxy.factors.totp import new_secret
 from mfaproxy.store import users as users_module
 from mfaproxy.store.crypto import DecryptionError
-from mfaproxy.store.users import (
-    MIGRATIONS,
-    LockState,
-    StoreError,
-    UserRepository,
-    UserStore,
-    normalise_user,
-)
+from mfaproxy.store.records import LockState, StoreError, UserRepository, normalise_user
+from mfaproxy.store.users import MIGRATIONS, UserStore
 
 KEY = bytes(range(32))
 T0 = 1_700_000_000.0

@@ -25,7 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from mfaproxy.config import load_config
 from mfaproxy.store.factory import open_user_store
-from mfaproxy.store.users import UserRepository
+from mfaproxy.store.records import UserRepository
 from tests.support.daemon import Daemon
 from tests.support.duo_fake import FakeDuo
 from tests.support.nas import Reply, UdpNas, access_request, exchange

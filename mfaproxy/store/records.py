@@ -1,0 +1,93 @@
+"""What the user store holds, and its contract (`UserRepository`), independent of the
+database behind it (SQLite in store/users.py, PostgreSQL in store/postgres_users.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, get_args
+
+from mfaproxy.errors import MfaproxyError
+
+Method = Literal["totp", "yubikey", "email", "sms", "duo", "radius"]
+METHODS: tuple[Method, ...] = get_args(Method)
+ResetStatus = Literal["pending", "approved", "cleared"]
+
+
+class StoreError(MfaproxyError):
+    """The user store cannot be used (unknown schema, closed, corrupt)."""
+
+
+def normalise_user(name: str) -> str:
+    """The key a user is stored under: surrounding space removed, lower case."""
+    key = name.strip().lower()
+    if not key:
+        raise ValueError("user name is empty")
+    return key
+
+
+@dataclass(frozen=True)
+class ResetRequest:
+    id: int
+    user: str
+    requested_at: float
+    via: str  # who filed it: "radius" (the user at the prompt), "cli" (an operator)...
+    status: ResetStatus
+    decided_at: float | None
+
+
+@dataclass(frozen=True)
+class LockState:
+    failures: int  # consecutive failures counted towards the lockout
+    locked_until: float | None  # None unless a lockout is in force at `now`
+    locked: bool
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """What `users show` prints; secrets are never part of it."""
+
+    name: str
+    method: Method | None
+    configure_later: bool
+    enrolled: frozenset[Method]  # methods with stored enrolment data ("totp": a secret)
+    totp_last_step: int | None
+    backup_codes_remaining: int
+    failures: int
+    locked_until: float | None
+    last_reset: ResetRequest | None  # the most recent request, whatever its status
+    created_at: float
+    updated_at: float
+
+
+class UserRepository(Protocol):
+    """The contract of a durable user store. Every write is atomic and durable."""
+
+    def get_user(self, user: str) -> UserRecord | None: ...
+    def list_users(self) -> list[str]: ...
+    def delete_user(self, user: str) -> bool: ...
+    def set_method(
+        self, user: str, method: Method | None, now: float, *, configure_later: bool = False
+    ) -> None: ...
+    def clear_mfa(self, user: str, now: float) -> bool: ...
+    def set_totp_secret(self, user: str, secret: str, now: float) -> None: ...
+    def get_totp_secret(self, user: str) -> str | None: ...
+    def accept_totp_step(self, user: str, step: int) -> bool: ...
+    def accept_yubikey_counter(self, user: str, counter: int) -> bool: ...
+    def set_enrolment(
+        self, user: str, method: Method, data: Mapping[str, Any], now: float
+    ) -> None: ...
+    def get_enrolment(self, user: str, method: Method) -> dict[str, Any] | None: ...
+    def clear_enrolment(self, user: str, method: Method, now: float) -> bool: ...
+    def replace_backup_codes(self, user: str, codes: Sequence[str], now: float) -> None: ...
+    def consume_backup_code(self, user: str, code: str, now: float) -> bool: ...
+    def request_reset(self, user: str, via: str, now: float) -> bool: ...
+    def approve_reset(self, user: str, now: float) -> bool: ...
+    def clear_reset(self, user: str, now: float) -> bool: ...
+    def list_resets(self, status: ResetStatus | None = "pending") -> list[ResetRequest]: ...
+    def lock_state(self, user: str, now: float) -> LockState: ...
+    def record_failure(
+        self, user: str, now: float, max_failures: int, lockout_seconds: float
+    ) -> LockState: ...
+    def reset_failures(self, user: str) -> None: ...
+    def close(self) -> None: ...
