@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import json
 import math
-import select
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar, cast
@@ -50,13 +48,14 @@ import structlog
 from psycopg import errors as pg_errors
 from psycopg.abc import Params
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 
 from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.backup_codes import BackupCodeHasher
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
 from mfaproxy.store.crypto import SecretBox
+from mfaproxy.store.pg_connections import PgConnections
+from mfaproxy.store.pg_schema import MIGRATIONS
 from mfaproxy.store.records import (
     METHODS,
     LockState,
@@ -65,6 +64,7 @@ from mfaproxy.store.records import (
     ResetStatus,
     StoreError,
     UserRecord,
+    lock_view,
     normalise_user,
 )
 
@@ -78,46 +78,6 @@ SERVICE = "postgres"
 MIGRATION_LOCK = int.from_bytes(b"mfaproxy", "big")
 _ROLLBACK_RETRIES = 3
 
-_METHOD_CHECK = "(" + ", ".join(f"'{m}'" for m in METHODS) + ")"
-
-# Ordered: version N is MIGRATIONS[N - 1]. Append, never edit a shipped entry.
-MIGRATIONS: tuple[str, ...] = (
-    f"""
-    CREATE TABLE users (
-        name TEXT PRIMARY KEY,
-        method TEXT CHECK (method IS NULL OR method IN {_METHOD_CHECK}),
-        configure_later BOOLEAN NOT NULL DEFAULT FALSE,
-        totp_secret BYTEA, totp_last_step BIGINT,
-        failures INTEGER NOT NULL DEFAULT 0, locked_until DOUBLE PRECISION,
-        created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL);
-    CREATE TABLE enrolments (
-        user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-        method TEXT NOT NULL CHECK (method IN {_METHOD_CHECK}),
-        data BYTEA NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (user_name, method));
-    CREATE TABLE backup_codes (
-        user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-        code_hash BYTEA NOT NULL, created_at DOUBLE PRECISION NOT NULL,
-        used_at DOUBLE PRECISION,
-        PRIMARY KEY (user_name, code_hash));
-    CREATE TABLE reset_requests (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-        requested_at DOUBLE PRECISION NOT NULL, via TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'cleared')),
-        decided_at DOUBLE PRECISION);
-    CREATE INDEX reset_requests_by_user ON reset_requests (user_name, id);
-    -- At most one pending request per user: asking twice must not mail twice.
-    CREATE UNIQUE INDEX reset_one_pending ON reset_requests (user_name)
-        WHERE status = 'pending';
-    """,
-    # 2: the last Yubico OTP counter accepted by local validation (session << 8 | use).
-    "ALTER TABLE users ADD COLUMN yubikey_counter BIGINT;",
-)
-
-# Creates the user's row if missing and row-locks it either way (ON CONFLICT DO UPDATE
-# locks the conflicting row even when its WHERE rejects the update): the first step of
-# every multi-statement write, so they all take their locks in the same order.
 _LOCK_USER = (
     "INSERT INTO users (name, created_at, updated_at) VALUES (%s, %s, %s)"
     " ON CONFLICT (name) DO UPDATE SET name = excluded.name WHERE false"
@@ -139,81 +99,6 @@ class UserStoreUnavailable(UpstreamError):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-
-
-def _lock_view(failures: int, locked_until: float | None, now: float) -> LockState:
-    if locked_until is not None and now >= locked_until:
-        return LockState(0, None, False)  # an expired lockout starts a fresh count
-    return LockState(failures, locked_until, locked_until is not None)
-
-
-class _Connections:
-    """Idle connections kept for reuse, each checked before it is handed out again.
-
-    Not psycopg_pool: its health check sleeps with exponential backoff (1 s, 2 s, 4 s...)
-    for each stale connection it meets after a server restart, and it reconnects in the
-    background with backoff too, so requests would fail or wait for seconds after the
-    database is back. Here a failed connect is reported at once, and a stale connection
-    is dropped and replaced at once.
-    """
-
-    def __init__(self, conninfo: str, statement_timeout_ms: int, max_idle: int) -> None:
-        self._conninfo = conninfo
-        self._statement_timeout = str(statement_timeout_ms)
-        self._max_idle = max_idle
-        self._idle: list[Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def take(self) -> Connection:
-        while True:
-            with self._lock:
-                if self._closed:
-                    raise StoreError("user store is closed")
-                conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                return self._connect()
-            if self._usable(conn):
-                return conn
-            conn.close()
-
-    def give(self, conn: Connection, *, reusable: bool = True) -> None:
-        if reusable and self._usable(conn, poll=False):
-            with self._lock:
-                if not self._closed and len(self._idle) < self._max_idle:
-                    self._idle.append(conn)
-                    return
-        conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-    def _connect(self) -> Connection:
-        conn = psycopg.connect(self._conninfo, autocommit=True)
-        try:
-            conn.execute(
-                "SELECT set_config('statement_timeout', %s, false)", (self._statement_timeout,)
-            )
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    @staticmethod
-    def _usable(conn: Connection, *, poll: bool = True) -> bool:
-        if conn.closed or conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
-            return False
-        if not poll:
-            return True
-        # An idle connection has nothing to read unless the server has closed it or sent
-        # the termination notice of a shutdown: readable means stale.
-        poller = select.poll()
-        poller.register(conn.fileno(), select.POLLIN)
-        return not poller.poll(0)
 
 
 class PostgresUserStore:
@@ -254,7 +139,7 @@ class PostgresUserStore:
         }
         settings.update(params)
         settings["connect_timeout"] = max(2, math.ceil(connect_timeout))
-        self._connections = _Connections(
+        self._connections = PgConnections(
             make_conninfo("", **settings), math.ceil(statement_timeout * 1000), max_idle
         )
         self._up: bool | None = None
@@ -633,7 +518,7 @@ class PostgresUserStore:
         row = self._one(
             "SELECT failures, locked_until FROM users WHERE name = %s", (normalise_user(user),)
         )
-        return LockState(0, None, False) if row is None else _lock_view(row[0], row[1], now)
+        return LockState(0, None, False) if row is None else lock_view(row[0], row[1], now)
 
     def record_failure(
         self, user: str, now: float, max_failures: int, lockout_seconds: float
@@ -664,7 +549,7 @@ class PostgresUserStore:
             },
         )
         assert row is not None  # an upsert with RETURNING returns its row
-        return _lock_view(row[0], row[1], now)
+        return lock_view(row[0], row[1], now)
 
     def reset_failures(self, user: str) -> None:
         """Forget failures and any lockout (after a success, or by an operator)."""

@@ -91,3 +91,10 @@ class UserRepository(Protocol):
     ) -> LockState: ...
     def reset_failures(self, user: str) -> None: ...
     def close(self) -> None: ...
+
+
+def lock_view(failures: int, locked_until: float | None, now: float) -> LockState:
+    """The lockout as seen at `now`: an expired lockout starts a fresh count."""
+    if locked_until is not None and now >= locked_until:
+        return LockState(0, None, False)
+    return LockState(failures, locked_until, locked_until is not None)

@@ -40,6 +40,7 @@ from mfaproxy.store.records import (
     ResetStatus,
     StoreError,
     UserRecord,
+    lock_view,
     normalise_user,
 )
 
@@ -87,12 +88,6 @@ def _statements(script: str) -> Iterator[str]:
             if buffer.strip(" \n;"):
                 yield buffer.strip()
             buffer = ""
-
-
-def _lock_view(failures: int, locked_until: float | None, now: float) -> LockState:
-    if locked_until is not None and now >= locked_until:
-        return LockState(0, None, False)  # an expired lockout starts a fresh count
-    return LockState(failures, locked_until, locked_until is not None)
 
 
 class UserStore:
@@ -472,7 +467,7 @@ class UserStore:
             )
             .fetchone()
         )
-        return LockState(0, None, False) if row is None else _lock_view(row[0], row[1], now)
+        return LockState(0, None, False) if row is None else lock_view(row[0], row[1], now)
 
     def record_failure(
         self, user: str, now: float, max_failures: int, lockout_seconds: float
@@ -491,7 +486,7 @@ class UserStore:
             failures, locked_until = conn.execute(
                 "SELECT failures, locked_until FROM users WHERE name = ?", (name,)
             ).fetchone()
-            state = _lock_view(failures, locked_until, now)
+            state = lock_view(failures, locked_until, now)
             failures, locked_until = state.failures + 1, state.locked_until
             if locked_until is None and failures >= max_failures and lockout_seconds > 0:
                 locked_until = now + lockout_seconds
@@ -499,7 +494,7 @@ class UserStore:
                 "UPDATE users SET failures = ?, locked_until = ? WHERE name = ?",
                 (failures, locked_until, name),
             )
-        return _lock_view(failures, locked_until, now)
+        return lock_view(failures, locked_until, now)
 
     def reset_failures(self, user: str) -> None:
         """Forget failures and any lockout (after a success, or by an operator)."""

@@ -1,0 +1,47 @@
+"""The PostgreSQL user store's schema, as ordered migrations (version N is
+MIGRATIONS[N - 1], matching the SQLite store's version N)."""
+
+from __future__ import annotations
+
+from mfaproxy.store.records import METHODS
+
+_METHOD_CHECK = "(" + ", ".join(f"'{m}'" for m in METHODS) + ")"
+
+# Ordered: version N is MIGRATIONS[N - 1]. Append, never edit a shipped entry.
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        method TEXT CHECK (method IS NULL OR method IN {_METHOD_CHECK}),
+        configure_later BOOLEAN NOT NULL DEFAULT FALSE,
+        totp_secret BYTEA, totp_last_step BIGINT,
+        failures INTEGER NOT NULL DEFAULT 0, locked_until DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE enrolments (
+        user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        method TEXT NOT NULL CHECK (method IN {_METHOD_CHECK}),
+        data BYTEA NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (user_name, method));
+    CREATE TABLE backup_codes (
+        user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        code_hash BYTEA NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+        used_at DOUBLE PRECISION,
+        PRIMARY KEY (user_name, code_hash));
+    CREATE TABLE reset_requests (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        requested_at DOUBLE PRECISION NOT NULL, via TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'cleared')),
+        decided_at DOUBLE PRECISION);
+    CREATE INDEX reset_requests_by_user ON reset_requests (user_name, id);
+    -- At most one pending request per user: asking twice must not mail twice.
+    CREATE UNIQUE INDEX reset_one_pending ON reset_requests (user_name)
+        WHERE status = 'pending';
+    """,
+    # 2: the last Yubico OTP counter accepted by local validation (session << 8 | use).
+    "ALTER TABLE users ADD COLUMN yubikey_counter BIGINT;",
+)
+
+# Creates the user's row if missing and row-locks it either way (ON CONFLICT DO UPDATE
+# locks the conflicting row even when its WHERE rejects the update): the first step of
+# every multi-statement write, so they all take their locks in the same order.
