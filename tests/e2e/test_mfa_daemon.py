@@ -3,6 +3,7 @@ challenges, and a real SMTP server for reset notices."""
 
 from __future__ import annotations
 
+import signal
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,7 +122,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         daemon = Daemon(tmp, config(tmp, smtp.port))
         store = open_user_store(load_config(daemon.config_path))
         secrets: dict[str, str] = {}
-        for user in ("alice", "bob", "carol", "erin", "frank", "grace", "mallory"):
+        for user in ("alice", "bob", "carol", "erin", "frank", "grace", "ivan", "mallory"):
             secrets[user] = pyotp.random_base32()
             store.set_totp_secret(user, secrets[user], 0)
             store.set_method(user, "totp", 0)
@@ -285,3 +286,15 @@ def login_answer(nas: UdpNas, previous: Any, user: str, answer: str) -> Any:
     request = access_request(SECRET, user, answer)
     request.AddAttribute("State", previous.state)
     return exchange(nas, SECRET, request)
+
+
+def test_a_challenge_survives_a_reload(setup: Setup, nas: UdpNas) -> None:
+    first = login(nas, SECRET, "ivan", password("ivan"))
+    assert first.challenged
+    reloads = sum(1 for e in setup.daemon.events if e.get("event") == "reloaded")
+    assert setup.daemon.proc is not None
+    setup.daemon.proc.send_signal(signal.SIGHUP)
+    setup.daemon.wait_for(
+        lambda _: sum(1 for e in setup.daemon.events if e.get("event") == "reloaded") > reloads
+    )
+    assert login_answer(nas, first, "ivan", code(setup, "ivan")).accepted
