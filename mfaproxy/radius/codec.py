@@ -57,7 +57,8 @@ ATTR_EAP_MESSAGE = 79
 ATTR_MESSAGE_AUTHENTICATOR = 80
 ATTR_NAS_IPV6_ADDRESS = 95
 
-DICTIONARY_DIR = Path(__file__).resolve().parent.parent.parent / "dictionaries"
+# Shipped inside the package (dictionaries/ at the top of the repository links here).
+DICTIONARY_DIR = Path(__file__).resolve().parent.parent / "dictionaries"
 
 
 def load_dictionary(extra: list[Path] | None = None) -> Dictionary:
