@@ -9,12 +9,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyotp
 import pytest
 import yaml
 
+from mfaproxy.config import load_config
 from mfaproxy.directory.local import hash_password
+from mfaproxy.factors.backup_codes import generate_codes
+from mfaproxy.store.factory import open_user_store
 from tests.support.daemon import REPO, Daemon
-from tests.support.nas import UdpNas, access_request
+from tests.support.nas import UdpNas, access_request, exchange, login
 from tests.support.radclient import radclient
 
 pytestmark = pytest.mark.e2e
@@ -23,7 +27,9 @@ SECRET = "sharedsecret-" + secrets.token_hex(8)
 WRONG_SECRET = "wrongsecret-" + secrets.token_hex(8)
 PASSWORD = "goodpassword-" + secrets.token_hex(8)
 WRONG_PASSWORD = "badpassword-" + secrets.token_hex(8)
-SENSITIVE = [SECRET, WRONG_SECRET, PASSWORD, WRONG_PASSWORD]
+TOTP_SECRET = pyotp.random_base32()
+BACKUP_CODES = generate_codes(2)
+SENSITIVE = [SECRET, WRONG_SECRET, PASSWORD, WRONG_PASSWORD, TOTP_SECRET, *BACKUP_CODES]
 
 
 def forbidden_forms(value: str) -> list[str]:
@@ -42,14 +48,39 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     tmp = tmp_path_factory.mktemp("secrets")
     users = tmp / "users.yaml"
     users.write_text(
-        yaml.safe_dump({"users": {"carol": {"password_hash": hash_password(PASSWORD)}}})
+        yaml.safe_dump(
+            {
+                "users": {
+                    "carol": {"password_hash": hash_password(PASSWORD)},
+                    "mfa-user": {"password_hash": hash_password(PASSWORD), "groups": ["mfa"]},
+                }
+            }
+        )
     )
     config = {
         "clients": [{"name": "nas", "address": ["127.0.0.1"], "secret": SECRET}],
         "directory": {"backend": "local", "local": {"users_file": str(users)}},
-        "access_policies": {"mfa": {"default_action": "mfa_skipped"}},
+        "access_policies": {
+            "mfa": {
+                "default_action": "mfa_skipped",
+                "policies": [
+                    {
+                        "name": "mfa-group",
+                        "rules": [{"type": "user_groups", "groups": ["mfa"]}],
+                        "action_when_matched": "mfa_required",
+                    }
+                ],
+            }
+        },
+        "multifactor": {"enabled": ["totp"], "alternate": ["backup_codes"]},
     }
-    with Daemon(tmp, config) as running:
+    running = Daemon(tmp, config)
+    store = open_user_store(load_config(running.config_path))
+    store.set_totp_secret("mfa-user", TOTP_SECRET, 0)
+    store.set_method("mfa-user", "totp", 0)
+    store.replace_backup_codes("mfa-user", BACKUP_CODES, 0)
+    store.close()
+    with running:
         yield running
 
 
@@ -122,3 +153,33 @@ def test_config_errors_do_not_echo_secrets(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "clients.0.unknown" in proc.stderr
     assert_clean(proc.stdout + proc.stderr)
+
+
+def test_second_factor_paths_log_no_code_state_or_key(daemon: Daemon) -> None:
+    nas = UdpNas(daemon.port)
+    states: list[bytes] = []
+    try:
+        first = login(nas, SECRET, "mfa-user", PASSWORD)
+        assert first.challenged and first.state is not None
+        states.append(first.state)
+        wrong = login(nas, SECRET, "mfa-user", PASSWORD, "backup")
+        assert wrong.challenged and wrong.state is not None
+        states.append(wrong.state)
+        # a backup code that is wrong, then a right one, then the right one again
+        bad = access_request(SECRET, "mfa-user", "zzzz-zzzz-zzzz-zzzz")
+        bad.AddAttribute("State", wrong.state)
+        retry = exchange(nas, SECRET, bad)
+        assert retry.state is not None
+        states.append(retry.state)
+        assert login(nas, SECRET, "mfa-user", PASSWORD, BACKUP_CODES[0]).accepted
+        assert not login(nas, SECRET, "mfa-user", PASSWORD, BACKUP_CODES[0]).accepted
+        assert login(nas, SECRET, "mfa-user", PASSWORD, pyotp.TOTP(TOTP_SECRET).now()).accepted
+        end = access_request(SECRET, "carol", PASSWORD, NAS_Identifier="end-mfa")
+        assert exchange(nas, SECRET, end).accepted
+    finally:
+        nas.close()
+    daemon.wait_for(lambda e: e.get("nas_identifier") == "end-mfa")
+    output = daemon.output
+    assert_clean(output)
+    for state in states:
+        assert state.hex() not in output
