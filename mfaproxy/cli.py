@@ -16,7 +16,7 @@ from pathlib import Path
 from mfaproxy import __version__, cli_policy, cli_radtest, cli_users
 from mfaproxy.checks import check
 from mfaproxy.config import DEFAULT_CONFIG_PATH, Config, load_config
-from mfaproxy.errors import ConfigError
+from mfaproxy.errors import ConfigError, UpstreamError
 from mfaproxy.observability.logging import apply_log_config
 from mfaproxy.radius.codec import load_dictionary
 
@@ -50,7 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runner = asyncio.run
     try:
         return runner(main_coro)
-    except OSError as exc:
+    except (OSError, UpstreamError) as exc:
+        # A port in use, or a store that does not answer at start (systemd restarts us).
         print(f"mfaproxy: cannot start: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
 
