@@ -56,13 +56,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from pyrad import packet as radpacket
 from pyrad.dictionary import Dictionary
 
 from tests.support.ports import free_udp_port
+from tests.support.process import ManagedServer
 
 FREERADIUS = "/usr/sbin/freeradius"
 DICTDIR = Path("/usr/share/freeradius")
@@ -265,7 +265,7 @@ def status_server_answered(host: str, port: int, secret: str, wait: float) -> bo
     return bool(request.VerifyReply(reply, data))
 
 
-class FreeRadiusServer:
+class FreeRadiusServer(ManagedServer):
     """A FreeRADIUS process on loopback; see the module docstring."""
 
     def __init__(
@@ -297,18 +297,6 @@ class FreeRadiusServer:
     @property
     def address(self) -> tuple[str, int]:
         return (self.host, self.port)
-
-    def __enter__(self) -> FreeRadiusServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         self._root = Path(tempfile.mkdtemp(prefix="mfaproxy-freeradius-"))

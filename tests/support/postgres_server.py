@@ -47,13 +47,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 import psycopg
 from psycopg.rows import TupleRow
 
 from tests.support.ports import free_port
+from tests.support.process import ManagedServer
 
 POSTGRES_ROOT = Path("/usr/lib/postgresql")
 HOST = "127.0.0.1"
@@ -123,7 +123,7 @@ def _reachable_by_others(directory: Path) -> bool:
     return all(part.stat().st_mode & stat.S_IXOTH for part in (path, *path.parents))
 
 
-class PostgresServer:
+class PostgresServer(ManagedServer):
     """A postgres subprocess; a context manager that starts it and always cleans up."""
 
     def __init__(self) -> None:
@@ -141,22 +141,6 @@ class PostgresServer:
         self.port = free_port()
         self.dsn = f"postgresql://{SUPERUSER}@{HOST}:{self.port}/postgres"
         self._process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> PostgresServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def running(self) -> bool:

@@ -39,11 +39,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
 from tests.support.ports import free_port
+from tests.support.process import ManagedServer
 from tests.support.slapd import CertificateAuthority
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
@@ -53,7 +53,7 @@ STOP_TIMEOUT = 10.0
 POLL_INTERVAL = 0.01
 
 
-class _Process:
+class _Process(ManagedServer):
     """One redis-server child process in its own temporary directory."""
 
     name = "redis"
@@ -110,22 +110,6 @@ class _Process:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> _Process:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _answers(client: redis.Redis, check: Callable[[redis.Redis], object]) -> bool:
@@ -211,10 +195,6 @@ class RedisServer(_Process):
         self.stop()
         self.start()
 
-    def __enter__(self) -> RedisServer:
-        super().__enter__()
-        return self
-
 
 class RedisSentinel(_Process):
     name = "sentinel"
@@ -249,7 +229,3 @@ class RedisSentinel(_Process):
             host=HOST, port=self.port, socket_timeout=2.0, socket_connect_timeout=2.0
         )
         return _answers(client, lambda c: c.sentinel_get_master_addr_by_name(self.service_name))
-
-    def __enter__(self) -> RedisSentinel:
-        super().__enter__()
-        return self

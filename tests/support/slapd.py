@@ -42,7 +42,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
-from types import TracebackType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -52,6 +51,7 @@ from ldap3 import Connection, Server
 from ldap3.core.exceptions import LDAPException
 
 from tests.support.ports import free_port
+from tests.support.process import ManagedServer
 
 SLAPD = Path("/usr/sbin/slapd")
 LDAPADD = "ldapadd"
@@ -280,7 +280,7 @@ def build_ldif() -> str:
 # --------------------------------------------------------------------------- the server
 
 
-class SlapdServer:
+class SlapdServer(ManagedServer):
     """A slapd subprocess; a context manager that starts it and always stops it."""
 
     base_dn = BASE_DN
@@ -300,22 +300,6 @@ class SlapdServer:
         self.ca_file = self.root / "ca.pem"
         self.log_file = self.root / "slapd.log"
         self._process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> SlapdServer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         if not SLAPD.exists() or shutil.which(LDAPADD) is None:
