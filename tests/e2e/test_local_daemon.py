@@ -16,6 +16,7 @@ from pyrad import packet as pyrad_packet
 
 from tests.support.daemon import REPO, Daemon
 from tests.support.nas import DICTIONARY, Reply, UdpNas, access_request, exchange, login
+from tests.support.ports import free_udp_port
 from tests.support.radclient import radclient
 
 pytestmark = pytest.mark.e2e
@@ -243,3 +244,17 @@ def login_answer(nas: UdpNas, previous: Reply, user: str, answer: str) -> Reply:
     assert previous.state is not None
     request.AddAttribute("State", previous.state)
     return exchange(nas, SECRET, request)
+
+
+def test_ipv4_and_ipv6_listeners_at_once(tmp_path: Path) -> None:
+    config = example_config(tmp_path)
+    v6_port = free_udp_port("::1")
+    v4_port = free_udp_port()
+    config["server"]["listen"] = [f"127.0.0.1:{v4_port}", f"[::1]:{v6_port}"]
+    with Daemon(tmp_path, config) as running:
+        ma = {"Message-Authenticator": "0x00"}
+        creds = {"User-Name": "alice", "User-Password": "demo-password", **ma}
+        assert radclient(v4_port, SECRET, creds).code == "Access-Accept"
+        v6 = radclient(v6_port, SECRET, creds, host="[::1]")
+        assert v6.code == "Access-Accept", v6.output
+        running.wait_audit(user="alice", nas_address="::1")
