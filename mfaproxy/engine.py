@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from mfaproxy.config import ClientConfig, Config
+from mfaproxy.core import replies
 from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.core.flow import split_append
 from mfaproxy.core.policy import (
@@ -25,7 +26,6 @@ from mfaproxy.core.policy import (
     evaluate,
     parse_ip,
 )
-from mfaproxy.core.replies import accept_attributes
 from mfaproxy.directory.base import PasswordChecker, PrimaryOutcome, PrimaryResult
 from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.base import Factor, FactorServices, FactorUser
@@ -84,13 +84,7 @@ class Engine:
         log.error("store_unavailable", error=str(exc), failmode=mode)
         if mode == "safe" and ctx.admitted is not None:
             metrics.STORE_FAILMODE.labels(action="accepted").inc()
-            attributes = tuple(accept_attributes(self.config.replies, ctx.admitted))
-            return Answer(
-                Outcome.ACCEPT,
-                "store_failmode_safe",
-                self.config.replies.accept_message,
-                attributes,
-            )
+            return replies.accept(self.config.replies, ctx.admitted, "store_failmode_safe")
         metrics.STORE_FAILMODE.labels(action="rejected").inc()
         return self._reject("store_unavailable", MSG_UNAVAILABLE)
 
@@ -100,9 +94,7 @@ class Engine:
             await factor.close()
 
     def _reject(self, reason: str, message: str | None = None) -> Answer:
-        return Answer(
-            Outcome.REJECT, reason, reply_message=message or self.config.replies.reject_message
-        )
+        return replies.reject(self.config.replies, reason, message)
 
     async def _decide(self, ctx: RequestContext, request: RadiusRequest, now: float) -> Answer:
         if request.code == STATUS_SERVER:

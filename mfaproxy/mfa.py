@@ -17,9 +17,8 @@ from typing import Any
 import structlog
 
 from mfaproxy.config import Config
-from mfaproxy.core import flow
+from mfaproxy.core import flow, replies
 from mfaproxy.core.answer import Answer, Outcome
-from mfaproxy.core.replies import accept_attributes
 from mfaproxy.directory.base import PrimaryResult
 from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.base import (
@@ -79,11 +78,10 @@ class MfaFlow:
         return await self.services.users.run(lambda s: s.get_user(name))
 
     def _accept(self, login: Login, reason: str) -> Answer:
-        attributes = tuple(accept_attributes(self.config.replies, login.primary))
-        return Answer(Outcome.ACCEPT, reason, self.config.replies.accept_message, attributes)
+        return replies.accept(self.config.replies, login.primary, reason)
 
     def _reject(self, reason: str, message: str | None = None) -> Answer:
-        return Answer(Outcome.REJECT, reason, message or self.config.replies.reject_message)
+        return replies.reject(self.config.replies, reason, message)
 
     async def _challenge(self, login: Login, session: Session, prompt: str, reason: str) -> Answer:
         state = secrets.token_bytes(STATE_BYTES)

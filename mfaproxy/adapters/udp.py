@@ -216,10 +216,8 @@ class Dispatcher:
             log.warning("duplicate_table_unavailable")
 
     @staticmethod
-    def _encode(request: RadiusRequest, answer: Answer) -> bytes | None:
-        code = REPLY_CODES.get(answer.outcome)
-        if code is None:
-            return None
+    def _encode(request: RadiusRequest, answer: Answer) -> bytes:
+        code = REPLY_CODES[answer.outcome]
         return encode_reply(
             request, code, list(answer.attributes), answer.reply_message, answer.state
         )

@@ -11,9 +11,6 @@ class Outcome(enum.Enum):
     ACCEPT = "accept"
     REJECT = "reject"
     CHALLENGE = "challenge"
-    # Say nothing: the NAS will retransmit or time out (used while a push is pending
-    # is NOT this; this is for requests we must not answer at all).
-    DROP = "drop"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mfaproxy.config import AttributeValue, RepliesConfig
+from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.directory.base import PrimaryResult
 
 
@@ -30,3 +31,14 @@ def accept_attributes(config: RepliesConfig, primary: PrimaryResult) -> list[tup
             out.extend(_expand(mapping.attributes))
     out.extend((attr.name, attr.value) for attr in primary.reply_attributes)
     return out
+
+
+def accept(config: RepliesConfig, primary: PrimaryResult, reason: str) -> Answer:
+    """The Access-Accept for a user whose checks passed, with their reply attributes."""
+    attributes = tuple(accept_attributes(config, primary))
+    return Answer(Outcome.ACCEPT, reason, config.accept_message, attributes)
+
+
+def reject(config: RepliesConfig, reason: str, message: str | None = None) -> Answer:
+    """An Access-Reject; `message` (shown to the user) defaults to the configured one."""
+    return Answer(Outcome.REJECT, reason, message or config.reject_message)

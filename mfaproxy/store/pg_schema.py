@@ -3,23 +3,21 @@ MIGRATIONS[N - 1], matching the SQLite store's version N)."""
 
 from __future__ import annotations
 
-from mfaproxy.store.records import METHODS
-
-_METHOD_CHECK = "(" + ", ".join(f"'{m}'" for m in METHODS) + ")"
+from mfaproxy.store.records import METHODS_SQL
 
 # Ordered: version N is MIGRATIONS[N - 1]. Append, never edit a shipped entry.
 MIGRATIONS: tuple[str, ...] = (
     f"""
     CREATE TABLE users (
         name TEXT PRIMARY KEY,
-        method TEXT CHECK (method IS NULL OR method IN {_METHOD_CHECK}),
+        method TEXT CHECK (method IS NULL OR method IN {METHODS_SQL}),
         configure_later BOOLEAN NOT NULL DEFAULT FALSE,
         totp_secret BYTEA, totp_last_step BIGINT,
         failures INTEGER NOT NULL DEFAULT 0, locked_until DOUBLE PRECISION,
         created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL);
     CREATE TABLE enrolments (
         user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-        method TEXT NOT NULL CHECK (method IN {_METHOD_CHECK}),
+        method TEXT NOT NULL CHECK (method IN {METHODS_SQL}),
         data BYTEA NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (user_name, method));
     CREATE TABLE backup_codes (

@@ -11,6 +11,8 @@ from mfaproxy.errors import MfaproxyError
 
 Method = Literal["totp", "yubikey", "email", "sms", "duo", "radius"]
 METHODS: tuple[Method, ...] = get_args(Method)
+# The methods as an SQL list, for the CHECK constraints of both stores' schemas.
+METHODS_SQL = "(" + ", ".join(f"'{m}'" for m in METHODS) + ")"
 ResetStatus = Literal["pending", "approved", "cleared"]
 
 

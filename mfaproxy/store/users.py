@@ -34,6 +34,7 @@ from mfaproxy.factors.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
 from mfaproxy.store.records import (
     METHODS,
+    METHODS_SQL,
     LockState,
     Method,
     ResetRequest,
@@ -44,21 +45,19 @@ from mfaproxy.store.records import (
     normalise_user,
 )
 
-_METHOD_CHECK = "(" + ", ".join(f"'{m}'" for m in METHODS) + ")"
-
 # Ordered: version N is MIGRATIONS[N - 1]. Append, never edit a shipped entry.
 MIGRATIONS: tuple[str, ...] = (
     f"""
     CREATE TABLE users (
         name TEXT PRIMARY KEY,
-        method TEXT CHECK (method IS NULL OR method IN {_METHOD_CHECK}),
+        method TEXT CHECK (method IS NULL OR method IN {METHODS_SQL}),
         configure_later INTEGER NOT NULL DEFAULT 0,
         totp_secret BLOB, totp_last_step INTEGER,
         failures INTEGER NOT NULL DEFAULT 0, locked_until REAL,
         created_at REAL NOT NULL, updated_at REAL NOT NULL);
     CREATE TABLE enrolments (
         user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-        method TEXT NOT NULL CHECK (method IN {_METHOD_CHECK}),
+        method TEXT NOT NULL CHECK (method IN {METHODS_SQL}),
         data BLOB NOT NULL, updated_at REAL NOT NULL,
         PRIMARY KEY (user, method));
     CREATE TABLE backup_codes (
