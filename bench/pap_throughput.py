@@ -142,7 +142,7 @@ def child_pid(command: str) -> int | None:
 
 
 class Mfaproxy:
-    """The real daemon, `python -m mfaproxy.cli serve`, with logs at warning and above.
+    """The real daemon, `python -m mfaproxy serve`, with logs at warning and above.
 
     tests.support.daemon waits for the `listening` event, which is logged at info; here
     readiness is a verified Status-Server reply instead, so logging stays quiet."""
@@ -177,7 +177,7 @@ class Mfaproxy:
         return (HOST, self.port)
 
     def start(self, timeout: float = 30.0) -> None:
-        argv = [sys.executable, "-m", "mfaproxy.cli", "serve", "--config", str(self.config_path)]
+        argv = [sys.executable, "-m", "mfaproxy", "serve", "--config", str(self.config_path)]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mfaproxy.checks import semantic_problems
-from mfaproxy.config import load_config, parse_config
+from mfaproxy.config.schema import load_config, parse_config
+from mfaproxy.config.validate import semantic_problems
 from mfaproxy.errors import ConfigError
 from mfaproxy.radius.codec import load_dictionary
 from tests.support.daemon import REPO
@@ -137,7 +137,7 @@ def test_every_shipped_config_loads(path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mfaproxy.cli", *args],
+        [sys.executable, "-m", "mfaproxy", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -163,7 +163,7 @@ def test_hash_password_reads_stdin_and_verifies() -> None:
     from argon2 import PasswordHasher
 
     proc = subprocess.run(
-        [sys.executable, "-m", "mfaproxy.cli", "users", "hash-password"],
+        [sys.executable, "-m", "mfaproxy", "users", "hash-password"],
         input="hunter2\n",
         capture_output=True,
         text=True,

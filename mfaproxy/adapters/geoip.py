@@ -16,9 +16,9 @@ from typing import Any
 
 import maxminddb
 
+from mfaproxy.config.policies import AccessPoliciesConfig
 from mfaproxy.core.policy import CountryLookupError, IPAddress
 from mfaproxy.errors import ConfigError, MfaproxyError
-from mfaproxy.policy_config import AccessPoliciesConfig
 
 # `country` is where MaxMind places the user; some networks (anonymisers, satellite,
 # anycast) only carry `registered_country`, the country the block is registered in.

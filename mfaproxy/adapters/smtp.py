@@ -9,8 +9,8 @@ from email.message import EmailMessage
 import aiosmtplib
 import structlog
 
+from mfaproxy.config.multifactor import SmtpConfig
 from mfaproxy.errors import UpstreamUnavailable
-from mfaproxy.mfa_config import SmtpConfig
 from mfaproxy.observability import metrics
 
 log = structlog.get_logger(__name__)

@@ -19,9 +19,8 @@ from typing import Any, cast
 import structlog
 from pyrad.dictionary import Dictionary
 
-from mfaproxy.adapters.duplicates import Duplicates
+from mfaproxy.auth.engine import Engine, RequestContext
 from mfaproxy.core.answer import Answer, Outcome
-from mfaproxy.engine import Engine, RequestContext
 from mfaproxy.errors import PeerError, UpstreamError
 from mfaproxy.observability import metrics
 from mfaproxy.radius.clients import ClientTable
@@ -34,7 +33,8 @@ from mfaproxy.radius.codec import (
     decode_request,
     encode_reply,
 )
-from mfaproxy.radius.dedup import Lookup, RequestKey, Seen
+from mfaproxy.radius.duplicates import Lookup, RequestKey, Seen
+from mfaproxy.store.duplicates import Duplicates
 
 log = structlog.get_logger(__name__)
 

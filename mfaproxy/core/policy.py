@@ -34,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mfaproxy.policy_config import (
+from mfaproxy.config.policies import (
     DAYS,
     Action,
     AdministratorRule,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from mfaproxy.config.policies import AccessPoliciesConfig
 from mfaproxy.core.policy import (
     Decision,
     PolicyContext,
@@ -14,7 +15,6 @@ from mfaproxy.core.policy import (
     early_login_denial,
     evaluate,
 )
-from mfaproxy.policy_config import AccessPoliciesConfig
 
 _RESULT_LABEL = {Tri.MATCH: "match", Tri.NO_MATCH: "no match", Tri.UNKNOWN: "unknown"}
 _OUTCOME_LABEL = {Tri.MATCH: "matched", Tri.NO_MATCH: "not matched", Tri.UNKNOWN: "unknown"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mfaproxy.config import AttributeValue, RepliesConfig
+from mfaproxy.config.schema import AttributeValue, RepliesConfig
 from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.directory.base import PrimaryResult
 

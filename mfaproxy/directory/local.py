@@ -17,8 +17,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from pydantic import Field, ValidationError, field_validator
 
-from mfaproxy.config import validation_problems, yaml_line_map
-from mfaproxy.config_base import Strict
+from mfaproxy.config.base import Strict
+from mfaproxy.config.schema import validation_problems, yaml_line_map
 from mfaproxy.directory.base import PrimaryOutcome, PrimaryResult
 from mfaproxy.errors import ConfigError
 

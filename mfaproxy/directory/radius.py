@@ -33,7 +33,7 @@ from mfaproxy.adapters.radius_client import (
     RequestAttributes,
     observe_exchange,
 )
-from mfaproxy.config import RadiusDirectoryConfig
+from mfaproxy.config.schema import RadiusDirectoryConfig
 from mfaproxy.directory.base import PrimaryOutcome, PrimaryResult, ReplyAttribute
 from mfaproxy.errors import UpstreamUnavailable
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import structlog
 
+from mfaproxy.config.multifactor import CodeDelivery
 from mfaproxy.errors import ConfigError
 from mfaproxy.factors.base import FactorRequest, FactorResult, FactorServices, FactorUser, Verdict
-from mfaproxy.mfa_config import CodeDelivery
 from mfaproxy.store.crypto import derive_key
 from mfaproxy.store.records import Method, UserRepository
 from mfaproxy.store.state import StateStore

@@ -35,6 +35,7 @@ from typing import Any
 
 import structlog
 
+from mfaproxy.config.multifactor import DuoMethodConfig, MultifactorConfig
 from mfaproxy.factors.base import (
     Factor,
     FactorRequest,
@@ -53,7 +54,6 @@ from mfaproxy.factors.duo_api import (
     DuoTimeout,
     printable,
 )
-from mfaproxy.mfa_config import DuoMethodConfig, MultifactorConfig
 from mfaproxy.observability.metrics import SECOND_FACTOR_ATTEMPTS
 
 log = structlog.get_logger(__name__)

@@ -31,7 +31,7 @@ from typing import Any
 
 import duo_client
 
-from mfaproxy.mfa_config import DuoMethodConfig
+from mfaproxy.config.multifactor import DuoMethodConfig
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
 
 # Seconds for one preauth/auth request (socket timeout and overall bound). A push is

@@ -39,9 +39,9 @@ from mfaproxy.adapters.radius_client import (
     RequestAttributes,
     observe_exchange,
 )
+from mfaproxy.config.multifactor import MultifactorConfig, OtpRadiusServer, RadiusMethodConfig
 from mfaproxy.errors import UpstreamUnavailable
 from mfaproxy.factors.base import Factor, FactorRequest, FactorResult, FactorServices, FactorUser
-from mfaproxy.mfa_config import MultifactorConfig, OtpRadiusServer, RadiusMethodConfig
 
 log = structlog.get_logger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from mfaproxy.config.multifactor import MultifactorConfig
 from mfaproxy.factors.base import Factor, FactorServices
-from mfaproxy.mfa_config import MultifactorConfig
 
 FACTOR_MODULES: dict[str, str] = {
     "totp": "mfaproxy.factors.totp_method",

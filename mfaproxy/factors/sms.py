@@ -32,6 +32,12 @@ from twilio.base.exceptions import (  # type: ignore[import-untyped]
 from twilio.http.async_http_client import AsyncTwilioHttpClient  # type: ignore[import-untyped]
 from twilio.rest import Client  # type: ignore[import-untyped]
 
+from mfaproxy.config.multifactor import (
+    EmailGatewayConfig,
+    MultifactorConfig,
+    SmsMethodConfig,
+    TwilioConfig,
+)
 from mfaproxy.errors import ConfigError, UpstreamUnavailable
 from mfaproxy.factors.base import Factor, FactorServices, FactorUser, MailSender
 from mfaproxy.factors.delivery import (
@@ -41,7 +47,6 @@ from mfaproxy.factors.delivery import (
     mask_number,
     render,
 )
-from mfaproxy.mfa_config import EmailGatewayConfig, MultifactorConfig, SmsMethodConfig, TwilioConfig
 from mfaproxy.observability import metrics
 from mfaproxy.store.records import Method
 

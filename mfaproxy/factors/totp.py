@@ -34,7 +34,7 @@ _SECRET_BYTES = {"sha1": 20, "sha256": 32, "sha512": 64}
 class TotpSettings(BaseModel):
     """`multifactor.totp` in the configuration."""
 
-    # Same rules as mfaproxy.config.Strict, not imported from there so that the config
+    # Same rules as mfaproxy.config.schema.Strict, not imported from there so that the config
     # module can embed this model without an import cycle.
     model_config = ConfigDict(extra="forbid", frozen=True)
 

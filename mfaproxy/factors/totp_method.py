@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mfaproxy.config.multifactor import MultifactorConfig
 from mfaproxy.factors import totp
 from mfaproxy.factors.base import Factor, FactorRequest, FactorResult, FactorServices, FactorUser
-from mfaproxy.mfa_config import MultifactorConfig
 
 PROMPT = "Enter the code from your authenticator app"
 

@@ -32,6 +32,7 @@ import aiohttp
 import structlog
 from yubiotp.otp import decode_otp
 
+from mfaproxy.config.multifactor import MultifactorConfig, YubikeyMethodConfig
 from mfaproxy.errors import ConfigError, MfaproxyError, UpstreamUnavailable
 from mfaproxy.factors.base import (
     Factor,
@@ -41,7 +42,6 @@ from mfaproxy.factors.base import (
     FactorUser,
     Verdict,
 )
-from mfaproxy.mfa_config import MultifactorConfig, YubikeyMethodConfig
 from mfaproxy.observability import metrics
 from mfaproxy.store.records import UserRepository
 

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor
 
-from mfaproxy.config import LogConfig
+from mfaproxy.config.schema import LogConfig
 
 SENSITIVE_KEYS = frozenset(
     {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from mfaproxy.config import ClientConfig, IPNetwork
+from mfaproxy.config.schema import ClientConfig, IPNetwork
 
 
 def normalise_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mfaproxy.config import Config
+from mfaproxy.config.schema import Config
 from mfaproxy.store.crypto import load_or_create_key
 from mfaproxy.store.records import UserRepository
 from mfaproxy.store.state import MemoryStateStore, StateStore

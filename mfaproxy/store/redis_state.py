@@ -49,7 +49,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
-from mfaproxy.config_base import ConfigPath, Strict, take_secrets
+from mfaproxy.config.base import ConfigPath, Strict, take_secrets
 from mfaproxy.errors import UpstreamError
 from mfaproxy.observability import metrics
 from mfaproxy.store.state import JsonDict

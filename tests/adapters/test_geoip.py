@@ -12,9 +12,9 @@ import pytest
 from mmdb_writer import MMDBWriter
 
 from mfaproxy.adapters.geoip import GeoIpDatabase, GeoIpDatabaseError, GeoIpDatabases
+from mfaproxy.config.policies import AccessPoliciesConfig
 from mfaproxy.core.policy import CountryLookupError, PolicyContext, Tri, evaluate
 from mfaproxy.errors import ConfigError
-from mfaproxy.policy_config import AccessPoliciesConfig
 
 NOW = datetime(2024, 5, 3, 12, 0, tzinfo=UTC)
 

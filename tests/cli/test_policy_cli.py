@@ -9,7 +9,7 @@ import netaddr
 import pytest
 from mmdb_writer import MMDBWriter
 
-from mfaproxy.cli import main
+from mfaproxy.cli.main import main
 from mfaproxy.directory.local import hash_password
 
 CONFIG = """

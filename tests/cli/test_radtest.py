@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mfaproxy.cli_radtest import _server_address
+from mfaproxy.cli.radtest import _server_address
 from tests.support.freeradius import Challenge, FreeRadiusServer, UserSpec
 from tests.support.ports import free_udp_port
 
@@ -32,7 +32,7 @@ def radtest(
     *argv: str, stdin: str = "", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mfaproxy.cli", "radtest", *argv],
+        [sys.executable, "-m", "mfaproxy", "radtest", *argv],
         input=stdin,
         capture_output=True,
         text=True,

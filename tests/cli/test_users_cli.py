@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlparse
 import pyotp
 import pytest
 
-from mfaproxy.cli import main
-from mfaproxy.config import load_config
+from mfaproxy.cli.main import main
+from mfaproxy.config.schema import load_config
 from mfaproxy.factors import totp
 from mfaproxy.store.factory import open_user_store
 from mfaproxy.store.records import UserRepository
@@ -283,7 +283,7 @@ def test_config_before_the_reset_action_is_kept(
 def test_module_entry_point_and_hash_password(config_path: Path) -> None:
     def cli(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "mfaproxy.cli", *argv, "--config", str(config_path)],
+            [sys.executable, "-m", "mfaproxy", *argv, "--config", str(config_path)],
             input=stdin,
             capture_output=True,
             text=True,

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from mfaproxy.cli import main
-from mfaproxy.config import load_config
+from mfaproxy.cli.main import main
+from mfaproxy.config.schema import load_config
 from mfaproxy.factors.base import FactorRequest, FactorResult, FactorServices, FactorUser, Verdict
 from mfaproxy.factors.yubikey import build
 from mfaproxy.store.async_users import AsyncUserStore

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mfaproxy.core import flow
-from mfaproxy.core.flow import IntentKind, PlanKind, UserMfa
+from mfaproxy.core import second_factor as flow
+from mfaproxy.core.second_factor import IntentKind, PlanKind, UserMfa
 from mfaproxy.factors.backup_codes import generate_codes
 
 ENABLED = ["totp", "email"]

@@ -13,6 +13,13 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
+from mfaproxy.config.policies import (
+    AccessPoliciesConfig,
+    LoginPoliciesConfig,
+    MfaPoliciesConfig,
+    Rule,
+    TimeRule,
+)
 from mfaproxy.core.policy import (
     STRICTNESS,
     CountryLookupError,
@@ -29,13 +36,6 @@ from mfaproxy.core.policy import (
     parse_ip,
 )
 from mfaproxy.core.policy_explain import explain
-from mfaproxy.policy_config import (
-    AccessPoliciesConfig,
-    LoginPoliciesConfig,
-    MfaPoliciesConfig,
-    Rule,
-    TimeRule,
-)
 
 M, N, U = Tri.MATCH, Tri.NO_MATCH, Tri.UNKNOWN
 FRIDAY_NOON = datetime(2024, 5, 3, 12, 0, tzinfo=UTC)  # a Friday

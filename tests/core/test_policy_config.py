@@ -12,8 +12,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from mfaproxy import config_base, policy_config
-from mfaproxy.policy_config import (
+from mfaproxy.config import base as config_base
+from mfaproxy.config import policies as policy_config
+from mfaproxy.config.policies import (
     AccessPoliciesConfig,
     AdministratorRule,
     ClientsRule,
@@ -313,5 +314,5 @@ def test_same_strictness_as_the_root_config() -> None:
 
 def test_loads_without_the_root_config() -> None:
     # config.py imports this module; importing config back at load time would be a cycle.
-    code = "import sys, mfaproxy.policy_config; sys.exit('mfaproxy.config' in sys.modules)"
+    code = "import sys, mfaproxy.config.policies; sys.exit('mfaproxy.config.schema' in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)

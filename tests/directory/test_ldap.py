@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog
 
-from mfaproxy.config import LdapConfig
+from mfaproxy.config.schema import LdapConfig
 from mfaproxy.directory.base import PasswordChecker, PrimaryOutcome, PrimaryResult
 from mfaproxy.directory.ldap import LdapChecker, bind_reject_reason, first_rdn_value
 from mfaproxy.observability.metrics import REGISTRY

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from mfaproxy.config import RadiusDirectoryConfig
+from mfaproxy.config.schema import RadiusDirectoryConfig
 from mfaproxy.directory.base import PasswordChecker, PrimaryOutcome, ReplyAttribute
 from mfaproxy.directory.radius import RadiusChecker
 from mfaproxy.observability.metrics import REGISTRY

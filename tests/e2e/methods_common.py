@@ -15,7 +15,7 @@ import yaml
 from argon2 import PasswordHasher
 from pyrad import packet as pyrad_packet
 
-from mfaproxy.config import load_config
+from mfaproxy.config.schema import load_config
 from mfaproxy.store.factory import open_user_store
 from mfaproxy.store.records import UserRepository
 from tests.support.daemon import Daemon

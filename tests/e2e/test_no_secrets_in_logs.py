@@ -13,7 +13,7 @@ import pyotp
 import pytest
 import yaml
 
-from mfaproxy.config import load_config
+from mfaproxy.config.schema import load_config
 from mfaproxy.directory.local import hash_password
 from mfaproxy.factors.backup_codes import generate_codes
 from mfaproxy.store.factory import open_user_store
@@ -144,7 +144,7 @@ def test_config_errors_do_not_echo_secrets(tmp_path: Path) -> None:
         )
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "mfaproxy.cli", "check-config", "--config", str(config)],
+        [sys.executable, "-m", "mfaproxy", "check-config", "--config", str(config)],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -19,6 +19,7 @@ import duo_client.client
 import pytest
 from structlog.testing import capture_logs
 
+from mfaproxy.config.multifactor import MultifactorConfig
 from mfaproxy.factors.base import (
     Factor,
     FactorRequest,
@@ -30,7 +31,6 @@ from mfaproxy.factors.base import (
 from mfaproxy.factors.duo import DuoFactor, ascii_text
 from mfaproxy.factors.duo_api import split_hostname
 from mfaproxy.factors.registry import builder
-from mfaproxy.mfa_config import MultifactorConfig
 from mfaproxy.observability.metrics import REGISTRY
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.state import MemoryStateStore

@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 from mfaproxy.adapters.smtp import SmtpSender
+from mfaproxy.config.multifactor import MultifactorConfig, SmtpConfig
 from mfaproxy.errors import ConfigError
 from mfaproxy.factors import email as email_method
 from mfaproxy.factors.base import (
@@ -27,7 +28,6 @@ from mfaproxy.factors.base import (
 )
 from mfaproxy.factors.delivery import ascii_prompt, check_template, mask_email
 from mfaproxy.factors.email import EmailFactor, normalise_address
-from mfaproxy.mfa_config import MultifactorConfig, SmtpConfig
 from mfaproxy.observability.logging import configure_logging
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.crypto import load_or_create_key

@@ -17,6 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from mfaproxy.adapters.radius_client import ACCESS_CHALLENGE, RadiusReply, RadiusServer
+from mfaproxy.config.multifactor import MultifactorConfig
 from mfaproxy.factors import radius as radius_method
 from mfaproxy.factors.base import (
     Factor,
@@ -26,7 +27,6 @@ from mfaproxy.factors.base import (
     Verdict,
 )
 from mfaproxy.factors.registry import builder
-from mfaproxy.mfa_config import MultifactorConfig
 from mfaproxy.observability.metrics import REGISTRY
 from mfaproxy.radius.codec import load_dictionary
 from mfaproxy.store.async_users import AsyncUserStore

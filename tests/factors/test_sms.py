@@ -17,11 +17,11 @@ import structlog
 from structlog.testing import capture_logs
 
 from mfaproxy.adapters.smtp import SmtpSender
+from mfaproxy.config.multifactor import MultifactorConfig, SmtpConfig
 from mfaproxy.factors import sms as sms_method
 from mfaproxy.factors.base import FactorRequest, FactorServices, FactorUser, MailSender, Verdict
 from mfaproxy.factors.delivery import mask_number
 from mfaproxy.factors.sms import SmsFactor, TwilioTransport, normalise_number
-from mfaproxy.mfa_config import MultifactorConfig, SmtpConfig
 from mfaproxy.observability.logging import configure_logging
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.crypto import load_or_create_key

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
+from mfaproxy.config.multifactor import MultifactorConfig
 from mfaproxy.errors import UpstreamUnavailable
 from mfaproxy.factors.base import FactorRequest, FactorServices, FactorUser, Verdict
 from mfaproxy.factors.yubikey import (
@@ -23,7 +24,6 @@ from mfaproxy.factors.yubikey import (
     build,
     enrol,
 )
-from mfaproxy.mfa_config import MultifactorConfig
 from mfaproxy.observability import metrics
 from mfaproxy.store import users as users_module
 from mfaproxy.store.async_users import AsyncUserStore

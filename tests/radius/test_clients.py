@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from mfaproxy.config import ClientConfig
+from mfaproxy.config.schema import ClientConfig
 from mfaproxy.radius.clients import ClientTable
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from mfaproxy.radius.dedup import DuplicateTable, Seen
+from mfaproxy.radius.duplicates import DuplicateTable, Seen
 
 KEY = ("192.0.2.1", 1645, 7, b"a" * 16)
 

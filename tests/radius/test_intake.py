@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from mfaproxy.adapters.duplicates import LocalDuplicates
 from mfaproxy.adapters.udp import Dispatcher, Runtime
 from mfaproxy.observability import metrics
-from mfaproxy.radius.dedup import DuplicateTable
+from mfaproxy.radius.duplicates import DuplicateTable
+from mfaproxy.store.duplicates import LocalDuplicates
 
 
 class HeldEngine:

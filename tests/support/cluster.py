@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from mfaproxy.config import load_config
+from mfaproxy.config.schema import load_config
 from mfaproxy.store.factory import open_user_store
 from mfaproxy.store.records import UserRepository
 from tests.support.daemon import Daemon

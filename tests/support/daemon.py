@@ -42,7 +42,7 @@ class Daemon:
 
     def start(self, timeout: float = 30) -> Daemon:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mfaproxy.cli", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", "mfaproxy", "serve", "--config", str(self.config_path)],
             cwd=REPO,
             env=self.env,
             stdin=subprocess.DEVNULL,

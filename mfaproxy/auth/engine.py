@@ -15,10 +15,16 @@ from typing import Any
 
 import structlog
 
-from mfaproxy.config import ClientConfig, Config
+from mfaproxy.auth.second_factor import (
+    CHALLENGES,
+    MSG_UNAVAILABLE,
+    Login,
+    MfaFlow,
+    login_from_session,
+)
+from mfaproxy.config.schema import ClientConfig, Config
 from mfaproxy.core import replies
 from mfaproxy.core.answer import Answer, Outcome
-from mfaproxy.core.flow import split_append
 from mfaproxy.core.policy import (
     CountryLookup,
     PolicyContext,
@@ -26,13 +32,13 @@ from mfaproxy.core.policy import (
     evaluate,
     parse_ip,
 )
+from mfaproxy.core.second_factor import split_append
+from mfaproxy.core.session import Session
 from mfaproxy.directory.base import PasswordChecker, PrimaryOutcome, PrimaryResult
 from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.base import Factor, FactorServices, FactorUser
-from mfaproxy.mfa import CHALLENGES, MSG_UNAVAILABLE, Login, MfaFlow, login_from_session
 from mfaproxy.observability import metrics
 from mfaproxy.radius.codec import STATUS_SERVER, RadiusRequest
-from mfaproxy.sessions import Session
 from mfaproxy.store.records import UserRecord, normalise_user
 
 audit_log = structlog.get_logger("mfaproxy.audit")

@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 from typing import TypeAlias
 
 from mfaproxy.adapters.geoip import GeoIpDatabases
-from mfaproxy.config import ClientConfig, Config, load_config
+from mfaproxy.config.schema import ClientConfig, Config, load_config
 from mfaproxy.core.policy import IPAddress, PolicyContext
 from mfaproxy.core.policy_explain import explain
 from mfaproxy.directory.local import load_users_file, normalise_username
 
-# The values of mfaproxy.cli's exit codes (importing cli here would be circular).
+# The values of mfaproxy.cli.main's exit codes (importing cli here would be circular).
 EXIT_OK = 0
 EXIT_INVALID = 1
 

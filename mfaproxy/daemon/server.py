@@ -17,29 +17,29 @@ from typing import Any
 
 import structlog
 
-from mfaproxy.adapters.duplicates import Duplicates, LocalDuplicates, SharedDuplicates
 from mfaproxy.adapters.geoip import GeoIpDatabases
 from mfaproxy.adapters.sdnotify import SystemdNotifier
 from mfaproxy.adapters.smtp import SmtpSender
 from mfaproxy.adapters.status_http import StatusServer
 from mfaproxy.adapters.udp import Dispatcher, Runtime, open_listener
-from mfaproxy.checks import check
-from mfaproxy.config import Config, load_config, parse_host_port
+from mfaproxy.auth.engine import Engine
+from mfaproxy.auth.second_factor import CHALLENGES
+from mfaproxy.config.schema import Config, load_config, parse_host_port
+from mfaproxy.config.validate import check
+from mfaproxy.daemon.supervisor import report_ready, worker_index
 from mfaproxy.directory.registry import build_checker
-from mfaproxy.engine import Engine
 from mfaproxy.errors import ConfigError, UpstreamError
 from mfaproxy.factors.base import FactorServices
 from mfaproxy.factors.registry import build_factors
-from mfaproxy.mfa import CHALLENGES
 from mfaproxy.observability import metrics
 from mfaproxy.observability.logging import apply_log_config
 from mfaproxy.radius.clients import ClientTable
 from mfaproxy.radius.codec import load_dictionary
-from mfaproxy.radius.dedup import DuplicateTable
+from mfaproxy.radius.duplicates import DuplicateTable
 from mfaproxy.store.async_users import AsyncUserStore
+from mfaproxy.store.duplicates import Duplicates, LocalDuplicates, SharedDuplicates
 from mfaproxy.store.factory import master_key, open_state_store, open_user_store
 from mfaproxy.store.state import StateStore
-from mfaproxy.supervisor import report_ready, worker_index
 
 log = structlog.get_logger(__name__)
 

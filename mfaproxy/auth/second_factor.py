@@ -16,9 +16,11 @@ from typing import Any
 
 import structlog
 
-from mfaproxy.config import Config
-from mfaproxy.core import flow, replies
+from mfaproxy.config.schema import Config
+from mfaproxy.core import replies
+from mfaproxy.core import second_factor as flow
 from mfaproxy.core.answer import Answer, Outcome
+from mfaproxy.core.session import Session, primary_from_json, primary_to_json
 from mfaproxy.directory.base import PrimaryResult
 from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.base import (
@@ -30,7 +32,6 @@ from mfaproxy.factors.base import (
     Verdict,
 )
 from mfaproxy.observability import metrics
-from mfaproxy.sessions import Session, primary_from_json, primary_to_json
 from mfaproxy.store.records import UserRecord, normalise_user
 
 log = structlog.get_logger(__name__)

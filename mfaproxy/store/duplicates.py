@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mfaproxy.radius.dedup import DuplicateTable, Lookup, RequestKey, Seen
+from mfaproxy.radius.duplicates import DuplicateTable, Lookup, RequestKey, Seen
 from mfaproxy.store.state import StateStore
 
 NAMESPACE = "duplicates"

@@ -35,7 +35,7 @@ from mfaproxy.errors import UpstreamUnavailable
 from mfaproxy.observability.logging import configure_logging
 from mfaproxy.radius.codec import load_dictionary
 
-# The values of mfaproxy.cli's exit codes (importing cli here would be circular).
+# The values of mfaproxy.cli.main's exit codes (importing cli here would be circular).
 EXIT_ACCEPTED = 0
 EXIT_REJECTED = 1
 EXIT_INVALID = 1

@@ -23,8 +23,8 @@ from typing import TypeAlias, cast
 
 import segno
 
-from mfaproxy import cli_enrol
-from mfaproxy.config import Config, load_config
+from mfaproxy.cli import enrol as cli_enrol
+from mfaproxy.config.schema import Config, load_config
 from mfaproxy.factors import totp
 from mfaproxy.factors.backup_codes import generate_codes
 from mfaproxy.store.factory import open_user_store, user_store_path
@@ -38,7 +38,7 @@ from mfaproxy.store.records import (
     normalise_user,
 )
 
-# The values of mfaproxy.cli's exit codes (importing cli here would be circular).
+# The values of mfaproxy.cli.main's exit codes (importing cli here would be circular).
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2

@@ -13,9 +13,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mfaproxy import __version__, cli_policy, cli_radtest, cli_users
-from mfaproxy.checks import check
-from mfaproxy.config import DEFAULT_CONFIG_PATH, Config, load_config
+from mfaproxy import __version__
+from mfaproxy.cli import policy as cli_policy
+from mfaproxy.cli import radtest as cli_radtest
+from mfaproxy.cli import users as cli_users
+from mfaproxy.config.schema import DEFAULT_CONFIG_PATH, Config, load_config
+from mfaproxy.config.validate import check
 from mfaproxy.errors import ConfigError, UpstreamError
 from mfaproxy.observability.logging import apply_log_config
 from mfaproxy.radius.codec import load_dictionary
@@ -35,8 +38,8 @@ def _load(path: Path) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)  # the server runs the remaining checks as it builds
     apply_log_config(config.server.log)
-    from mfaproxy.server import serve
-    from mfaproxy.supervisor import Supervisor, worker_index
+    from mfaproxy.daemon.server import serve
+    from mfaproxy.daemon.supervisor import Supervisor, worker_index
 
     # Several workers: this process supervises; each worker runs `serve` itself.
     supervise = config.server.workers > 1 and worker_index() is None
@@ -138,7 +141,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_RUNTIME
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ address or number the operator vouches for: no code is sent from here. The direc
 address or number, when it has one, is still used first at login.
 
 The bound public id or the stored destination goes to standard output; notes go to
-standard error. Exit codes are mfaproxy.cli's.
+standard error. Exit codes are mfaproxy.cli.main's.
 """
 
 from __future__ import annotations
@@ -21,20 +21,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mfaproxy.config import Config
+from mfaproxy.config.multifactor import YubikeyMethodConfig
+from mfaproxy.config.schema import Config
 from mfaproxy.errors import UpstreamUnavailable
 from mfaproxy.factors import yubikey
 from mfaproxy.factors.base import FactorServices
 from mfaproxy.factors.email import normalise_address
 from mfaproxy.factors.sms import normalise_number
-from mfaproxy.mfa_config import YubikeyMethodConfig
 from mfaproxy.radius.codec import load_dictionary
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.factory import master_key
 from mfaproxy.store.records import Method, UserRepository
 from mfaproxy.store.state import MemoryStateStore
 
-# The values of mfaproxy.cli's exit codes (importing cli here would be circular).
+# The values of mfaproxy.cli.main's exit codes (importing cli here would be circular).
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from mfaproxy.config_base import ConfigPath, Strict
+from mfaproxy.config.base import ConfigPath, Strict
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

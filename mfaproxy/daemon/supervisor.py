@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from mfaproxy.adapters.sdnotify import SystemdNotifier
-from mfaproxy.config import Config
+from mfaproxy.config.schema import Config
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +65,7 @@ class Supervisor:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "mfaproxy.cli",
+            "mfaproxy",
             "serve",
             "--config",
             str(self.config_path),

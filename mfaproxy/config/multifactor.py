@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, model_validator
 
-from mfaproxy.config_base import ConfigPath, RadiusServerConfig, Strict, take_secrets
+from mfaproxy.config.base import ConfigPath, RadiusServerConfig, Strict, take_secrets
 from mfaproxy.factors.backup_codes import BackupCodeSettings
 from mfaproxy.factors.totp import TotpSettings
 

@@ -24,10 +24,10 @@ from pydantic import (
     model_validator,
 )
 
-from mfaproxy.config_base import ConfigPath, RadiusServerConfig, Strict, take_secrets
+from mfaproxy.config.base import ConfigPath, RadiusServerConfig, Strict, take_secrets
+from mfaproxy.config.multifactor import MultifactorConfig, SmtpConfig
+from mfaproxy.config.policies import AccessPoliciesConfig
 from mfaproxy.errors import ConfigError
-from mfaproxy.mfa_config import MultifactorConfig, SmtpConfig
-from mfaproxy.policy_config import AccessPoliciesConfig
 from mfaproxy.store.redis_state import RedisSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/mfaproxy/mfaproxy.yaml")

@@ -7,7 +7,7 @@ from typing import Any
 
 from pyrad.dictionary import Dictionary
 
-from mfaproxy.config import AttributeValue, Config
+from mfaproxy.config.schema import AttributeValue, Config
 from mfaproxy.directory.local import load_users_file
 from mfaproxy.errors import ConfigError
 
