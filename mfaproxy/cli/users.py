@@ -25,8 +25,8 @@ import segno
 
 from mfaproxy.cli import enrol as cli_enrol
 from mfaproxy.config.schema import Config, load_config
-from mfaproxy.factors import totp
-from mfaproxy.factors.backup_codes import generate_codes
+from mfaproxy.otp import totp
+from mfaproxy.otp.backup_codes import generate_codes
 from mfaproxy.store.factory import open_user_store, user_store_path
 from mfaproxy.store.records import (
     METHODS,

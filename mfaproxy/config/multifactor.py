@@ -11,8 +11,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, model_validator
 
 from mfaproxy.config.base import ConfigPath, RadiusServerConfig, Strict, take_secrets
-from mfaproxy.factors.backup_codes import BackupCodeSettings
-from mfaproxy.factors.totp import TotpSettings
+from mfaproxy.otp.backup_codes import BackupCodeSettings
+from mfaproxy.otp.totp import TotpSettings
 
 Method = Literal["totp", "yubikey", "email", "sms", "duo", "radius"]
 Alternate = Literal["email", "backup_codes"]

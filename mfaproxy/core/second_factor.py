@@ -11,7 +11,7 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mfaproxy.factors.backup_codes import looks_like_backup_code
+from mfaproxy.otp.backup_codes import looks_like_backup_code
 
 # Reply-Message carries at most 253 octets (RFC 2865 section 5.18); prompts stay ASCII.
 MAX_PROMPT = 253

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from mfaproxy.config.multifactor import MultifactorConfig
-from mfaproxy.factors import totp
 from mfaproxy.factors.base import Factor, FactorRequest, FactorResult, FactorServices, FactorUser
+from mfaproxy.otp import totp
 
 PROMPT = "Enter the code from your authenticator app"
 

@@ -51,8 +51,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from mfaproxy.errors import UpstreamError
-from mfaproxy.factors.backup_codes import BackupCodeHasher
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
+from mfaproxy.otp.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
 from mfaproxy.store.pg_connections import PgConnections
 from mfaproxy.store.pg_schema import MIGRATIONS

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from mfaproxy.factors.backup_codes import BackupCodeHasher
+from mfaproxy.otp.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
 from mfaproxy.store.records import (
     METHODS,

@@ -15,7 +15,7 @@ import pytest
 
 from mfaproxy.cli.main import main
 from mfaproxy.config.schema import load_config
-from mfaproxy.factors import totp
+from mfaproxy.otp import totp
 from mfaproxy.store.factory import open_user_store
 from mfaproxy.store.records import UserRepository
 

@@ -6,7 +6,7 @@ import pytest
 
 from mfaproxy.core import second_factor as flow
 from mfaproxy.core.second_factor import IntentKind, PlanKind, UserMfa
-from mfaproxy.factors.backup_codes import generate_codes
+from mfaproxy.otp.backup_codes import generate_codes
 
 ENABLED = ["totp", "email"]
 

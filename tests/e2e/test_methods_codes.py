@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pyotp
 import pytest
 
-from mfaproxy.factors.backup_codes import generate_codes
+from mfaproxy.otp.backup_codes import generate_codes
 from mfaproxy.store.records import UserRepository
 from tests.e2e.methods_common import (
     APPEND_SOURCE,

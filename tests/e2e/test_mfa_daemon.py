@@ -17,7 +17,7 @@ from argon2 import PasswordHasher
 from prometheus_client.parser import text_string_to_metric_families
 
 from mfaproxy.config.schema import load_config
-from mfaproxy.factors.backup_codes import generate_codes
+from mfaproxy.otp.backup_codes import generate_codes
 from mfaproxy.store.factory import open_user_store
 from mfaproxy.store.records import UserRepository
 from tests.support.daemon import Daemon

@@ -15,7 +15,7 @@ import yaml
 
 from mfaproxy.config.schema import load_config
 from mfaproxy.directory.local import hash_password
-from mfaproxy.factors.backup_codes import generate_codes
+from mfaproxy.otp.backup_codes import generate_codes
 from mfaproxy.store.factory import open_user_store
 from tests.support.daemon import REPO, Daemon
 from tests.support.nas import UdpNas, access_request, exchange, login

@@ -8,7 +8,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from mfaproxy.factors.backup_codes import (
+from mfaproxy.otp.backup_codes import (
     ALPHABET,
     CODE_SYMBOLS,
     BackupCodeHasher,

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from pydantic import ValidationError
 
-from mfaproxy.factors.totp import (
+from mfaproxy.otp.totp import (
     Algorithm,
     TotpSettings,
     code_at,

@@ -29,9 +29,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
-from mfaproxy.factors.backup_codes import generate_codes
-from mfaproxy.factors.totp import new_secret
 from mfaproxy.observability import metrics
+from mfaproxy.otp.backup_codes import generate_codes
+from mfaproxy.otp.totp import new_secret
 from mfaproxy.store import postgres_users, users
 from mfaproxy.store.crypto import DecryptionError
 from mfaproxy.store.postgres_users import PostgresUserStore, UserStoreUnavailable

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mfaproxy.factors.backup_codes import generate_codes
-from mfaproxy.factors.totp import new_secret
+from mfaproxy.otp.backup_codes import generate_codes
+from mfaproxy.otp.totp import new_secret
 from mfaproxy.store.users import UserStore
 
 KEY = bytes(range(32))
