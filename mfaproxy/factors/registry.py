@@ -13,7 +13,7 @@ from mfaproxy.config.multifactor import MultifactorConfig
 from mfaproxy.factors.base import Factor, FactorServices
 
 FACTOR_MODULES: dict[str, str] = {
-    "totp": "mfaproxy.factors.totp_method",
+    "totp": "mfaproxy.factors.totp",
     "yubikey": "mfaproxy.factors.yubikey",
     "email": "mfaproxy.factors.email",
     "sms": "mfaproxy.factors.sms",
