@@ -32,9 +32,10 @@ from mfaproxy.core.policy import (
     evaluate,
     parse_ip,
 )
+from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.core.second_factor import split_append
 from mfaproxy.core.session import Session
-from mfaproxy.directory.base import PasswordChecker, PrimaryOutcome, PrimaryResult
+from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.base import Factor, FactorServices, FactorUser
 from mfaproxy.observability import metrics

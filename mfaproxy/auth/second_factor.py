@@ -20,8 +20,8 @@ from mfaproxy.config.schema import Config
 from mfaproxy.core import replies
 from mfaproxy.core import second_factor as flow
 from mfaproxy.core.answer import Answer, Outcome
+from mfaproxy.core.primary import PrimaryResult
 from mfaproxy.core.session import Session, primary_from_json, primary_to_json
-from mfaproxy.directory.base import PrimaryResult
 from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.base import (
     Factor,

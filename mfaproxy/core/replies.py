@@ -6,7 +6,7 @@ from typing import Any
 
 from mfaproxy.config.schema import AttributeValue, RepliesConfig
 from mfaproxy.core.answer import Answer, Outcome
-from mfaproxy.directory.base import PrimaryResult
+from mfaproxy.core.primary import PrimaryResult
 
 
 def _expand(attributes: dict[str, AttributeValue]) -> list[tuple[str, Any]]:

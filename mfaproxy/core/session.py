@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mfaproxy.directory.base import PrimaryOutcome, PrimaryResult, ReplyAttribute
+from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult, ReplyAttribute
 
 
 @dataclass(frozen=True)

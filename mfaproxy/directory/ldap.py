@@ -43,7 +43,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
 
 from mfaproxy.config.schema import LdapConfig
-from mfaproxy.directory.base import PrimaryOutcome, PrimaryResult
+from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.errors import ConfigError
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
 

@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from mfaproxy.config.base import Strict
 from mfaproxy.config.schema import validation_problems, yaml_line_map
-from mfaproxy.directory.base import PrimaryOutcome, PrimaryResult
+from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.errors import ConfigError
 
 log = structlog.get_logger(__name__)

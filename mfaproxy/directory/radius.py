@@ -34,7 +34,7 @@ from mfaproxy.adapters.radius_client import (
     observe_exchange,
 )
 from mfaproxy.config.schema import RadiusDirectoryConfig
-from mfaproxy.directory.base import PrimaryOutcome, PrimaryResult, ReplyAttribute
+from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult, ReplyAttribute
 from mfaproxy.errors import UpstreamUnavailable
 
 log = structlog.get_logger(__name__)

@@ -17,7 +17,8 @@ import pytest
 import structlog
 
 from mfaproxy.config.schema import LdapConfig
-from mfaproxy.directory.base import PasswordChecker, PrimaryOutcome, PrimaryResult
+from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
+from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.directory.ldap import LdapChecker, bind_reject_reason, first_rdn_value
 from mfaproxy.observability.metrics import REGISTRY
 from tests.support.ports import free_port

@@ -10,7 +10,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from mfaproxy.config.schema import RadiusDirectoryConfig
-from mfaproxy.directory.base import PasswordChecker, PrimaryOutcome, ReplyAttribute
+from mfaproxy.core.primary import PrimaryOutcome, ReplyAttribute
+from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.directory.radius import RadiusChecker
 from mfaproxy.observability.metrics import REGISTRY
 from mfaproxy.radius.codec import load_dictionary

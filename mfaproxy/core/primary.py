@@ -1,0 +1,55 @@
+"""The primary-password checker interface shared by every directory backend."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class PrimaryOutcome(enum.Enum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    # The backend could not give an answer (every server down, timeout): the caller
+    # answers as policy says (fail closed by default), never as a wrong password.
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class ReplyAttribute:
+    """An attribute to copy into our reply, by dictionary name, value already decoded."""
+
+    name: str
+    value: str | int | bytes
+
+
+@dataclass(frozen=True)
+class PrimaryResult:
+    outcome: PrimaryOutcome
+    # Which backend decided (`local`, `ldap`, `radius`); policy rules read it.
+    backend: str
+    # Short machine-readable reason for logs and metrics (`bad_password`, `no_such_user`,
+    # `timeout`...). Never contains the password.
+    reason: str = ""
+    groups: frozenset[str] = frozenset()
+    email: str | None = None
+    mobile: str | None = None
+    # The directory's own name for the user (canonical case, DN...).
+    user_id: str | None = None
+    # Attributes an upstream RADIUS server returned that we pass through.
+    reply_attributes: tuple[ReplyAttribute, ...] = field(default_factory=tuple)
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome is PrimaryOutcome.ACCEPT
+
+
+class PasswordChecker(Protocol):
+    """Checks a user's primary password. Implementations never raise for a wrong
+    password or an unreachable server: they return a PrimaryResult saying so."""
+
+    name: str
+
+    async def authenticate(self, username: str, password: str) -> PrimaryResult: ...
+
+    async def close(self) -> None: ...
