@@ -1,10 +1,9 @@
-"""The primary-password checker interface shared by every directory backend."""
+"""What a primary (password) check found: pure values every directory backend returns."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
 
 
 class PrimaryOutcome(enum.Enum):
@@ -42,14 +41,3 @@ class PrimaryResult:
     @property
     def accepted(self) -> bool:
         return self.outcome is PrimaryOutcome.ACCEPT
-
-
-class PasswordChecker(Protocol):
-    """Checks a user's primary password. Implementations never raise for a wrong
-    password or an unreachable server: they return a PrimaryResult saying so."""
-
-    name: str
-
-    async def authenticate(self, username: str, password: str) -> PrimaryResult: ...
-
-    async def close(self) -> None: ...
