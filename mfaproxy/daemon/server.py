@@ -21,11 +21,11 @@ from mfaproxy.adapters.geoip import GeoIpDatabases
 from mfaproxy.adapters.sdnotify import SystemdNotifier
 from mfaproxy.adapters.smtp import SmtpSender
 from mfaproxy.adapters.status_http import StatusServer
-from mfaproxy.adapters.udp import Dispatcher, Runtime, open_listener
 from mfaproxy.auth.engine import Engine
 from mfaproxy.auth.second_factor import CHALLENGES
 from mfaproxy.config.schema import Config, load_config, parse_host_port
 from mfaproxy.config.validate import check
+from mfaproxy.daemon.runtime import Dispatcher, Runtime, open_listener
 from mfaproxy.daemon.supervisor import report_ready, worker_index
 from mfaproxy.directory.registry import build_checker
 from mfaproxy.errors import ConfigError, UpstreamError

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from mfaproxy.adapters.udp import Dispatcher, Runtime
+from mfaproxy.daemon.runtime import Dispatcher, Runtime
 from mfaproxy.observability import metrics
 from mfaproxy.radius.duplicates import DuplicateTable
 from mfaproxy.store.duplicates import LocalDuplicates
