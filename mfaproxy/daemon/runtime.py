@@ -1,5 +1,5 @@
-"""UDP transport: our own asyncio DatagramProtocol (pyrad's servers re-run handlers on
-retransmissions). Each datagram is decoded once, checked, de-duplicated (RFC 5080),
+"""The request runtime: each datagram the UDP listeners (adapters/udp.py) hand over is
+decoded once, checked, de-duplicated (RFC 5080),
 handed to the engine, and the encoded answer sent back from the socket it came in on.
 
 Anything wrong with a datagram (unknown source, bad length, bad authenticator, an
@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from pyrad.dictionary import Dictionary
@@ -221,41 +220,3 @@ class Dispatcher:
         return encode_reply(
             request, code, list(answer.attributes), answer.reply_message, answer.state
         )
-
-
-class RadiusProtocol(asyncio.DatagramProtocol):
-    def __init__(self, dispatcher: Dispatcher):
-        self._dispatcher = dispatcher
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDP transport does not subclass asyncio.DatagramTransport.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        if self.transport is not None:
-            self._dispatcher.submit(data, addr, self.transport)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for replies to vanished NAS ports: nothing to do but note it.
-        log.debug("socket_error", error=type(exc).__name__)
-
-
-async def open_listener(
-    dispatcher: Dispatcher, host: str, port: int, reuse_port: bool = False
-) -> tuple[asyncio.DatagramTransport, int]:
-    """Bind one UDP socket; returns the transport and the bound port (for port 0).
-    With `reuse_port` several worker processes bind the same port (SO_REUSEPORT)."""
-    loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-    sock.bind((host, port))
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: RadiusProtocol(dispatcher), sock=sock
-    )
-    return transport, int(sock.getsockname()[1])

@@ -21,11 +21,12 @@ from mfaproxy.adapters.geoip import GeoIpDatabases
 from mfaproxy.adapters.sdnotify import SystemdNotifier
 from mfaproxy.adapters.smtp import SmtpSender
 from mfaproxy.adapters.status_http import StatusServer
+from mfaproxy.adapters.udp import open_listener
 from mfaproxy.auth.engine import Engine
 from mfaproxy.auth.second_factor import CHALLENGES
 from mfaproxy.config.schema import Config, load_config, parse_host_port
 from mfaproxy.config.validate import check
-from mfaproxy.daemon.runtime import Dispatcher, Runtime, open_listener
+from mfaproxy.daemon.runtime import Dispatcher, Runtime
 from mfaproxy.daemon.supervisor import report_ready, worker_index
 from mfaproxy.directory.registry import build_checker
 from mfaproxy.errors import ConfigError, UpstreamError
@@ -115,7 +116,7 @@ class Server:
         worker = worker_index()
         for host, port in self.config.server.listen_addresses():
             transport, bound_port = await open_listener(
-                self.dispatcher, host, port, reuse_port=worker is not None
+                self.dispatcher.submit, host, port, reuse_port=worker is not None
             )
             self._transports.append(transport)
             self.bound.append((host, bound_port))

@@ -1,0 +1,53 @@
+"""UDP listeners: our own asyncio DatagramProtocol (pyrad's servers re-run handlers on
+retransmissions). Each datagram goes to `submit` (the dispatcher's intake) untouched."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any, cast
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Address = tuple[Any, ...]
+# Takes one datagram, its source address and the socket to answer from; never blocks.
+Submit = Callable[[bytes, Address, asyncio.DatagramTransport], None]
+
+
+class RadiusProtocol(asyncio.DatagramProtocol):
+    def __init__(self, submit: Submit):
+        self._submit = submit
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        if self.transport is not None:
+            self._submit(data, addr, self.transport)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for replies to vanished NAS ports: nothing to do but note it.
+        log.debug("socket_error", error=type(exc).__name__)
+
+
+async def open_listener(
+    submit: Submit, host: str, port: int, reuse_port: bool = False
+) -> tuple[asyncio.DatagramTransport, int]:
+    """Bind one UDP socket; returns the transport and the bound port (for port 0).
+    With `reuse_port` several worker processes bind the same port (SO_REUSEPORT)."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    sock.bind((host, port))
+    transport, _ = await loop.create_datagram_endpoint(lambda: RadiusProtocol(submit), sock=sock)
+    return transport, int(sock.getsockname()[1])
