@@ -7,6 +7,16 @@ log and what to answer without string matching.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+# Process exit codes (README, "Exit codes"): the one table. Only the CLI exits, except
+# the daemon's immediate exit on a second SIGTERM/SIGINT.
+EXIT_OK = 0
+EXIT_INVALID = 1  # the configuration or an input is invalid; radtest: Access-Reject
+EXIT_USAGE = 2  # bad command line (argparse's own code)
+EXIT_RUNTIME = 3  # could not run: address in use, store or server unreachable; no answer
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: a second signal during the drain
+
 
 class MfaproxyError(Exception):
     """Base of every error mfaproxy raises on purpose."""
@@ -62,3 +72,65 @@ class UpstreamError(MfaproxyError):
 
 class UpstreamUnavailable(UpstreamError):
     """Every configured server of an upstream was unreachable or timed out."""
+
+
+# --------------------------------------------------------------------------- stores
+
+
+class StoreError(MfaproxyError):
+    """The user store cannot be used (unknown schema, closed, corrupt)."""
+
+
+class KeyFileError(ConfigError):
+    """The master key file is unusable (unsafe mode, wrong length, unreadable)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        super().__init__([f"secrets key file {path}: {problem}"])
+
+
+class DecryptionError(MfaproxyError):
+    """A sealed record cannot be opened: wrong key, tampered, or moved to another record."""
+
+
+class UserStoreUnavailable(UpstreamError):
+    """The PostgreSQL user store did not answer (down, unreachable, timed out, read-only)."""
+
+
+class StateStoreUnavailable(UpstreamError):
+    """The shared state store did not answer (down, unreachable, timed out, refused)."""
+
+
+# --------------------------------------------------------------------------- vendors and lookups
+
+
+class DuoError(MfaproxyError):
+    """A Duo call gave no usable answer; the subclass says whose fault it is."""
+
+
+class DuoFailure(DuoError):
+    """Duo did not give a usable answer: an outage, so failmode applies."""
+
+
+class DuoTimeout(DuoFailure):
+    """A call to Duo ran out of time."""
+
+
+class DuoMisconfigured(DuoError):
+    """Duo refused the request itself (HTTP 4xx): credentials, signature, parameters."""
+
+
+class DuoBusy(DuoError):
+    """Every worker thread is taken, or the client is closed: our limit, not Duo's."""
+
+
+class YubikeyEnrolmentError(MfaproxyError):
+    """An operator's enrolment cannot be done (bad OTP, wrong key material, refused)."""
+
+
+class GeoIpDatabaseError(MfaproxyError):
+    """A MaxMind database file cannot be opened or is not a valid database."""
+
+
+class CountryLookupError(MfaproxyError):
+    """A CountryLookup could not answer (unreadable database, wrong IP version)."""

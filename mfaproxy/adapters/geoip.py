@@ -17,16 +17,12 @@ from typing import Any
 import maxminddb
 
 from mfaproxy.config.policies import AccessPoliciesConfig
-from mfaproxy.core.policy import CountryLookupError, IPAddress
-from mfaproxy.errors import ConfigError, MfaproxyError
+from mfaproxy.core.policy import IPAddress
+from mfaproxy.errors import ConfigError, CountryLookupError, GeoIpDatabaseError
 
 # `country` is where MaxMind places the user; some networks (anonymisers, satellite,
 # anycast) only carry `registered_country`, the country the block is registered in.
 _COUNTRY_KEYS = ("country", "registered_country")
-
-
-class GeoIpDatabaseError(MfaproxyError):
-    """A MaxMind database file cannot be opened or is not a valid database."""
 
 
 def _iso_code(record: Any) -> str | None:

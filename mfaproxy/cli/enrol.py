@@ -23,7 +23,14 @@ from pathlib import Path
 
 from mfaproxy.config.multifactor import YubikeyMethodConfig
 from mfaproxy.config.schema import Config
-from mfaproxy.errors import UpstreamUnavailable
+from mfaproxy.errors import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    UpstreamUnavailable,
+    YubikeyEnrolmentError,
+)
 from mfaproxy.factors import yubikey
 from mfaproxy.factors.base import FactorServices
 from mfaproxy.factors.email import normalise_address
@@ -33,12 +40,6 @@ from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.factory import master_key
 from mfaproxy.store.records import Method, UserRepository
 from mfaproxy.store.state import MemoryStateStore
-
-# The values of mfaproxy.cli.main's exit codes (importing cli here would be circular).
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_USAGE = 2
-EXIT_RUNTIME = 3
 
 ENROL_METHODS = ("totp", "yubikey", "email", "sms")
 # Each method's own options (argparse dests); giving one to another method is a usage error.
@@ -169,7 +170,7 @@ def _enrol_yubikey(store: UserRepository, config: Config, args: argparse.Namespa
         # which carries the public id only.
         with contextlib.redirect_stdout(sys.stderr):
             public_id = asyncio.run(_bind_key(store, config, settings, args, otp))
-    except yubikey.YubikeyEnrolmentError as exc:
+    except YubikeyEnrolmentError as exc:
         _note(f"cannot enrol {args.user}: {exc}")
         return EXIT_INVALID
     except UpstreamUnavailable as exc:

@@ -19,14 +19,9 @@ from mfaproxy.cli import radtest as cli_radtest
 from mfaproxy.cli import users as cli_users
 from mfaproxy.config.schema import DEFAULT_CONFIG_PATH, Config, load_config
 from mfaproxy.config.validate import check
-from mfaproxy.errors import ConfigError, UpstreamError
+from mfaproxy.errors import EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, ConfigError, UpstreamError
 from mfaproxy.observability.logging import apply_log_config
 from mfaproxy.radius.codec import load_dictionary
-
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_USAGE = 2
-EXIT_RUNTIME = 3
 
 
 def _load(path: Path) -> Config:

@@ -22,10 +22,7 @@ from mfaproxy.config.schema import ClientConfig, Config, load_config
 from mfaproxy.core.policy import IPAddress, PolicyContext
 from mfaproxy.core.policy_explain import explain
 from mfaproxy.directory.local import load_users_file, normalise_username
-
-# The values of mfaproxy.cli.main's exit codes (importing cli here would be circular).
-EXIT_OK = 0
-EXIT_INVALID = 1
+from mfaproxy.errors import EXIT_INVALID, EXIT_OK
 
 # A string: argparse._SubParsersAction is not subscriptable at run time.
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

@@ -31,15 +31,9 @@ from mfaproxy.adapters.radius_client import (
     RadiusReply,
     RadiusServer,
 )
-from mfaproxy.errors import UpstreamUnavailable
+from mfaproxy.errors import EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, UpstreamUnavailable
 from mfaproxy.observability.logging import configure_logging
 from mfaproxy.radius.codec import load_dictionary
-
-# The values of mfaproxy.cli.main's exit codes (importing cli here would be circular).
-EXIT_ACCEPTED = 0
-EXIT_REJECTED = 1
-EXIT_INVALID = 1
-EXIT_NO_ANSWER = 3
 
 DEFAULT_PORT = 1812
 CODE_NAMES = {
@@ -164,7 +158,7 @@ def _walk(client: RadiusClient, args: argparse.Namespace, password: str) -> int:
         reply = asyncio.run(client.access_request(attributes, password=value, state=state))
         _print_reply(reply)
         if not reply.challenged:
-            return EXIT_ACCEPTED if reply.accepted else EXIT_REJECTED
+            return EXIT_OK if reply.accepted else EXIT_INVALID
         value = answers.pop(0) if answers else _read_line(_challenge_prompt(reply))
         state, what = reply.state, "answer to the challenge"
 
@@ -194,7 +188,7 @@ def cmd_radtest(args: argparse.Namespace) -> int:
             f"mfaproxy radtest: {exc}; check the address, port and shared secret",
             file=sys.stderr,
         )
-        return EXIT_NO_ANSWER
+        return EXIT_RUNTIME
 
 
 def _positive(text: str) -> float:

@@ -25,6 +25,7 @@ import segno
 
 from mfaproxy.cli import enrol as cli_enrol
 from mfaproxy.config.schema import Config, load_config
+from mfaproxy.errors import EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, StoreError
 from mfaproxy.otp import totp
 from mfaproxy.otp.backup_codes import generate_codes
 from mfaproxy.store.factory import open_user_store, user_store_path
@@ -33,16 +34,9 @@ from mfaproxy.store.records import (
     Method,
     ResetRequest,
     ResetStatus,
-    StoreError,
     UserRepository,
     normalise_user,
 )
-
-# The values of mfaproxy.cli.main's exit codes (importing cli here would be circular).
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_USAGE = 2
-EXIT_RUNTIME = 3
 
 # What the store can fail with: its own checks, the file system, SQLite (locked, corrupt).
 _STORE_FAULTS = (StoreError, OSError, sqlite3.Error)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,8 +27,8 @@ from pydantic import (
 from mfaproxy.config.base import ConfigPath, RadiusServerConfig, Strict, take_secrets
 from mfaproxy.config.multifactor import MultifactorConfig, SmtpConfig
 from mfaproxy.config.policies import AccessPoliciesConfig
+from mfaproxy.config.stores import MemoryStateStoreConfig, StateStoreConfig, UserStoreConfig
 from mfaproxy.errors import ConfigError
-from mfaproxy.store.redis_state import RedisSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/mfaproxy/mfaproxy.yaml")
 
@@ -103,33 +103,6 @@ class MetricsConfig(Strict):
     def _check_listen(cls, value: str) -> str:
         parse_host_port(value, 9812)
         return value
-
-
-class MemoryStateStoreConfig(Strict):
-    """Challenges and counters in this process: one instance (the default)."""
-
-    backend: Literal["memory"] = "memory"
-
-
-StateStoreConfig = Annotated[MemoryStateStoreConfig | RedisSettings, Field(discriminator="backend")]
-
-
-class UserStoreConfig(Strict):
-    # sqlite: a file under state_dir (one host); postgres: shared by a cluster.
-    backend: Literal["sqlite", "postgres"] = "sqlite"
-    path: ConfigPath | None = None
-    dsn: SecretStr | None = None  # postgresql://user@host/db (password via dsn_file/env)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
-        return take_secrets(data, ("dsn",), info)
-
-    @model_validator(mode="after")
-    def _dsn_for_postgres(self) -> UserStoreConfig:
-        if self.backend == "postgres" and self.dsn is None:
-            raise ValueError("backend postgres needs dsn (or dsn_file / dsn_env)")
-        return self
 
 
 class ServerConfig(Strict):

@@ -51,6 +51,7 @@ from mfaproxy.config.policies import (
     UserGroupsRule,
     UsersRule,
 )
+from mfaproxy.errors import CountryLookupError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # (database path, address) -> ISO 3166-1 alpha-2 code, or None when the database places
@@ -67,10 +68,6 @@ STRICTNESS: dict[str, int] = {
     "mfa_optional_per_user": 1,
     "mfa_required": 2,
 }
-
-
-class CountryLookupError(Exception):
-    """A CountryLookup could not answer (unreadable database, wrong IP version)."""
 
 
 class Tri(enum.Enum):

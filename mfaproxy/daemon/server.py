@@ -29,7 +29,7 @@ from mfaproxy.config.validate import check
 from mfaproxy.daemon.runtime import Dispatcher, Runtime
 from mfaproxy.daemon.supervisor import report_ready, worker_index
 from mfaproxy.directory.registry import build_checker
-from mfaproxy.errors import ConfigError, UpstreamError
+from mfaproxy.errors import EXIT_INTERRUPTED, ConfigError, UpstreamError
 from mfaproxy.factors.base import FactorServices
 from mfaproxy.factors.registry import build_factors
 from mfaproxy.observability import metrics
@@ -46,7 +46,6 @@ log = structlog.get_logger(__name__)
 
 # Longest a request may stay in flight before the duplicate table forgets it.
 MAX_REQUEST_SECONDS = 300.0
-EXIT_AT_ONCE = 130
 
 
 @dataclass(frozen=True)
@@ -210,7 +209,7 @@ class Server:
     def request_stop(self) -> None:
         if self._stopping:
             log.warning("second_signal_exit")
-            os._exit(EXIT_AT_ONCE)
+            os._exit(EXIT_INTERRUPTED)
         self._stopping = True
         log.info("stopping", grace_seconds=self.config.server.shutdown_grace_seconds)
         self.notifier.stopping()

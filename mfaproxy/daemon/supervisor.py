@@ -21,6 +21,7 @@ import structlog
 
 from mfaproxy.adapters.sdnotify import SystemdNotifier
 from mfaproxy.config.schema import Config
+from mfaproxy.errors import EXIT_INTERRUPTED
 
 log = structlog.get_logger(__name__)
 
@@ -121,7 +122,7 @@ class Supervisor:
     def _request_stop(self) -> None:
         if self._stopping:
             self._signal_all(signal.SIGKILL)
-            os._exit(130)
+            os._exit(EXIT_INTERRUPTED)
         self._stopping = True
         self.notifier.stopping()
         self._signal_all(signal.SIGTERM)

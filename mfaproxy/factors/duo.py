@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 
 from mfaproxy.config.multifactor import DuoMethodConfig, MultifactorConfig
+from mfaproxy.errors import DuoBusy, DuoError, DuoFailure, DuoMisconfigured, DuoTimeout
 from mfaproxy.factors.base import (
     Factor,
     FactorRequest,
@@ -44,16 +45,7 @@ from mfaproxy.factors.base import (
     FactorUser,
     Verdict,
 )
-from mfaproxy.factors.duo_api import (
-    REQUEST_TIMEOUT,
-    DuoApi,
-    DuoBusy,
-    DuoError,
-    DuoFailure,
-    DuoMisconfigured,
-    DuoTimeout,
-    printable,
-)
+from mfaproxy.factors.duo_api import REQUEST_TIMEOUT, DuoApi, printable
 from mfaproxy.observability.metrics import SECOND_FACTOR_ATTEMPTS
 
 log = structlog.get_logger(__name__)

@@ -32,31 +32,12 @@ from typing import Any
 import duo_client
 
 from mfaproxy.config.multifactor import DuoMethodConfig
+from mfaproxy.errors import DuoBusy, DuoFailure, DuoMisconfigured, DuoTimeout
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
 
 # Seconds for one preauth/auth request (socket timeout and overall bound). A push is
 # bounded by `duo.timeout` instead, which the auth_status long poll may use up.
 REQUEST_TIMEOUT = 10.0
-
-
-class DuoError(Exception):
-    """A Duo call gave no usable answer; the subclass says whose fault it is."""
-
-
-class DuoFailure(DuoError):
-    """Duo did not give a usable answer: an outage, so failmode applies."""
-
-
-class DuoTimeout(DuoFailure):
-    """A call to Duo ran out of time."""
-
-
-class DuoMisconfigured(DuoError):
-    """Duo refused the request itself (HTTP 4xx): credentials, signature, parameters."""
-
-
-class DuoBusy(DuoError):
-    """Every worker thread is taken, or the client is closed: our limit, not Duo's."""
 
 
 def split_hostname(value: str) -> tuple[str, int | None]:

@@ -33,7 +33,7 @@ import structlog
 from yubiotp.otp import decode_otp
 
 from mfaproxy.config.multifactor import MultifactorConfig, YubikeyMethodConfig
-from mfaproxy.errors import ConfigError, MfaproxyError, UpstreamUnavailable
+from mfaproxy.errors import ConfigError, UpstreamUnavailable, YubikeyEnrolmentError
 from mfaproxy.factors.base import (
     Factor,
     FactorRequest,
@@ -54,10 +54,6 @@ PROMPT = "Touch your YubiKey"
 ENROL_PROMPT = "Touch your YubiKey to register it"
 # A verify answer is a dozen short lines; anything much longer is not YubiCloud.
 _MAX_BODY = 4096
-
-
-class YubikeyEnrolmentError(MfaproxyError):
-    """An operator's enrolment cannot be done (bad OTP, wrong key material, refused)."""
 
 
 def normalise_otp(answer: str) -> str | None:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from mfaproxy.errors import ConfigError, MfaproxyError
+from mfaproxy.errors import DecryptionError, KeyFileError
 
 KEY_BYTES = 32
 _NONCE_BYTES = 12  # 96 bits: the IV length GCM is specified for (SP 800-38D section 5.2.1.1)
@@ -33,18 +33,6 @@ _VERSION_1 = b"\x01"
 # The AES key is derived from the master key rather than being the master key itself, so
 # that other uses of the master key (the backup-code pepper) never share key material.
 _SEAL_INFO = b"mfaproxy secrets at rest v1"
-
-
-class KeyFileError(ConfigError):
-    """The master key file is unusable (unsafe mode, wrong length, unreadable)."""
-
-    def __init__(self, path: Path, problem: str) -> None:
-        self.path = path
-        super().__init__([f"secrets key file {path}: {problem}"])
-
-
-class DecryptionError(MfaproxyError):
-    """A sealed record cannot be opened: wrong key, tampered, or moved to another record."""
 
 
 def load_or_create_key(path: str | os.PathLike[str]) -> bytes:

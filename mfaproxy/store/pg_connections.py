@@ -9,7 +9,7 @@ import psycopg
 from psycopg import Connection
 from psycopg.pq import TransactionStatus
 
-from mfaproxy.store.records import StoreError
+from mfaproxy.errors import StoreError
 
 
 class PgConnections:

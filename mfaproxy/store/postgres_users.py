@@ -50,7 +50,7 @@ from psycopg.abc import Params
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
-from mfaproxy.errors import UpstreamError
+from mfaproxy.errors import StoreError, UserStoreUnavailable
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
 from mfaproxy.otp.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
@@ -62,7 +62,6 @@ from mfaproxy.store.records import (
     Method,
     ResetRequest,
     ResetStatus,
-    StoreError,
     UserRecord,
     lock_view,
     normalise_user,
@@ -90,10 +89,6 @@ _SELECT_RESETS = "SELECT id, user_name, requested_at, via, status, decided_at FR
 # statement being wrong: connection lost or refused, shutdown, timeouts, too many
 # connections (all OperationalError), and a read-only server.
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, pg_errors.ReadOnlySqlTransaction)
-
-
-class UserStoreUnavailable(UpstreamError):
-    """The PostgreSQL user store did not answer (down, unreachable, timed out, read-only)."""
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,17 +7,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
-from mfaproxy.errors import MfaproxyError
-
 Method = Literal["totp", "yubikey", "email", "sms", "duo", "radius"]
 METHODS: tuple[Method, ...] = get_args(Method)
 # The methods as an SQL list, for the CHECK constraints of both stores' schemas.
 METHODS_SQL = "(" + ", ".join(f"'{m}'" for m in METHODS) + ")"
 ResetStatus = Literal["pending", "approved", "cleared"]
-
-
-class StoreError(MfaproxyError):
-    """The user store cannot be used (unknown schema, closed, corrupt)."""
 
 
 def normalise_user(name: str) -> str:

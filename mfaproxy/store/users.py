@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
+from mfaproxy.errors import StoreError
 from mfaproxy.otp.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
 from mfaproxy.store.records import (
@@ -39,7 +40,6 @@ from mfaproxy.store.records import (
     Method,
     ResetRequest,
     ResetStatus,
-    StoreError,
     UserRecord,
     lock_view,
     normalise_user,

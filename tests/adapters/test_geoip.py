@@ -11,10 +11,10 @@ import netaddr
 import pytest
 from mmdb_writer import MMDBWriter
 
-from mfaproxy.adapters.geoip import GeoIpDatabase, GeoIpDatabaseError, GeoIpDatabases
+from mfaproxy.adapters.geoip import GeoIpDatabase, GeoIpDatabases
 from mfaproxy.config.policies import AccessPoliciesConfig
-from mfaproxy.core.policy import CountryLookupError, PolicyContext, Tri, evaluate
-from mfaproxy.errors import ConfigError
+from mfaproxy.core.policy import PolicyContext, Tri, evaluate
+from mfaproxy.errors import ConfigError, CountryLookupError, GeoIpDatabaseError
 
 NOW = datetime(2024, 5, 3, 12, 0, tzinfo=UTC)
 

@@ -22,7 +22,6 @@ from mfaproxy.config.policies import (
 )
 from mfaproxy.core.policy import (
     STRICTNESS,
-    CountryLookupError,
     Decision,
     IPAddress,
     PolicyContext,
@@ -36,6 +35,7 @@ from mfaproxy.core.policy import (
     parse_ip,
 )
 from mfaproxy.core.policy_explain import explain
+from mfaproxy.errors import CountryLookupError
 
 M, N, U = Tri.MATCH, Tri.NO_MATCH, Tri.UNKNOWN
 FRIDAY_NOON = datetime(2024, 5, 3, 12, 0, tzinfo=UTC)  # a Friday

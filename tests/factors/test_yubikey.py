@@ -15,15 +15,9 @@ import pytest
 import structlog
 
 from mfaproxy.config.multifactor import MultifactorConfig
-from mfaproxy.errors import UpstreamUnavailable
+from mfaproxy.errors import UpstreamUnavailable, YubikeyEnrolmentError
 from mfaproxy.factors.base import FactorRequest, FactorServices, FactorUser, Verdict
-from mfaproxy.factors.yubikey import (
-    PUBLIC_ID_LENGTH,
-    YubikeyEnrolmentError,
-    YubikeyFactor,
-    build,
-    enrol,
-)
+from mfaproxy.factors.yubikey import PUBLIC_ID_LENGTH, YubikeyFactor, build, enrol
 from mfaproxy.observability import metrics
 from mfaproxy.store import users as users_module
 from mfaproxy.store.async_users import AsyncUserStore

@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mfaproxy.errors import ConfigError
-from mfaproxy.store.crypto import (
-    KEY_BYTES,
-    DecryptionError,
-    KeyFileError,
-    SecretBox,
-    load_or_create_key,
-)
+from mfaproxy.errors import ConfigError, DecryptionError, KeyFileError
+from mfaproxy.store.crypto import KEY_BYTES, SecretBox, load_or_create_key
 
 
 def _mode(path: Path) -> int:

@@ -17,13 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 from pydantic import ValidationError
 
+from mfaproxy.config.stores import RedisSettings
+from mfaproxy.errors import StateStoreUnavailable
 from mfaproxy.observability import metrics
-from mfaproxy.store.redis_state import (
-    EXPIRY_MARGIN,
-    RedisSettings,
-    RedisStateStore,
-    StateStoreUnavailable,
-)
+from mfaproxy.store.redis_state import EXPIRY_MARGIN, RedisStateStore
 from mfaproxy.store.state import MemoryStateStore, StateStore
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisSentinel, RedisServer

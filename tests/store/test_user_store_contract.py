@@ -29,13 +29,13 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
+from mfaproxy.errors import DecryptionError, StoreError, UserStoreUnavailable
 from mfaproxy.observability import metrics
 from mfaproxy.otp.backup_codes import generate_codes
 from mfaproxy.otp.totp import new_secret
 from mfaproxy.store import postgres_users, users
-from mfaproxy.store.crypto import DecryptionError
-from mfaproxy.store.postgres_users import PostgresUserStore, UserStoreUnavailable
-from mfaproxy.store.records import LockState, StoreError, UserRepository
+from mfaproxy.store.postgres_users import PostgresUserStore
+from mfaproxy.store.records import LockState, UserRepository
 from mfaproxy.store.users import UserStore
 from tests.support.ports import free_port
 from tests.support.postgres_server import PostgresServer
