@@ -17,8 +17,8 @@ from typing import Any
 import maxminddb
 
 from mfaproxy.config.policies import AccessPoliciesConfig
-from mfaproxy.core.policy import IPAddress
 from mfaproxy.errors import ConfigError, CountryLookupError, GeoIpDatabaseError
+from mfaproxy.radius.addresses import IPAddress
 
 # `country` is where MaxMind places the user; some networks (anonymisers, satellite,
 # anycast) only carry `registered_country`, the country the block is registered in.

@@ -33,13 +33,19 @@ import secrets
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias, cast
+from typing import Any, TypeAlias, cast
 
 import structlog
 from pyrad import packet as radpacket
 
 from mfaproxy.errors import UpstreamUnavailable
 from mfaproxy.observability import metrics
+from mfaproxy.radius.constants import (
+    ACCESS_ACCEPT,
+    ACCESS_CHALLENGE,
+    ACCESS_REJECT,
+    ACCESS_REQUEST,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -47,11 +53,6 @@ AttributeValue: TypeAlias = str | int | bytes
 # Values given for a request attribute: one value or several (repeated attribute).
 RequestAttributes: TypeAlias = Mapping[str, AttributeValue | Sequence[AttributeValue]]
 
-# Packet codes, RFC 2865 section 3.
-ACCESS_REQUEST: Final = 1
-ACCESS_ACCEPT: Final = 2
-ACCESS_REJECT: Final = 3
-ACCESS_CHALLENGE: Final = 11
 
 # RFC 2865 section 5.2: User-Password is at most 128 octets.
 MAX_PASSWORD_OCTETS = 128

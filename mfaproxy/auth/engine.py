@@ -25,13 +25,7 @@ from mfaproxy.auth.second_factor import (
 from mfaproxy.config.schema import ClientConfig, Config
 from mfaproxy.core import replies
 from mfaproxy.core.answer import Answer, Outcome
-from mfaproxy.core.policy import (
-    CountryLookup,
-    PolicyContext,
-    early_login_denial,
-    evaluate,
-    parse_ip,
-)
+from mfaproxy.core.policy import CountryLookup, PolicyContext, early_login_denial, evaluate
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.core.second_factor import split_append
 from mfaproxy.core.session import Session
@@ -39,7 +33,9 @@ from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.base import Factor, FactorServices, FactorUser
 from mfaproxy.observability import metrics
-from mfaproxy.radius.codec import STATUS_SERVER, RadiusRequest
+from mfaproxy.radius.addresses import parse_ip
+from mfaproxy.radius.codec import RadiusRequest
+from mfaproxy.radius.constants import STATUS_SERVER
 from mfaproxy.store.records import UserRecord, normalise_user
 
 audit_log = structlog.get_logger("mfaproxy.audit")

@@ -32,6 +32,7 @@ from mfaproxy.factors.base import (
     Verdict,
 )
 from mfaproxy.observability import metrics
+from mfaproxy.radius.text import reply_message
 from mfaproxy.store.records import UserRecord, normalise_user
 
 log = structlog.get_logger(__name__)
@@ -88,7 +89,7 @@ class MfaFlow:
         state = secrets.token_bytes(STATE_BYTES)
         ttl = self.mfa.challenge.timeout_seconds
         await self.services.state.put(CHALLENGES, state.hex(), session.to_json(), ttl, login.now)
-        return Answer(Outcome.CHALLENGE, reason, reply_message=flow.fit_prompt(prompt), state=state)
+        return Answer(Outcome.CHALLENGE, reason, reply_message=reply_message(prompt), state=state)
 
     def _session(
         self, login: Login, stage: str, method: str, pending: Mapping[str, Any], prompt: str

@@ -19,10 +19,11 @@ from typing import TypeAlias
 
 from mfaproxy.adapters.geoip import GeoIpDatabases
 from mfaproxy.config.schema import ClientConfig, Config, load_config
-from mfaproxy.core.policy import IPAddress, PolicyContext
+from mfaproxy.core.policy import PolicyContext
 from mfaproxy.core.policy_explain import explain
 from mfaproxy.directory.local import load_users_file, normalise_username
 from mfaproxy.errors import EXIT_INVALID, EXIT_OK
+from mfaproxy.radius.addresses import IPAddress
 
 # A string: argparse._SubParsersAction is not subscriptable at run time.
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

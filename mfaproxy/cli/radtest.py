@@ -23,9 +23,6 @@ from pathlib import Path
 from typing import TypeAlias
 
 from mfaproxy.adapters.radius_client import (
-    ACCESS_ACCEPT,
-    ACCESS_CHALLENGE,
-    ACCESS_REJECT,
     AttributeValue,
     RadiusClient,
     RadiusReply,
@@ -34,13 +31,9 @@ from mfaproxy.adapters.radius_client import (
 from mfaproxy.errors import EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, UpstreamUnavailable
 from mfaproxy.observability.logging import configure_logging
 from mfaproxy.radius.codec import load_dictionary
+from mfaproxy.radius.constants import CODE_TITLES
 
 DEFAULT_PORT = 1812
-CODE_NAMES = {
-    ACCESS_ACCEPT: "Access-Accept",
-    ACCESS_REJECT: "Access-Reject",
-    ACCESS_CHALLENGE: "Access-Challenge",
-}
 
 # A string: argparse._SubParsersAction is not subscriptable at run time.
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -133,7 +126,7 @@ def _shown(value: AttributeValue) -> str:
 
 
 def _print_reply(reply: RadiusReply) -> None:
-    name = CODE_NAMES.get(reply.code, f"code {reply.code}")
+    name = CODE_TITLES.get(reply.code, f"code {reply.code}")
     print(f"Received {name} from {reply.server.label}")
     for attribute, values in reply.attributes.items():
         for value in values:

@@ -29,6 +29,7 @@ from mfaproxy.config.multifactor import MultifactorConfig, SmtpConfig
 from mfaproxy.config.policies import AccessPoliciesConfig
 from mfaproxy.config.stores import MemoryStateStoreConfig, StateStoreConfig, UserStoreConfig
 from mfaproxy.errors import ConfigError
+from mfaproxy.radius.text import fits_reply_message
 
 DEFAULT_CONFIG_PATH = Path("/etc/mfaproxy/mfaproxy.yaml")
 
@@ -292,8 +293,11 @@ class RepliesConfig(Strict):
     @field_validator("accept_message", "reject_message")
     @classmethod
     def _fits(cls, value: str | None) -> str | None:
-        if value is not None and len(value.encode()) > 253:
-            raise ValueError("must fit one Reply-Message attribute (253 octets)")
+        if value is not None and not fits_reply_message(value):
+            raise ValueError(
+                "must be one line of printable ASCII, at most 253 characters"
+                " (one Reply-Message, RFC 2865 section 5.18)"
+            )
         return value
 
 

@@ -27,7 +27,6 @@ the missing input would have given. On ties the earliest policy is named.
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -52,8 +51,8 @@ from mfaproxy.config.policies import (
     UsersRule,
 )
 from mfaproxy.errors import CountryLookupError
+from mfaproxy.radius.addresses import IPAddress, parse_ip, unmap
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # (database path, address) -> ISO 3166-1 alpha-2 code, or None when the database places
 # the address in no country (private, reserved or unlisted space). Raises
 # CountryLookupError when it cannot answer. The adapter in mfaproxy.adapters.geoip does
@@ -81,23 +80,6 @@ class PolicyStatus(enum.Enum):
     INACTIVE = "inactive"
     # An earlier policy decided for certain; this one could not change the outcome.
     NOT_REACHED = "not reached"
-
-
-def parse_ip(text: str | None) -> IPAddress | None:
-    """An IP literal, or None for anything else (a MAC address, a phone number, junk).
-    IPv4-mapped IPv6 addresses become IPv4 so that IPv4 ranges still apply to them."""
-    if text is None:
-        return None
-    try:
-        return _unmap(ipaddress.ip_address(text.strip()))
-    except ValueError:
-        return None
-
-
-def _unmap(address: IPAddress) -> IPAddress:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 @dataclass(frozen=True)
@@ -201,10 +183,10 @@ def _station_ip(ctx: PolicyContext) -> tuple[IPAddress | None, str]:
 
 def _address(source: str, ctx: PolicyContext) -> tuple[IPAddress | None, str]:
     if source == "client_address":
-        return _unmap(ctx.client_address), ""
+        return unmap(ctx.client_address), ""
     if source == "nas_ip_address":
         address = ctx.nas_ip_address
-        return (None if address is None else _unmap(address)), "no NAS-IP-Address in the request"
+        return (None if address is None else unmap(address)), "no NAS-IP-Address in the request"
     return _station_ip(ctx)
 
 

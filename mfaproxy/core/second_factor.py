@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mfaproxy.otp.backup_codes import looks_like_backup_code
-
-# Reply-Message carries at most 253 octets (RFC 2865 section 5.18); prompts stay ASCII.
-MAX_PROMPT = 253
+from mfaproxy.otp.codes import digit_code
+from mfaproxy.radius.constants import MAX_STRING_OCTETS
+from mfaproxy.radius.text import reply_message
 
 KEYWORD_BACKUP = "backup"
 KEYWORD_EMAIL = "email"
@@ -117,8 +117,7 @@ def classify_answer(
 
 def digits_code(text: str) -> bool:
     """The shape of a typical OTP when no method says otherwise: 4 to 10 digits."""
-    typed = text.strip()
-    return 4 <= len(typed) <= 10 and typed.isascii() and typed.isdigit()
+    return digit_code(text, 4, 10) is not None
 
 
 def split_append(
@@ -154,12 +153,6 @@ def split_append(
     return password, None
 
 
-def fit_prompt(text: str) -> str:
-    """Plain ASCII, at most one Reply-Message."""
-    ascii_text = text.encode("ascii", errors="replace").decode("ascii")
-    return ascii_text if len(ascii_text) <= MAX_PROMPT else ascii_text[: MAX_PROMPT - 3] + "..."
-
-
 def with_options(prompt: str, alternates: Sequence[str], current: str, reset_allowed: bool) -> str:
     """Append the words the user can type instead: `backup`, `email`, `reset`."""
     words = []
@@ -170,12 +163,12 @@ def with_options(prompt: str, alternates: Sequence[str], current: str, reset_all
     if reset_allowed:
         words.append(KEYWORD_RESET)
     if not words or current == "backup_codes":
-        return fit_prompt(prompt)
+        return reply_message(prompt)
     suffix = f" (or type {', '.join(words)})"
-    if len(prompt) + len(suffix) > MAX_PROMPT:
-        return fit_prompt(prompt)
-    return fit_prompt(prompt + suffix)
+    if len(prompt) + len(suffix) > MAX_STRING_OCTETS:
+        return reply_message(prompt)
+    return reply_message(prompt + suffix)
 
 
 def retry_prompt(prompt: str) -> str:
-    return fit_prompt("Wrong code, try again. " + prompt)
+    return reply_message("Wrong code, try again. " + prompt)

@@ -19,19 +19,13 @@ import structlog
 from pyrad.dictionary import Dictionary
 
 from mfaproxy.auth.engine import Engine, RequestContext
+from mfaproxy.config.schema import ClientConfig
 from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.errors import PeerError, UpstreamError
 from mfaproxy.observability import metrics
 from mfaproxy.radius.clients import ClientTable
-from mfaproxy.radius.codec import (
-    ACCESS_ACCEPT,
-    ACCESS_CHALLENGE,
-    ACCESS_REJECT,
-    CODE_NAMES,
-    RadiusRequest,
-    decode_request,
-    encode_reply,
-)
+from mfaproxy.radius.codec import RadiusRequest, decode_request, encode_reply
+from mfaproxy.radius.constants import ACCESS_ACCEPT, ACCESS_CHALLENGE, ACCESS_REJECT, CODE_LABELS
 from mfaproxy.radius.duplicates import Lookup, RequestKey, Seen
 from mfaproxy.store.duplicates import Duplicates
 
@@ -52,7 +46,7 @@ class Runtime:
     `active` counts requests running on it, so a retired runtime's backends are closed
     only after the last of them finishes."""
 
-    clients: ClientTable
+    clients: ClientTable[ClientConfig]
     dictionary: Dictionary
     engine: Engine
     # Called once the runtime is retired and idle (e.g. closing GeoIP databases).
@@ -170,7 +164,7 @@ class Dispatcher:
             metrics.PACKETS_DROPPED.labels(reason=exc.reason).inc()
             log.info("packet_dropped", reason=exc.reason, client=client.name, source=source_ip)
             return
-        code_name = CODE_NAMES.get(request.code, str(request.code))
+        code_name = CODE_LABELS.get(request.code, str(request.code))
         key = (source_ip, source_port, request.identifier, request.authenticator)
         try:
             lookup = await self.dedup.begin(key, time.time())

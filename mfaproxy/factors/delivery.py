@@ -24,13 +24,14 @@ import structlog
 from mfaproxy.config.multifactor import CodeDelivery
 from mfaproxy.errors import ConfigError
 from mfaproxy.factors.base import FactorRequest, FactorResult, FactorServices, FactorUser, Verdict
+from mfaproxy.otp.codes import digit_code
+from mfaproxy.radius.text import reply_message
 from mfaproxy.store.crypto import derive_key
 from mfaproxy.store.records import Method, UserRepository
 from mfaproxy.store.state import StateStore
 
 log = structlog.get_logger(__name__)
 
-MAX_PROMPT = 253  # one Reply-Message (RFC 2865 section 5.18)
 FLOOD_NAMESPACE = "delivery"
 # Single-use markers: a code is accepted only while its marker can still be taken.
 ISSUED_NAMESPACE = "delivery_issued"
@@ -52,11 +53,6 @@ class DeliveryFailed(Exception):
 
 def new_code(length: int) -> str:
     return "".join(secrets.choice(string.digits) for _ in range(length))
-
-
-def ascii_prompt(text: str) -> str:
-    """Plain ASCII that fits in one Reply-Message, whatever a directory value held."""
-    return text.encode("ascii", "replace").decode("ascii")[:MAX_PROMPT]
 
 
 def mask_email(address: str) -> str:
@@ -146,7 +142,7 @@ class OneTimeCodes:
             prompt = f"A code was sent recently; use it or try again in {wait} seconds"
         log.info("code_flood_limited", factor=self.factor)
         return FactorResult(
-            Verdict.REJECT, "flood_limited", prompt=ascii_prompt(prompt), counts_as_failure=False
+            Verdict.REJECT, "flood_limited", prompt=reply_message(prompt), counts_as_failure=False
         )
 
     async def issue(self, user: str, masked: str, now: float) -> tuple[str, dict[str, Any]]:
@@ -176,7 +172,7 @@ class OneTimeCodes:
         if now >= expires:
             return FactorResult.reject("code_expired", counts_as_failure=False)
         typed = re.sub(r"\s+", "", answer)
-        if len(typed) != self.settings.code_length or not typed.isascii() or not typed.isdigit():
+        if digit_code(typed, self.settings.code_length) is None:
             return FactorResult.reject("malformed_code")
         # Bytes: compare_digest refuses non-ASCII str, and pending is only data.
         if not hmac.compare_digest(self._digest(salt, user, typed).encode(), digest.encode()):
@@ -233,8 +229,7 @@ class DeliveryFactor:
     # -- the Factor interface
 
     def looks_like_code(self, text: str) -> bool:
-        typed = text.strip()
-        return len(typed) == self.settings.code_length and typed.isascii() and typed.isdigit()
+        return digit_code(text, self.settings.code_length) is not None
 
     def is_enrolled(self, user: FactorUser) -> bool:
         if self.normalise(self.directory_value(user)) is not None:
@@ -305,7 +300,7 @@ class DeliveryFactor:
             return FactorResult(
                 Verdict.REJECT,
                 "no_destination",
-                prompt=ascii_prompt(self.no_destination),
+                prompt=reply_message(self.no_destination),
                 counts_as_failure=False,
             )
         refused = await self.codes.admit(destination, request.now)
@@ -321,7 +316,7 @@ class DeliveryFactor:
         log.info("code_sent", factor=self.method, user=request.user.name, to=masked)
         if enrolment:
             pending["destination"] = destination
-        prompt = ascii_prompt(f"Enter the code sent to {masked}")
+        prompt = reply_message(f"Enter the code sent to {masked}")
         return FactorResult.challenge(
             prompt, pending, reason="enrolment" if enrolment else "code_sent"
         )

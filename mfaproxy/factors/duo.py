@@ -45,8 +45,10 @@ from mfaproxy.factors.base import (
     FactorUser,
     Verdict,
 )
-from mfaproxy.factors.duo_api import REQUEST_TIMEOUT, DuoApi, printable
+from mfaproxy.factors.duo_api import REQUEST_TIMEOUT, DuoApi
 from mfaproxy.observability.metrics import SECOND_FACTOR_ATTEMPTS
+from mfaproxy.otp.codes import digit_code
+from mfaproxy.radius.text import fits_reply_message, reply_message
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +56,6 @@ log = structlog.get_logger(__name__)
 # only adds latency after a status change such as "pushed").
 POLL_INTERVAL = 0.25
 # Reply-Message carries at most 253 octets.
-MAX_PROMPT = 253
 # Out-of-band words in menu order; a passcode is always offered (bypass codes and
 # hardware tokens need no capability).
 OUT_OF_BAND = ("push", "phone", "sms")
@@ -66,11 +67,6 @@ SMS_PROMPT = "Enter the passcode sent by SMS"
 PASSCODE_PROMPT = "Enter a Duo passcode"
 # auth/auth_status `status` values that get their own reason label.
 DENY_REASONS = {"fraud": "fraud", "locked_out": "duo_locked_out"}
-
-
-def ascii_text(text: object, limit: int = MAX_PROMPT) -> str:
-    """A prompt: plain ASCII that fits in one Reply-Message."""
-    return printable(text, limit)
 
 
 def menu_prompt(capabilities: set[str]) -> str:
@@ -92,7 +88,7 @@ def device_summary(devices: object) -> list[dict[str, Any]]:
             caps = caps if isinstance(caps, list) else []
             usable = [c for c in OUT_OF_BAND if c in caps]
             kept.append(
-                {"device": ascii_text(device.get("device", ""), 64), "capabilities": usable}
+                {"device": reply_message(device.get("device", ""), 64), "capabilities": usable}
             )
     return kept
 
@@ -118,7 +114,7 @@ def client_ip(request: FactorRequest) -> str | None:
 def with_prompt(
     verdict: Verdict, reason: str, message: object, counts: bool = True
 ) -> FactorResult:
-    prompt = ascii_text(message) or None
+    prompt = reply_message(message) or None
     return FactorResult(verdict, reason, prompt=prompt, counts_as_failure=counts)
 
 
@@ -139,8 +135,7 @@ class DuoFactor:
         self.api = DuoApi(settings, request_timeout)
 
     def looks_like_code(self, text: str) -> bool:
-        typed = text.strip()  # a Duo passcode: 6 to 16 digits
-        return 6 <= len(typed) <= 16 and typed.isascii() and typed.isdigit()
+        return digit_code(text, 6, 16) is not None  # a Duo passcode: 6 to 16 digits
 
     def is_enrolled(self, user: FactorUser) -> bool:
         return True  # Duo knows its own users; preauth decides
@@ -188,15 +183,15 @@ class DuoFactor:
         if result == "deny":
             return with_prompt(Verdict.REJECT, "duo_denied", message or "Access denied by Duo")
         if result == "enroll":
-            url = ascii_text(answer.get("enroll_portal_url", ""))
+            url = reply_message(answer.get("enroll_portal_url", ""))
             prompt = f"Enroll in Duo first: {url}"
-            if not url or len(prompt) > MAX_PROMPT:
+            if not url or not fits_reply_message(prompt):
                 prompt = "Enroll in Duo first; ask your administrator how"
             return with_prompt(Verdict.REJECT, "duo_enroll", prompt, counts=False)
         if result == "auth":
             pending = {"devices": device_summary(answer.get("devices"))}
             return FactorResult.challenge(menu_prompt(capabilities(pending)), pending)
-        raise DuoFailure(f"unexpected preauth result {ascii_text(result, 40)!r}")
+        raise DuoFailure(f"unexpected preauth result {reply_message(result, 40)!r}")
 
     async def _answer(
         self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
@@ -207,7 +202,7 @@ class DuoFactor:
             return FactorResult.challenge(PASSCODE_PROMPT, pending, reason="passcode_needed")
         if word in OUT_OF_BAND:
             if word not in caps:
-                prompt = ascii_text(f"No Duo device can do {word}. {menu_prompt(caps)}")
+                prompt = reply_message(f"No Duo device can do {word}. {menu_prompt(caps)}")
                 return FactorResult.challenge(prompt, pending, reason="factor_unavailable")
             if word == "sms":
                 return await self._sms(request, pending)

@@ -34,6 +34,7 @@ import duo_client
 from mfaproxy.config.multifactor import DuoMethodConfig
 from mfaproxy.errors import DuoBusy, DuoFailure, DuoMisconfigured, DuoTimeout
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
+from mfaproxy.radius.text import reply_message
 
 # Seconds for one preauth/auth request (socket timeout and overall bound). A push is
 # bounded by `duo.timeout` instead, which the auth_status long poll may use up.
@@ -46,13 +47,6 @@ def split_hostname(value: str) -> tuple[str, int | None]:
     if sep and host and port.isdigit() and ":" not in host:
         return host, int(port)
     return value, None
-
-
-def printable(text: object, limit: int) -> str:
-    """Printable ASCII only, whitespace collapsed, cut to `limit` characters: safe in a
-    Reply-Message or a log line, whatever Duo or an exception put in `text`."""
-    cleaned = "".join(c if " " <= c <= "~" else " " for c in str(text))
-    return " ".join(cleaned.split())[:limit]
 
 
 class DuoApi:
@@ -112,7 +106,7 @@ class DuoApi:
             # duo_client raises RuntimeError carrying the HTTP status for any non-200
             # and for a body that is not {"stat": "OK", "response": ...}.
             status = getattr(exc, "status", None)
-            detail = f"{what}: {printable(exc, 200)}"
+            detail = f"{what}: {reply_message(exc, 200)}"
             if isinstance(status, int) and 400 <= status < 500 and status != 429:
                 self._observe("rejected", started, up=False)
                 raise DuoMisconfigured(detail) from exc
@@ -121,7 +115,7 @@ class DuoApi:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             # Connection refused or reset, socket timeout, TLS and certificate errors.
             self._observe("error", started, up=False)
-            raise DuoFailure(f"{what}: {type(exc).__name__}: {printable(exc, 200)}") from exc
+            raise DuoFailure(f"{what}: {type(exc).__name__}: {reply_message(exc, 200)}") from exc
         if not isinstance(answer, Mapping):
             self._observe("error", started, up=False)
             raise DuoFailure(f"{what}: the response is not an object")

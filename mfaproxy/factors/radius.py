@@ -25,7 +25,6 @@ The typed answer is never logged, nor is any State value.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -42,6 +41,9 @@ from mfaproxy.adapters.radius_client import (
 from mfaproxy.config.multifactor import MultifactorConfig, OtpRadiusServer, RadiusMethodConfig
 from mfaproxy.errors import UpstreamUnavailable
 from mfaproxy.factors.base import Factor, FactorRequest, FactorResult, FactorServices, FactorUser
+from mfaproxy.otp.codes import digit_code
+from mfaproxy.radius.constants import MAX_STRING_OCTETS
+from mfaproxy.radius.text import reply_message
 
 log = structlog.get_logger(__name__)
 
@@ -55,13 +57,6 @@ PENDING_ROUNDS: Final = "upstream_rounds"
 # An upstream that keeps challenging (broken, or hostile) must not hold a login open
 # forever; real OTP servers need two or three rounds at most (new PIN, next code).
 MAX_ROUNDS: Final = 8
-# One Reply-Message attribute holds at most 253 octets (RFC 2865 section 5.18); the
-# prompt must fit in the one we send to the NAS.
-MAX_PROMPT_OCTETS: Final = 253
-# RFC 2865 section 5.32: NAS-Identifier is a string of at most 253 octets.
-MAX_NAS_IDENTIFIER_OCTETS: Final = 253
-# Control characters (other than a line break) could corrupt a NAS's display or log.
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 
 def strip_domain(login_name: str) -> str:
@@ -81,17 +76,13 @@ def upstream_prompt(reply: RadiusReply) -> str:
 
     RFC 2865 section 5.18: several Reply-Messages are displayed in packet order, as one
     text (long messages are split across attributes), so they are joined without a
-    separator. Control characters become spaces; the result is cut to 253 octets on a
-    character boundary.
+    separator, then made fit for one Reply-Message by the one rule (radius/text.py).
     """
     parts = [
         value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
         for value in reply.attributes.get("Reply-Message", ())
     ]
-    text = _CONTROL.sub(" ", "".join(parts)).strip()
-    encoded = text.encode("utf-8")[:MAX_PROMPT_OCTETS]
-    text = encoded.decode("utf-8", errors="ignore").rstrip()
-    return text or NEXT_PROMPT
+    return reply_message("".join(parts)) or NEXT_PROMPT
 
 
 def _server(settings: OtpRadiusServer) -> RadiusServer:
@@ -113,7 +104,8 @@ class RadiusFactor:
 
     def __init__(self, config: RadiusMethodConfig, client: RadiusClient) -> None:
         nas_id = config.nas_identifier
-        if nas_id is not None and len(nas_id.encode()) > MAX_NAS_IDENTIFIER_OCTETS:
+        # RFC 2865 section 5.32: NAS-Identifier is a string of at most 253 octets.
+        if nas_id is not None and len(nas_id.encode()) > MAX_STRING_OCTETS:
             raise ValueError("multifactor.radius.nas_identifier is over 253 octets")
         self._config = config
         self._client = client
@@ -123,8 +115,8 @@ class RadiusFactor:
         return self._client
 
     def looks_like_code(self, text: str) -> bool:
-        typed = text.strip()  # OTP tokens: 4 to 12 digits (PIN-prefixed codes need challenge)
-        return 4 <= len(typed) <= 12 and typed.isascii() and typed.isdigit()
+        # OTP tokens: 4 to 12 digits (PIN-prefixed codes need a challenge).
+        return digit_code(text, 4, 12) is not None
 
     def is_enrolled(self, user: FactorUser) -> bool:
         return True  # the OTP server owns tokens and enrolment; it says no if need be

@@ -19,6 +19,8 @@ from typing import Literal
 import pyotp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mfaproxy.otp.codes import digit_code
+
 Algorithm = Literal["sha1", "sha256", "sha512"]
 
 _DIGESTS: dict[str, Callable[..., hashlib._Hash]] = {
@@ -99,11 +101,7 @@ def provisioning_uri(secret: str, user: str, settings: TotpSettings) -> str:
 
 def normalise_code(code: str, settings: TotpSettings) -> str | None:
     """Digits only, spaces ignored (apps show "123 456"); None when it cannot be a code."""
-    text = "".join(code.split())
-    # isascii() first: str.isdigit() also accepts other scripts' digits.
-    if len(text) != settings.digits or not (text.isascii() and text.isdigit()):
-        return None
-    return text
+    return digit_code("".join(code.split()), settings.digits)
 
 
 def verify(

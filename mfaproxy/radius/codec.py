@@ -25,37 +25,25 @@ from mfaproxy.errors import (
     MissingMessageAuthenticator,
     UnsupportedCode,
 )
-
-ACCESS_REQUEST = 1
-ACCESS_ACCEPT = 2
-ACCESS_REJECT = 3
-ACCESS_CHALLENGE = 11
-STATUS_SERVER = 12
-
-CODE_NAMES = {
-    ACCESS_REQUEST: "access_request",
-    ACCESS_ACCEPT: "access_accept",
-    ACCESS_REJECT: "access_reject",
-    ACCESS_CHALLENGE: "access_challenge",
-    STATUS_SERVER: "status_server",
-}
-
-# RFC 2865 section 3: the minimum and maximum Length of a packet.
-MIN_LENGTH = 20
-MAX_LENGTH = 4096
-
-ATTR_USER_NAME = 1
-ATTR_USER_PASSWORD = 2
-ATTR_CHAP_PASSWORD = 3
-ATTR_NAS_IP_ADDRESS = 4
-ATTR_REPLY_MESSAGE = 18
-ATTR_STATE = 24
-ATTR_CALLING_STATION_ID = 31
-ATTR_NAS_IDENTIFIER = 32
-ATTR_PROXY_STATE = 33
-ATTR_EAP_MESSAGE = 79
-ATTR_MESSAGE_AUTHENTICATOR = 80
-ATTR_NAS_IPV6_ADDRESS = 95
+from mfaproxy.radius.constants import (
+    ACCESS_REQUEST,
+    ATTR_CALLING_STATION_ID,
+    ATTR_CHAP_PASSWORD,
+    ATTR_EAP_MESSAGE,
+    ATTR_MESSAGE_AUTHENTICATOR,
+    ATTR_NAS_IDENTIFIER,
+    ATTR_NAS_IP_ADDRESS,
+    ATTR_NAS_IPV6_ADDRESS,
+    ATTR_PROXY_STATE,
+    ATTR_REPLY_MESSAGE,
+    ATTR_STATE,
+    ATTR_USER_NAME,
+    ATTR_USER_PASSWORD,
+    MAX_LENGTH,
+    MIN_LENGTH,
+    STATUS_SERVER,
+)
+from mfaproxy.radius.text import reply_message as fit_reply_message
 
 # Shipped inside the package (dictionaries/ at the top of the repository links here).
 DICTIONARY_DIR = Path(__file__).resolve().parent.parent / "dictionaries"
@@ -216,14 +204,6 @@ def decode_request(
     )
 
 
-def _fit_reply_message(text: str) -> bytes:
-    """One Reply-Message attribute carries 253 octets (RFC 2865 section 5.18)."""
-    data = text.encode("utf-8")
-    if len(data) <= 253:
-        return data
-    return data[:253].decode("utf-8", errors="ignore").encode("utf-8")
-
-
 def encode_reply(
     request: RadiusRequest,
     code: int,
@@ -235,7 +215,9 @@ def encode_reply(
     reply = request.packet.CreateReply()
     reply.code = code
     if reply_message:
-        OrderedDict.__setitem__(reply, ATTR_REPLY_MESSAGE, [_fit_reply_message(reply_message)])
+        OrderedDict.__setitem__(
+            reply, ATTR_REPLY_MESSAGE, [fit_reply_message(reply_message).encode("ascii")]
+        )
     if state is not None:
         OrderedDict.__setitem__(reply, ATTR_STATE, [state])
     for name, value in attributes:

@@ -16,16 +16,9 @@ from typing import Any, cast
 import pytest
 from pyrad import packet as radpacket
 
-from mfaproxy.adapters.radius_client import (
-    ACCESS_ACCEPT,
-    ACCESS_CHALLENGE,
-    ACCESS_REJECT,
-    ACCESS_REQUEST,
-    RadiusClient,
-    RadiusServer,
-    RequestAttributes,
-)
+from mfaproxy.adapters.radius_client import RadiusClient, RadiusServer, RequestAttributes
 from mfaproxy.errors import UpstreamUnavailable
+from mfaproxy.radius.constants import ACCESS_ACCEPT, ACCESS_CHALLENGE, ACCESS_REJECT, ACCESS_REQUEST
 from tests.support.freeradius import Challenge, FreeRadiusServer, UserSpec, rfc_dictionary
 from tests.support.ports import free_udp_port
 

@@ -23,7 +23,6 @@ from mfaproxy.config.policies import (
 from mfaproxy.core.policy import (
     STRICTNESS,
     Decision,
-    IPAddress,
     PolicyContext,
     PolicyStatus,
     Tri,
@@ -32,10 +31,10 @@ from mfaproxy.core.policy import (
     evaluate,
     in_time_window,
     match_rule,
-    parse_ip,
 )
 from mfaproxy.core.policy_explain import explain
 from mfaproxy.errors import CountryLookupError
+from mfaproxy.radius.addresses import IPAddress, parse_ip
 
 M, N, U = Tri.MATCH, Tri.NO_MATCH, Tri.UNKNOWN
 FRIDAY_NOON = datetime(2024, 5, 3, 12, 0, tzinfo=UTC)  # a Friday

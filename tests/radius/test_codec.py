@@ -18,15 +18,13 @@ from mfaproxy.errors import (
     UnsupportedCode,
 )
 from mfaproxy.radius.codec import (
-    ACCESS_ACCEPT,
-    ACCESS_CHALLENGE,
-    ACCESS_REJECT,
     RadiusRequest,
     decode_request,
     encode_reply,
     load_dictionary,
     split_attributes,
 )
+from mfaproxy.radius.constants import ACCESS_ACCEPT, ACCESS_CHALLENGE, ACCESS_REJECT
 
 DICTIONARY = load_dictionary()
 
