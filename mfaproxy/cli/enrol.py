@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mfaproxy.config.multifactor import YubikeyMethodConfig
+from mfaproxy.config.multifactor import Method, YubikeyMethodConfig
 from mfaproxy.config.schema import Config
 from mfaproxy.errors import (
     EXIT_INVALID,
@@ -38,7 +38,7 @@ from mfaproxy.factors.sms import normalise_number
 from mfaproxy.radius.codec import load_dictionary
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.factory import master_key
-from mfaproxy.store.records import Method, UserRepository
+from mfaproxy.store.records import UserRepository
 from mfaproxy.store.state import MemoryStateStore
 
 ENROL_METHODS = ("totp", "yubikey", "email", "sms")

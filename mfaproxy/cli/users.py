@@ -24,19 +24,13 @@ from typing import TypeAlias, cast
 import segno
 
 from mfaproxy.cli import enrol as cli_enrol
+from mfaproxy.config.multifactor import METHODS, Method
 from mfaproxy.config.schema import Config, load_config
 from mfaproxy.errors import EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, StoreError
 from mfaproxy.otp import totp
 from mfaproxy.otp.backup_codes import generate_codes
 from mfaproxy.store.factory import open_user_store, user_store_path
-from mfaproxy.store.records import (
-    METHODS,
-    Method,
-    ResetRequest,
-    ResetStatus,
-    UserRepository,
-    normalise_user,
-)
+from mfaproxy.store.records import ResetRequest, ResetStatus, UserRepository, normalise_user
 
 # What the store can fail with: its own checks, the file system, SQLite (locked, corrupt).
 _STORE_FAULTS = (StoreError, OSError, sqlite3.Error)

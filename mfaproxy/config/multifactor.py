@@ -6,7 +6,7 @@ Secrets accept the `<name>_file` / `<name>_env` forms, as everywhere in the sche
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationInfo, model_validator
 
@@ -14,7 +14,9 @@ from mfaproxy.config.base import ConfigPath, RadiusServerConfig, Strict, take_se
 from mfaproxy.otp.backup_codes import BackupCodeSettings
 from mfaproxy.otp.totp import TotpSettings
 
+# The second-factor methods: the one definition (the stores and the CLI use it too).
 Method = Literal["totp", "yubikey", "email", "sms", "duo", "radius"]
+METHODS: tuple[Method, ...] = get_args(Method)
 Alternate = Literal["email", "backup_codes"]
 
 YUBICLOUD_URLS = [

@@ -21,13 +21,13 @@ from typing import Any
 
 import structlog
 
-from mfaproxy.config.multifactor import CodeDelivery
+from mfaproxy.config.multifactor import CodeDelivery, Method
 from mfaproxy.errors import ConfigError
 from mfaproxy.factors.base import FactorRequest, FactorResult, FactorServices, FactorUser, Verdict
 from mfaproxy.otp.codes import digit_code
 from mfaproxy.radius.text import reply_message
 from mfaproxy.store.crypto import derive_key
-from mfaproxy.store.records import Method, UserRepository
+from mfaproxy.store.records import UserRepository
 from mfaproxy.store.state import StateStore
 
 log = structlog.get_logger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from mfaproxy.config.multifactor import EmailMethodConfig, MultifactorConfig
+from mfaproxy.config.multifactor import EmailMethodConfig, Method, MultifactorConfig
 from mfaproxy.errors import UpstreamUnavailable
 from mfaproxy.factors.base import Factor, FactorServices, FactorUser
 from mfaproxy.factors.delivery import (
@@ -19,7 +19,6 @@ from mfaproxy.factors.delivery import (
     mask_email,
     render,
 )
-from mfaproxy.store.records import Method
 
 # Deliberately loose (RFC 5322 is not the point): one @, a dotted domain, and nothing
 # that could break a header line.

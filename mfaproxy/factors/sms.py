@@ -34,6 +34,7 @@ from twilio.rest import Client  # type: ignore[import-untyped]
 
 from mfaproxy.config.multifactor import (
     EmailGatewayConfig,
+    Method,
     MultifactorConfig,
     SmsMethodConfig,
     TwilioConfig,
@@ -48,7 +49,6 @@ from mfaproxy.factors.delivery import (
     render,
 )
 from mfaproxy.observability import metrics
-from mfaproxy.store.records import Method
 
 log = structlog.get_logger(__name__)
 

@@ -50,6 +50,7 @@ from psycopg.abc import Params
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
+from mfaproxy.config.multifactor import METHODS, Method
 from mfaproxy.errors import StoreError, UserStoreUnavailable
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
 from mfaproxy.otp.backup_codes import BackupCodeHasher
@@ -57,9 +58,7 @@ from mfaproxy.store.crypto import SecretBox
 from mfaproxy.store.pg_connections import PgConnections
 from mfaproxy.store.pg_schema import MIGRATIONS
 from mfaproxy.store.records import (
-    METHODS,
     LockState,
-    Method,
     ResetRequest,
     ResetStatus,
     UserRecord,

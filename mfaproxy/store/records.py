@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, Protocol
 
-Method = Literal["totp", "yubikey", "email", "sms", "duo", "radius"]
-METHODS: tuple[Method, ...] = get_args(Method)
-# The methods as an SQL list, for the CHECK constraints of both stores' schemas.
-METHODS_SQL = "(" + ", ".join(f"'{m}'" for m in METHODS) + ")"
+from mfaproxy.config.multifactor import Method
+
 ResetStatus = Literal["pending", "approved", "cleared"]
 
 

@@ -30,14 +30,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
+from mfaproxy.config.multifactor import METHODS, Method
 from mfaproxy.errors import StoreError
 from mfaproxy.otp.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
 from mfaproxy.store.records import (
-    METHODS,
-    METHODS_SQL,
     LockState,
-    Method,
     ResetRequest,
     ResetStatus,
     UserRecord,
@@ -45,19 +43,21 @@ from mfaproxy.store.records import (
     normalise_user,
 )
 
-# Ordered: version N is MIGRATIONS[N - 1]. Append, never edit a shipped entry.
+# Ordered: version N is MIGRATIONS[N - 1]. Append, never edit a shipped entry: each is
+# literal SQL, so nothing defined elsewhere (the method names) can change one.
 MIGRATIONS: tuple[str, ...] = (
-    f"""
+    """
     CREATE TABLE users (
         name TEXT PRIMARY KEY,
-        method TEXT CHECK (method IS NULL OR method IN {METHODS_SQL}),
+        method TEXT CHECK (method IS NULL
+            OR method IN ('totp', 'yubikey', 'email', 'sms', 'duo', 'radius')),
         configure_later INTEGER NOT NULL DEFAULT 0,
         totp_secret BLOB, totp_last_step INTEGER,
         failures INTEGER NOT NULL DEFAULT 0, locked_until REAL,
         created_at REAL NOT NULL, updated_at REAL NOT NULL);
     CREATE TABLE enrolments (
         user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-        method TEXT NOT NULL CHECK (method IN {METHODS_SQL}),
+        method TEXT NOT NULL CHECK (method IN ('totp', 'yubikey', 'email', 'sms', 'duo', 'radius')),
         data BLOB NOT NULL, updated_at REAL NOT NULL,
         PRIMARY KEY (user, method));
     CREATE TABLE backup_codes (
@@ -75,6 +75,35 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: the last Yubico OTP counter accepted by local validation (session << 8 | use).
     "ALTER TABLE users ADD COLUMN yubikey_counter INTEGER;",
+    # 3: the method names are checked by the code (config.multifactor.METHODS), not by
+    # the schema, so adding a method needs no migration. SQLite cannot drop a CHECK: the
+    # two tables are rebuilt (https://sqlite.org/lang_altertable.html, "other kinds of
+    # table schema changes"), with foreign keys off for the migration (see _migrate).
+    """
+    CREATE TABLE users_v3 (
+        name TEXT PRIMARY KEY,
+        method TEXT,
+        configure_later INTEGER NOT NULL DEFAULT 0,
+        totp_secret BLOB, totp_last_step INTEGER,
+        failures INTEGER NOT NULL DEFAULT 0, locked_until REAL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL,
+        yubikey_counter INTEGER);
+    INSERT INTO users_v3 (name, method, configure_later, totp_secret, totp_last_step,
+                          failures, locked_until, created_at, updated_at, yubikey_counter)
+        SELECT name, method, configure_later, totp_secret, totp_last_step,
+               failures, locked_until, created_at, updated_at, yubikey_counter FROM users;
+    DROP TABLE users;
+    ALTER TABLE users_v3 RENAME TO users;
+    CREATE TABLE enrolments_v3 (
+        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        method TEXT NOT NULL,
+        data BLOB NOT NULL, updated_at REAL NOT NULL,
+        PRIMARY KEY (user, method));
+    INSERT INTO enrolments_v3 (user, method, data, updated_at)
+        SELECT user, method, data, updated_at FROM enrolments;
+    DROP TABLE enrolments;
+    ALTER TABLE enrolments_v3 RENAME TO enrolments;
+    """,
 )
 
 
@@ -165,6 +194,17 @@ class UserStore:
         conn.execute("COMMIT")
 
     def _migrate(self) -> None:
+        # A migration may rebuild a table (DROP, then RENAME of a copy): with foreign
+        # keys on, the DROP would cascade to the rows that reference it. SQLite ignores
+        # this pragma inside a transaction, so it is set around it; the check before
+        # COMMIT proves the rebuilt tables still hold together.
+        self._conn().execute("PRAGMA foreign_keys = OFF")
+        try:
+            self._apply_migrations()
+        finally:
+            self._conn().execute("PRAGMA foreign_keys = ON")
+
+    def _apply_migrations(self) -> None:
         with self._write() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM schema_version").fetchone()
@@ -182,6 +222,9 @@ class UserStore:
                         conn.execute(statement)
                 except sqlite3.Error as exc:
                     raise StoreError(f"{self.path}: migration {version} failed: {exc}") from exc
+            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise StoreError(f"{self.path}: migration left {len(broken)} dangling rows")
             conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
 
     def schema_version(self) -> int:

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 
 from mfaproxy.cli.main import main
+from mfaproxy.config.multifactor import Method
 from mfaproxy.config.schema import load_config
 from mfaproxy.factors.base import FactorRequest, FactorResult, FactorServices, FactorUser, Verdict
 from mfaproxy.factors.yubikey import build
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.factory import master_key, open_user_store
-from mfaproxy.store.records import Method, UserRepository
+from mfaproxy.store.records import UserRepository
 from mfaproxy.store.state import MemoryStateStore
 from tests.support.ports import free_port
 from tests.support.yubicloud import FakeYubicloud, SimulatedKey

@@ -32,7 +32,7 @@ from psycopg.rows import TupleRow
 from mfaproxy.errors import DecryptionError, StoreError, UserStoreUnavailable
 from mfaproxy.observability import metrics
 from mfaproxy.otp.backup_codes import generate_codes
-from mfaproxy.otp.totp import new_secret
+from mfaproxy.otp.totp import TotpSettings, new_secret
 from mfaproxy.store import postgres_users, users
 from mfaproxy.store.postgres_users import PostgresUserStore
 from mfaproxy.store.records import LockState, UserRepository
@@ -78,6 +78,10 @@ class Backend:
     def tables(self) -> set[str]:
         raise NotImplementedError
 
+    def schema_text(self) -> str:
+        """The table definitions and constraints, as the database reports them."""
+        raise NotImplementedError
+
     def raw_data(self) -> bytes:
         """Everything the database holds for the store, as stored (no decryption)."""
         raise NotImplementedError
@@ -117,6 +121,9 @@ class SqliteBackend(Backend):
 
     def tables(self) -> set[str]:
         return {name for (name,) in self.query("SELECT name FROM sqlite_master")}
+
+    def schema_text(self) -> str:
+        return "\n".join(str(s) for (s,) in self.query("SELECT sql FROM sqlite_master"))
 
     def fail_on(self, operation: str, table: str) -> None:
         self.execute(
@@ -162,6 +169,15 @@ class PostgresBackend(Backend):
                 "SELECT tablename FROM pg_tables WHERE schemaname = %s", (self.schema,)
             )
             return {name for (name,) in rows}
+
+    def schema_text(self) -> str:
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c"
+                " JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = %s",
+                (self.schema,),
+            )
+            return "\n".join(str(d) for (d,) in rows)
 
     def fail_on(self, operation: str, table: str) -> None:
         self.execute(
@@ -276,6 +292,40 @@ def test_failing_migration_leaves_nothing_behind(
         backend.open()
     assert backend.query("SELECT version FROM schema_version") == [(len(migrations),)]
     assert "extra" not in backend.tables()
+
+
+def test_version_2_store_migrates_without_method_names_in_the_schema(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 3 drops the CHECK constraints naming the methods (the code checks
+    them), keeping every row, including those that reference the rebuilt tables."""
+    migrations: tuple[str, ...] = backend.module.MIGRATIONS
+    monkeypatch.setattr(backend.module, "MIGRATIONS", migrations[:2])
+    old = backend.open()
+    secret = new_secret(TotpSettings())
+    old.set_totp_secret("alice", secret, T0)
+    old.set_method("alice", "totp", T0)
+    old.set_enrolment("alice", "yubikey", {"public_id": "cccccccccccb"}, T0)
+    codes = generate_codes(2)
+    old.replace_backup_codes("alice", codes, T0)
+    assert old.request_reset("alice", "cli", T0)
+    assert "'yubikey'" in backend.schema_text()
+    old.close()
+    monkeypatch.setattr(backend.module, "MIGRATIONS", migrations)
+
+    store = backend.open()
+    assert store.schema_version() == len(migrations)
+    assert "'yubikey'" not in backend.schema_text()
+    record = store.get_user("alice")
+    assert record is not None and record.method == "totp"
+    assert record.enrolled == {"totp", "yubikey"} and record.backup_codes_remaining == 2
+    assert store.get_totp_secret("alice") == secret
+    assert store.get_enrolment("alice", "yubikey") == {"public_id": "cccccccccccb"}
+    assert [r.user for r in store.list_resets()] == ["alice"]
+    assert store.consume_backup_code("alice", codes[0], T0 + 1)
+    # Foreign keys still hold after the rebuild: deleting the user takes its rows.
+    assert store.delete_user("alice")
+    assert backend.query("SELECT COUNT(*) FROM backup_codes") == [(0,)]
 
 
 def test_schema_from_a_newer_version_is_refused(backend: Backend) -> None:
