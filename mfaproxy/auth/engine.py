@@ -1,8 +1,9 @@
 """The authentication engine: one verified request through the login policy, the
 primary check, the MFA policy and the second-factor stage; then the audit event.
 
-The transport gives it requests; it gives back an `Answer`, which the transport
-encodes and sends. Policy and flow decisions are pure (core/); this module does I/O.
+The daemon's runtime (daemon/runtime.py) gives it decoded requests; it gives back an
+`Answer`, which the runtime encodes and sends. Policy and second-factor decisions are
+pure (core/policy.py, core/second_factor.py); this module gathers their facts (I/O).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -19,9 +20,10 @@ from mfaproxy.auth.second_factor import (
     CHALLENGES,
     MSG_UNAVAILABLE,
     Login,
-    MfaFlow,
+    SecondFactorStage,
     login_from_session,
 )
+from mfaproxy.config.policies import MfaAction
 from mfaproxy.config.schema import ClientConfig, Config
 from mfaproxy.core import replies
 from mfaproxy.core.answer import Answer, Outcome
@@ -69,7 +71,7 @@ class Engine:
         self.factors = factors
         self.services = services
         self.country_lookup = country_lookup
-        self.mfa = MfaFlow(config, factors, services)
+        self.mfa = SecondFactorStage(config, factors, services)
 
     async def handle(self, ctx: RequestContext, request: RadiusRequest) -> Answer:
         started = time.monotonic()
@@ -213,9 +215,9 @@ class Engine:
             request.calling_station_id,
             ctx.audit,
         )
-        return await self.mfa.after_primary(
-            login, mfa_decision.action, ctx.client.second_factor, appended
-        )
+        # The mfa target's policies and default only produce MfaAction values.
+        action = cast(MfaAction, mfa_decision.action)
+        return await self.mfa.after_primary(login, action, ctx.client.second_factor, appended)
 
     async def _resume(self, ctx: RequestContext, request: RadiusRequest, now: float) -> Answer:
         assert request.state is not None and request.user_name is not None

@@ -1,5 +1,5 @@
 """The second-factor stage of a login: challenge sessions, factors, backup codes,
-resets, lockout. The decisions come from core/flow.py; this module does the I/O.
+resets, lockout. The decisions come from core/second_factor.py; this module does the I/O.
 
 A challenge session lives in the state store under its State (RFC 2865 section 5.24),
 is bound to the user, the NAS entry and the NAS address, expires, and is taken (removed)
@@ -16,12 +16,13 @@ from typing import Any
 
 import structlog
 
-from mfaproxy.config.schema import Config
+from mfaproxy.config.policies import MfaAction
+from mfaproxy.config.schema import Config, SecondFactorMode
 from mfaproxy.core import replies
-from mfaproxy.core import second_factor as flow
+from mfaproxy.core import second_factor as rules
 from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.core.primary import PrimaryResult
-from mfaproxy.core.session import Session, primary_from_json, primary_to_json
+from mfaproxy.core.session import Session, Stage, primary_from_json, primary_to_json
 from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.base import (
     Factor,
@@ -66,7 +67,7 @@ class Login:
         return FactorRequest(self.user, self.client, self.client_ip, self.now)
 
 
-class MfaFlow:
+class SecondFactorStage:
     def __init__(self, config: Config, factors: Mapping[str, Factor], services: FactorServices):
         self.config = config
         self.mfa = config.multifactor
@@ -92,7 +93,7 @@ class MfaFlow:
         return Answer(Outcome.CHALLENGE, reason, reply_message=reply_message(prompt), state=state)
 
     def _session(
-        self, login: Login, stage: str, method: str, pending: Mapping[str, Any], prompt: str
+        self, login: Login, stage: Stage, method: str, pending: Mapping[str, Any], prompt: str
     ) -> Session:
         return Session(
             user=login.user.name,
@@ -122,7 +123,9 @@ class MfaFlow:
         return usable
 
     def _prompt(self, login: Login, prompt: str | None, method: str) -> str:
-        return flow.with_options(prompt or "Enter your code", self._alternates(login), method, True)
+        return rules.with_options(
+            prompt or "Enter your code", self._alternates(login), method, True
+        )
 
     async def _blocked(self, login: Login) -> Answer | None:
         """Lockout per user, throttle per NAS: checked before any code is looked at."""
@@ -157,13 +160,13 @@ class MfaFlow:
     # ------------------------------------------------------------------ first round
 
     async def after_primary(
-        self, login: Login, action: str, mode: str, appended: str | None
+        self, login: Login, action: MfaAction, mode: SecondFactorMode, appended: str | None
     ) -> Answer:
         """The primary check passed and the MFA policy said `action`."""
         record = login.user.record
-        plan = flow.plan_second_factor(
+        plan = rules.plan_second_factor(
             action,
-            flow.UserMfa(
+            rules.UserMfa(
                 record.method if record else None, bool(record and record.configure_later)
             ),
             self.mfa.default,
@@ -173,16 +176,16 @@ class MfaFlow:
             self.mfa.enrol_unconfigured_users,
         )
         login.audit.update(mfa_action=action, mfa_plan=plan.kind.value, method=plan.method)
-        if plan.kind is flow.PlanKind.SKIP:
+        if plan.kind is rules.PlanKind.SKIP:
             return self._accept(login, plan.reason)
-        if plan.kind is flow.PlanKind.REFUSE:
+        if plan.kind is rules.PlanKind.REFUSE:
             return self._reject(plan.reason, plan.message)
         blocked = await self._blocked(login)
         if blocked is not None:
             return blocked
         assert plan.method is not None
         factor = self.factors[plan.method]
-        if plan.kind is flow.PlanKind.ENROL:
+        if plan.kind is rules.PlanKind.ENROL:
             result = await factor.begin_enrolment(login.factor_request())
             return await self._after_result(login, plan.method, "enrol", result)
         if mode == "append":
@@ -194,8 +197,8 @@ class MfaFlow:
         if appended is None and not factor.keywords:
             return self._reject("code_missing", MSG_APPEND)
         answer = appended or ""
-        intent = flow.classify_answer(answer, factor.name, self._alternates(login), False)
-        if intent.kind is flow.IntentKind.BACKUP_CODE:
+        intent = rules.classify_answer(answer, factor.name, self._alternates(login), False)
+        if intent.kind is rules.IntentKind.BACKUP_CODE:
             return await self._backup_code(login, answer, None)
         result = await factor.check(login.factor_request(), answer, {})
         return await self._after_result(login, factor.name, "code", result)
@@ -214,15 +217,15 @@ class MfaFlow:
             return await self._after_result(login, session.method, "enrol", result, session)
         if session.stage == "backup":
             return await self._backup_code(login, answer, session)
-        intent = flow.classify_answer(answer, session.method, self._alternates(login), True)
-        if intent.kind is flow.IntentKind.RESET:
+        intent = rules.classify_answer(answer, session.method, self._alternates(login), True)
+        if intent.kind is rules.IntentKind.RESET:
             return await self._reset(login)
-        if intent.kind is flow.IntentKind.BACKUP_CODE:
+        if intent.kind is rules.IntentKind.BACKUP_CODE:
             return await self._backup_code(login, answer, session)
-        if intent.kind is flow.IntentKind.SWITCH and intent.method == "backup_codes":
+        if intent.kind is rules.IntentKind.SWITCH and intent.method == "backup_codes":
             backup = self._session(login, "backup", "backup_codes", {}, PROMPT_BACKUP)
             return await self._challenge(login, backup, PROMPT_BACKUP, "backup_prompt")
-        if intent.kind is flow.IntentKind.SWITCH and intent.method == "email":
+        if intent.kind is rules.IntentKind.SWITCH and intent.method == "email":
             result = await self.factors["email"].begin(login.factor_request())
             return await self._after_result(login, "email", "code", result)
         current = self.factors.get(session.method)
@@ -235,7 +238,7 @@ class MfaFlow:
         self,
         login: Login,
         method: str,
-        stage: str,
+        stage: Stage,
         result: FactorResult,
         previous: Session | None = None,
     ) -> Answer:
@@ -270,7 +273,7 @@ class MfaFlow:
         ):
             return self._reject(f"{method}_{result.reason}", result.prompt)
         retry = replace(previous, attempts=previous.attempts + 1)
-        return await self._challenge(login, retry, flow.retry_prompt(previous.prompt), "retry")
+        return await self._challenge(login, retry, rules.retry_prompt(previous.prompt), "retry")
 
     # ------------------------------------------------------------------ alternates
 
@@ -289,7 +292,7 @@ class MfaFlow:
         retry = replace(
             self._session(login, "backup", "backup_codes", {}, PROMPT_BACKUP), attempts=attempts + 1
         )
-        return await self._challenge(login, retry, flow.retry_prompt(PROMPT_BACKUP), "retry")
+        return await self._challenge(login, retry, rules.retry_prompt(PROMPT_BACKUP), "retry")
 
     async def _reset(self, login: Login) -> Answer:
         user, now = login.user.name, login.now

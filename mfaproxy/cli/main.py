@@ -1,7 +1,9 @@
-"""Command line: argv -> config -> action. The only module that exits the process.
+"""Command line: argv -> config -> action. The CLI returns exit codes; only its entry
+points (`mfaproxy`, `python -m mfaproxy`) exit the process.
 
-Exit codes (stable, for scripts): 0 success; 1 invalid configuration or input;
-2 usage error; 3 runtime failure (cannot bind, backend broken at start).
+Exit codes are the one table in mfaproxy/errors.py (stable, for scripts): 0 success;
+1 invalid configuration or input; 2 usage error; 3 runtime failure (cannot bind, a
+backend broken at start).
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ from mfaproxy.radius.text import fits_reply_message
 DEFAULT_CONFIG_PATH = Path("/etc/mfaproxy/mfaproxy.yaml")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# How the second factor reaches this NAS: Access-Challenge, or appended to the password.
+SecondFactorMode = Literal["challenge", "append"]
 
 
 def parse_host_port(value: str, default_port: int) -> tuple[str, int]:
@@ -158,7 +160,7 @@ class ClientConfig(Strict):
     address: list[IPNetwork] = Field(min_length=1)
     secret: SecretStr
     require_message_authenticator: bool = True
-    second_factor: Literal["challenge", "append"] = "challenge"
+    second_factor: SecondFactorMode = "challenge"
     append_delimiter: str = Field(default=",", min_length=1, max_length=4)
 
     @model_validator(mode="before")

@@ -157,13 +157,13 @@ class Decision:
 # --------------------------------------------------------------------------- rules
 
 
-class Verdict(NamedTuple):
+class RuleVerdict(NamedTuple):
     result: Tri
     reason: str
 
 
-def _yes(hit: bool, reason: str) -> Verdict:
-    return Verdict(Tri.MATCH if hit else Tri.NO_MATCH, reason)
+def _yes(hit: bool, reason: str) -> RuleVerdict:
+    return RuleVerdict(Tri.MATCH if hit else Tri.NO_MATCH, reason)
 
 
 def _shown(raw: str) -> str:
@@ -190,31 +190,31 @@ def _address(source: str, ctx: PolicyContext) -> tuple[IPAddress | None, str]:
     return _station_ip(ctx)
 
 
-def _match_ip_addresses(rule: IpAddressesRule, ctx: PolicyContext, now: datetime) -> Verdict:
+def _match_ip_addresses(rule: IpAddressesRule, ctx: PolicyContext, now: datetime) -> RuleVerdict:
     address, missing = _address(rule.source, ctx)
     if address is None:
-        return Verdict(Tri.UNKNOWN, missing)
+        return RuleVerdict(Tri.UNKNOWN, missing)
     network = next((net for net in rule.ranges if address in net), None)
     if network is None:
-        return Verdict(Tri.NO_MATCH, f"{rule.source} {address} is in none of the ranges")
-    return Verdict(Tri.MATCH, f"{rule.source} {address} is in {network}")
+        return RuleVerdict(Tri.NO_MATCH, f"{rule.source} {address} is in none of the ranges")
+    return RuleVerdict(Tri.MATCH, f"{rule.source} {address} is in {network}")
 
 
-def _match_users(rule: UsersRule, ctx: PolicyContext, now: datetime) -> Verdict:
+def _match_users(rule: UsersRule, ctx: PolicyContext, now: datetime) -> RuleVerdict:
     # Case-insensitive like Active Directory: a deny on "alice" must also stop "ALICE".
     hit = ctx.user.casefold() in {name.casefold() for name in rule.users}
     return _yes(hit, f"user {ctx.user!r} is {'' if hit else 'not '}listed")
 
 
-def _match_user_groups(rule: UserGroupsRule, ctx: PolicyContext, now: datetime) -> Verdict:
+def _match_user_groups(rule: UserGroupsRule, ctx: PolicyContext, now: datetime) -> RuleVerdict:
     if ctx.groups is None:
-        return Verdict(Tri.UNKNOWN, "groups not known (before the directory lookup)")
+        return RuleVerdict(Tri.UNKNOWN, "groups not known (before the directory lookup)")
     wanted = {name.casefold() for name in rule.groups}
     common = sorted(g for g in ctx.groups if g.casefold() in wanted)
     return _yes(bool(common), f"member of {', '.join(common)}" if common else "in no listed group")
 
 
-def _match_clients(rule: ClientsRule, ctx: PolicyContext, now: datetime) -> Verdict:
+def _match_clients(rule: ClientsRule, ctx: PolicyContext, now: datetime) -> RuleVerdict:
     hit = ctx.client in rule.clients
     return _yes(hit, f"client {ctx.client!r} is {'' if hit else 'not '}listed")
 
@@ -230,7 +230,7 @@ def in_time_window(rule: TimeRule, now: datetime) -> bool:
     return (day in days and minute >= start) or ((day - 1) % 7 in days and minute < end)
 
 
-def _match_time(rule: TimeRule, ctx: PolicyContext, now: datetime) -> Verdict:
+def _match_time(rule: TimeRule, ctx: PolicyContext, now: datetime) -> RuleVerdict:
     local = now.astimezone(rule.zone)
     hit = in_time_window(rule, now)
     days = ",".join(rule.days) or "every day"
@@ -241,34 +241,34 @@ def _match_time(rule: TimeRule, ctx: PolicyContext, now: datetime) -> Verdict:
 
 def _match_authentication_type(
     rule: AuthenticationTypeRule, ctx: PolicyContext, now: datetime
-) -> Verdict:
+) -> RuleVerdict:
     if ctx.backend is None:
-        return Verdict(Tri.UNKNOWN, "backend not known (before the primary check)")
+        return RuleVerdict(Tri.UNKNOWN, "backend not known (before the primary check)")
     hit = ctx.backend in rule.backends
     return _yes(hit, f"authenticated by {ctx.backend}")
 
 
-def _match_administrator(rule: AdministratorRule, ctx: PolicyContext, now: datetime) -> Verdict:
+def _match_administrator(rule: AdministratorRule, ctx: PolicyContext, now: datetime) -> RuleVerdict:
     if ctx.is_administrator is None:
-        return Verdict(Tri.UNKNOWN, "administrator membership not known (before the lookup)")
+        return RuleVerdict(Tri.UNKNOWN, "administrator membership not known (before the lookup)")
     return _yes(
         ctx.is_administrator, f"is {'' if ctx.is_administrator else 'not '}an administrator"
     )
 
 
-def _match_geo_ip(rule: GeoIpRule, ctx: PolicyContext, now: datetime) -> Verdict:
+def _match_geo_ip(rule: GeoIpRule, ctx: PolicyContext, now: datetime) -> RuleVerdict:
     address, missing = _station_ip(ctx)
     if address is None:
-        return Verdict(Tri.UNKNOWN, missing)
+        return RuleVerdict(Tri.UNKNOWN, missing)
     if ctx.country_lookup is None:
-        return Verdict(Tri.UNKNOWN, "no geo-IP database loaded")
+        return RuleVerdict(Tri.UNKNOWN, "no geo-IP database loaded")
     try:
         country = ctx.country_lookup(rule.database, address)
     except CountryLookupError as exc:
-        return Verdict(Tri.UNKNOWN, f"geo-IP lookup of {address} failed: {exc}")
+        return RuleVerdict(Tri.UNKNOWN, f"geo-IP lookup of {address} failed: {exc}")
     if country is None:
         # A known fact, not missing input: the address is in no country at all.
-        return Verdict(Tri.NO_MATCH, f"{address} has no country in {rule.database.name}")
+        return RuleVerdict(Tri.NO_MATCH, f"{address} has no country in {rule.database.name}")
     hit = country.upper() in rule.countries
     return _yes(hit, f"{address} is in {country.upper()}")
 
@@ -284,7 +284,7 @@ def _match_geo_ip(rule: GeoIpRule, ctx: PolicyContext, now: datetime) -> Verdict
 #   geo_ip               UNKNOWN when the Calling-Station-Id is missing or not an IP, when
 #                        no lookup is given or it fails; an address the database places
 #                        in no country (private space) is NO_MATCH
-_MATCHERS: dict[str, Callable[[Any, PolicyContext, datetime], Verdict]] = {
+_MATCHERS: dict[str, Callable[[Any, PolicyContext, datetime], RuleVerdict]] = {
     "ip_addresses": _match_ip_addresses,
     "users": _match_users,
     "user_groups": _match_user_groups,
@@ -296,7 +296,7 @@ _MATCHERS: dict[str, Callable[[Any, PolicyContext, datetime], Verdict]] = {
 }
 
 
-def match_rule(rule: Rule, ctx: PolicyContext, now: datetime) -> Verdict:
+def match_rule(rule: Rule, ctx: PolicyContext, now: datetime) -> RuleVerdict:
     return _MATCHERS[rule.type](rule, ctx, now)
 
 

@@ -11,6 +11,7 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from mfaproxy.config.policies import MfaAction
 from mfaproxy.otp.backup_codes import looks_like_backup_code
 from mfaproxy.otp.codes import digit_code
 from mfaproxy.radius.constants import MAX_STRING_OCTETS
@@ -51,7 +52,7 @@ MSG_NO_METHOD = "Multifactor authentication is required but no method is configu
 
 
 def plan_second_factor(
-    action: str,
+    action: MfaAction,
     user: UserMfa,
     default: str | None,
     enabled: Sequence[str],

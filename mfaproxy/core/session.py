@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult, ReplyAttribute
+
+# What a challenge session waits for: a code, an enrolment answer, a backup code.
+Stage = Literal["code", "enrol", "backup"]
 
 
 @dataclass(frozen=True)
@@ -14,7 +17,7 @@ class Session:
     login_name: str  # User-Name as the NAS sent it
     client: str  # the NAS entry that received the challenge
     nas: str  # the NAS source address
-    stage: str  # code | enrol | backup
+    stage: Stage
     method: str
     pending: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0

@@ -1,8 +1,8 @@
 """The durable per-user MFA store: method, enrolments, backup codes, resets, lockout.
 
-`UserRepository` is the contract; `UserStore` implements it on SQLite (stdlib sqlite3)
-and a PostgreSQL implementation can follow with the same contract. User names are
-normalised (`normalise_user`) by every method, so callers may pass them as typed.
+`UserRepository` (store/records.py) is the contract; `UserStore` implements it on SQLite
+(stdlib sqlite3), `PostgresUserStore` (store/postgres_users.py) on PostgreSQL. User names
+are normalised (`normalise_user`) by every method, so callers may pass them as typed.
 
 Durability: WAL journal with ``synchronous=FULL`` fsyncs every commit, so a write that
 returned is not lost on a crash or power cut. Secrets (TOTP key, per-method enrolment

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mfaproxy.core import second_factor as flow
+from mfaproxy.config.policies import MfaAction
+from mfaproxy.core import second_factor as rules
 from mfaproxy.core.second_factor import IntentKind, PlanKind, UserMfa
 from mfaproxy.otp.backup_codes import generate_codes
 
@@ -12,15 +13,15 @@ ENABLED = ["totp", "email"]
 
 
 def plan(
-    action: str,
+    action: MfaAction,
     method: str | None = None,
     configure_later: bool = False,
     enrolled: tuple[str, ...] = (),
     inline: tuple[str, ...] = ("totp",),
     default: str | None = "totp",
     enrol_unconfigured: bool = False,
-) -> flow.Plan:
-    return flow.plan_second_factor(
+) -> rules.Plan:
+    return rules.plan_second_factor(
         action,
         UserMfa(method, configure_later),
         default,
@@ -90,20 +91,22 @@ def test_an_assigned_but_unenrolled_method_is_not_enrolled_silently() -> None:
     ],
 )
 def test_classify_answer(text: str, kind: IntentKind, method: str | None) -> None:
-    intent = flow.classify_answer(text, "totp", ["backup_codes", "email"], True)
+    intent = rules.classify_answer(text, "totp", ["backup_codes", "email"], True)
     assert (intent.kind, intent.method) == (kind, method)
 
 
 def test_keywords_are_plain_answers_when_the_alternate_is_off() -> None:
-    assert flow.classify_answer("backup", "totp", [], True).kind is IntentKind.ANSWER
-    assert flow.classify_answer("email", "email", ["email"], True).kind is IntentKind.ANSWER
-    assert flow.classify_answer("reset", "totp", [], False).kind is IntentKind.ANSWER
+    assert rules.classify_answer("backup", "totp", [], True).kind is IntentKind.ANSWER
+    assert rules.classify_answer("email", "email", ["email"], True).kind is IntentKind.ANSWER
+    assert rules.classify_answer("reset", "totp", [], False).kind is IntentKind.ANSWER
 
 
 def test_a_backup_code_is_recognised_by_its_shape() -> None:
     code = generate_codes(1)[0]
-    assert flow.classify_answer(code, "totp", ["backup_codes"], True).kind is IntentKind.BACKUP_CODE
-    assert flow.classify_answer(code, "totp", [], True).kind is IntentKind.ANSWER
+    assert (
+        rules.classify_answer(code, "totp", ["backup_codes"], True).kind is IntentKind.BACKUP_CODE
+    )
+    assert rules.classify_answer(code, "totp", [], True).kind is IntentKind.ANSWER
 
 
 @pytest.mark.parametrize(
@@ -120,29 +123,29 @@ def test_a_backup_code_is_recognised_by_its_shape() -> None:
     ],
 )
 def test_split_append(typed: str, expected: tuple[str, str | None]) -> None:
-    assert flow.split_append(typed, ",", 6, frozenset({"push"}), True) == expected
+    assert rules.split_append(typed, ",", 6, frozenset({"push"}), True) == expected
 
 
 def test_split_append_takes_a_backup_code() -> None:
     code = generate_codes(1)[0]
-    assert flow.split_append(f"pw,{code}", ",", 6, frozenset(), True) == ("pw", code)
-    assert flow.split_append(f"pw,{code}", ",", 6, frozenset(), False) == (f"pw,{code}", None)
+    assert rules.split_append(f"pw,{code}", ",", 6, frozenset(), True) == ("pw", code)
+    assert rules.split_append(f"pw,{code}", ",", 6, frozenset(), False) == (f"pw,{code}", None)
 
 
 def test_prompts_fit_one_reply_message_and_list_options() -> None:
-    prompt = flow.with_options("Enter the code", ["backup_codes", "email"], "totp", True)
+    prompt = rules.with_options("Enter the code", ["backup_codes", "email"], "totp", True)
     assert prompt == "Enter the code (or type backup, email, reset)"
-    long = flow.with_options("x" * 300, ["backup_codes"], "totp", True)
+    long = rules.with_options("x" * 300, ["backup_codes"], "totp", True)
     assert len(long) <= 253
-    assert flow.retry_prompt("Enter").startswith("Wrong code")
+    assert rules.retry_prompt("Enter").startswith("Wrong code")
 
 
 def test_split_append_uses_the_methods_code_shape() -> None:
     otp = "cccccccfhcbe" + "l" * 32  # 44 modhex characters, a YubiKey OTP
     is_otp = lambda text: len(text) == 44 and set(text) <= set("cbdefghijklnrtuv")  # noqa: E731
-    assert flow.split_append(f"pw{otp}", ",", 44, frozenset(), False, is_otp) == ("pw", otp)
-    assert flow.split_append(f"pw,{otp}", ",", 44, frozenset(), False, is_otp) == ("pw", otp)
-    assert flow.split_append("pw,123456", ",", 44, frozenset(), False, is_otp) == (
+    assert rules.split_append(f"pw{otp}", ",", 44, frozenset(), False, is_otp) == ("pw", otp)
+    assert rules.split_append(f"pw,{otp}", ",", 44, frozenset(), False, is_otp) == ("pw", otp)
+    assert rules.split_append("pw,123456", ",", 44, frozenset(), False, is_otp) == (
         "pw,123456",
         None,
     )
