@@ -19,6 +19,7 @@ test: deb-packages $(VENV)/.installed-test lint typecheck
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check mfaproxy tests bench
 	$(BIN)/ruff format --check mfaproxy tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy

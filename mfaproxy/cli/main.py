@@ -20,7 +20,7 @@ from mfaproxy.cli import policy as cli_policy
 from mfaproxy.cli import radtest as cli_radtest
 from mfaproxy.cli import users as cli_users
 from mfaproxy.config.schema import DEFAULT_CONFIG_PATH, Config, load_config
-from mfaproxy.config.validate import check
+from mfaproxy.daemon.preflight import check
 from mfaproxy.errors import EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, ConfigError, UpstreamError
 from mfaproxy.observability.logging import apply_log_config
 from mfaproxy.radius.codec import load_dictionary

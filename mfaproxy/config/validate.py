@@ -1,5 +1,6 @@
-"""Checks that need more than the schema: files the config points to, attribute names
-against the RADIUS dictionary. Run at start and by `mfaproxy check-config`."""
+"""Checks that need more than the schema but no I/O: attribute names and values against
+the RADIUS dictionary. daemon/preflight.py adds the checks that read files or build
+backends; serve, reload and `mfaproxy check-config` all run that one pipeline."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from typing import Any
 from pyrad.dictionary import Dictionary
 
 from mfaproxy.config.schema import AttributeValue, Config
-from mfaproxy.directory.local import load_users_file
-from mfaproxy.errors import ConfigError
 
 
 def _attribute_problems(
@@ -43,15 +42,4 @@ def semantic_problems(config: Config, dictionary: Dictionary) -> list[str]:
             if not dictionary.has_key(name):
                 where = f"directory.radius.pass_through_attributes.{index}"
                 problems.append(f"{where}: unknown RADIUS attribute {name!r}")
-    if config.directory.backend == "local" and config.directory.local is not None:
-        try:
-            load_users_file(config.directory.local.users_file)
-        except ConfigError as exc:
-            problems += [f"directory.local.users_file: {p}" for p in exc.problems]
     return problems
-
-
-def check(config: Config, dictionary: Dictionary) -> None:
-    problems = semantic_problems(config, dictionary)
-    if problems:
-        raise ConfigError(problems)

@@ -25,7 +25,7 @@ from mfaproxy.adapters.udp import open_listener
 from mfaproxy.auth.engine import Engine
 from mfaproxy.auth.second_factor import CHALLENGES
 from mfaproxy.config.schema import Config, load_config, parse_host_port
-from mfaproxy.config.validate import check
+from mfaproxy.daemon.preflight import check
 from mfaproxy.daemon.runtime import Dispatcher, Runtime
 from mfaproxy.daemon.supervisor import report_ready, worker_index
 from mfaproxy.directory.registry import build_checker

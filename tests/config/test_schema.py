@@ -10,6 +10,7 @@ import pytest
 
 from mfaproxy.config.schema import load_config, parse_config
 from mfaproxy.config.validate import semantic_problems
+from mfaproxy.daemon import preflight
 from mfaproxy.errors import ConfigError
 from mfaproxy.radius.codec import load_dictionary
 from tests.support.daemon import REPO
@@ -132,7 +133,7 @@ def test_yaml_syntax_error_has_a_line() -> None:
 )
 def test_every_shipped_config_loads(path: Path) -> None:
     config = load_config(path)
-    assert semantic_problems(config, load_dictionary(config.server.dictionaries)) == []
+    assert preflight.problems(config, load_dictionary(config.server.dictionaries)) == []
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
