@@ -9,7 +9,7 @@ pure (core/policy.py, core/second_factor.py); this module gathers their facts (I
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -29,7 +29,7 @@ from mfaproxy.core import replies
 from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.core.policy import CountryLookup, PolicyContext, early_login_denial, evaluate
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
-from mfaproxy.core.second_factor import split_append
+from mfaproxy.core.responses import split_append
 from mfaproxy.core.session import Session
 from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.errors import UpstreamError
@@ -65,8 +65,12 @@ class Engine:
         factors: Mapping[str, Factor],
         services: FactorServices,
         country_lookup: CountryLookup | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self.config = config
+        # Wall-clock seconds: challenge sessions in a shared store expire by it. Tests
+        # pass a virtual clock.
+        self.clock = clock
         self.checker = checker
         self.factors = factors
         self.services = services
@@ -76,7 +80,7 @@ class Engine:
     async def handle(self, ctx: RequestContext, request: RadiusRequest) -> Answer:
         started = time.monotonic()
         try:
-            answer = await self._decide(ctx, request, time.time())
+            answer = await self._decide(ctx, request, self.clock())
         except UpstreamError as exc:
             # Factors report their own outages as UNAVAILABLE; what is raised here is
             # the state or user store (Redis, PostgreSQL, SQLite) failing.

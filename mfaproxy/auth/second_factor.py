@@ -10,7 +10,7 @@ with a fresh State until `multifactor.challenge.attempts` is spent.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,17 +21,13 @@ from mfaproxy.config.schema import Config, SecondFactorMode
 from mfaproxy.core import replies
 from mfaproxy.core import second_factor as rules
 from mfaproxy.core.answer import Answer, Outcome
+from mfaproxy.core.factor_result import FactorResult, Verdict
 from mfaproxy.core.primary import PrimaryResult
-from mfaproxy.core.session import Session, Stage, primary_from_json, primary_to_json
+from mfaproxy.core.responses import IntentKind, classify_response, retry_prompt, with_options
+from mfaproxy.core.second_factor import Action, Round, Stage, Step, StepKind
+from mfaproxy.core.session import Session, primary_from_json, primary_to_json
 from mfaproxy.errors import UpstreamError
-from mfaproxy.factors.base import (
-    Factor,
-    FactorRequest,
-    FactorResult,
-    FactorServices,
-    FactorUser,
-    Verdict,
-)
+from mfaproxy.factors.base import Factor, FactorRequest, FactorServices, FactorUser
 from mfaproxy.observability import metrics
 from mfaproxy.radius.text import reply_message
 from mfaproxy.store.records import UserRecord, normalise_user
@@ -42,12 +38,10 @@ CHALLENGES = "challenge"
 CLIENT_FAILURES = "client_failures"
 STATE_BYTES = 24  # 192 bits, random (RFC 5080 section 2.1.1 asks for unpredictable State)
 
-MSG_LOCKED = "Too many failed attempts. Try again later."
-MSG_THROTTLED = "Too many failed attempts from this network device. Try again later."
 MSG_RESET = "Your request to reset multifactor authentication was sent to the administrators."
-MSG_UNAVAILABLE = "The second factor cannot be checked right now. Try again later."
-MSG_APPEND = "A second factor is required: append it to your password, e.g. password,123456"
+MSG_UNAVAILABLE = rules.MSG_UNAVAILABLE
 PROMPT_BACKUP = "Enter one of your backup codes"
+BACKUP_CODES = "backup_codes"
 
 
 @dataclass
@@ -67,12 +61,29 @@ class Login:
         return FactorRequest(self.user, self.client, self.client_ip, self.now)
 
 
+# What performs one `Action`: (login, the user's response, method, session answered).
+Handler = Callable[[Login, str, str, Session | None], Awaitable[Answer]]
+
+
+def _round(stage: Stage, method: str, previous: Session | None) -> Round:
+    return Round(stage, method, previous.attempts if previous is not None else None)
+
+
 class SecondFactorStage:
     def __init__(self, config: Config, factors: Mapping[str, Factor], services: FactorServices):
         self.config = config
         self.mfa = config.multifactor
         self.factors = factors
         self.services = services
+        # One handler per `Action` of the machine.
+        self._handlers: Mapping[Action, Handler] = {
+            Action.CHECK: self._check,
+            Action.FINISH_ENROLMENT: self._finish_enrolment,
+            Action.CHECK_BACKUP_CODE: self._check_backup_code,
+            Action.ASK_BACKUP_CODE: self._ask_backup_code,
+            Action.BEGIN_EMAIL: self._begin_email,
+            Action.RESET: self._reset,
+        }
 
     # ------------------------------------------------------------------ helpers
 
@@ -118,25 +129,22 @@ class SecondFactorStage:
         for way in self.mfa.alternate:
             if way == "email" and (login.user.email or (record and "email" in record.enrolled)):
                 usable.append(way)
-            if way == "backup_codes" and record is not None and record.backup_codes_remaining > 0:
+            if way == BACKUP_CODES and record is not None and record.backup_codes_remaining > 0:
                 usable.append(way)
         return usable
 
     def _prompt(self, login: Login, prompt: str | None, method: str) -> str:
-        return rules.with_options(
-            prompt or "Enter your code", self._alternates(login), method, True
-        )
+        return with_options(prompt or "Enter your code", self._alternates(login), method, True)
 
-    async def _blocked(self, login: Login) -> Answer | None:
+    async def _blocked(self, login: Login) -> Step | None:
         """Lockout per user, throttle per NAS: checked before any code is looked at."""
         user, now = login.user.name, login.now
         lock = await self.services.users.run(lambda s: s.lock_state(user, now))
         if lock.locked:
-            return self._reject("locked_out", MSG_LOCKED)
+            return rules.blocked(locked=True, throttled=False)
         limit = self.mfa.lockout.client_failures_per_minute
-        if await self.services.state.count(CLIENT_FAILURES, login.client, now, 60) >= limit:
-            return self._reject("client_throttled", MSG_THROTTLED)
-        return None
+        failures = await self.services.state.count(CLIENT_FAILURES, login.client, now, 60)
+        return rules.blocked(locked=False, throttled=failures >= limit)
 
     async def _count_failure(self, login: Login) -> bool:
         """Count one second-factor failure; True when the user is now locked out."""
@@ -150,12 +158,11 @@ class SecondFactorStage:
         )
         return state.locked
 
-    async def _succeeded(self, login: Login, method: str, reason: str) -> Answer:
+    async def _succeeded(self, login: Login, method: str, step: Step) -> Answer:
         user = login.user.name
         await self.services.users.run(lambda s: s.reset_failures(user))
         metrics.SECOND_FACTOR_ATTEMPTS.labels(method=method, result="accepted").inc()
-        login.audit.update(method=method, mfa_result=reason)
-        return self._accept(login, f"mfa_{reason}")
+        return self._accept(login, step.reason)
 
     # ------------------------------------------------------------------ first round
 
@@ -182,119 +189,125 @@ class SecondFactorStage:
             return self._reject(plan.reason, plan.message)
         blocked = await self._blocked(login)
         if blocked is not None:
-            return blocked
+            return self._reject(blocked.reason, blocked.message)
         assert plan.method is not None
         factor = self.factors[plan.method]
         if plan.kind is rules.PlanKind.ENROL:
             result = await factor.begin_enrolment(login.factor_request())
-            return await self._after_result(login, plan.method, "enrol", result)
+            return await self._judge(login, Round(Stage.ENROL, plan.method, None), result)
         if mode == "append":
             return await self._append(login, factor, appended)
         result = await factor.begin(login.factor_request())
-        return await self._after_result(login, plan.method, "code", result)
+        return await self._judge(login, Round(Stage.CODE, plan.method, None), result)
 
     async def _append(self, login: Login, factor: Factor, appended: str | None) -> Answer:
         if appended is None and not factor.keywords:
-            return self._reject("code_missing", MSG_APPEND)
-        answer = appended or ""
-        intent = rules.classify_answer(answer, factor.name, self._alternates(login), False)
-        if intent.kind is rules.IntentKind.BACKUP_CODE:
-            return await self._backup_code(login, answer, None)
-        result = await factor.check(login.factor_request(), answer, {})
-        return await self._after_result(login, factor.name, "code", result)
+            return self._reject("code_missing", rules.MSG_APPEND)
+        response = appended or ""
+        intent = classify_response(response, factor.name, self._alternates(login), False)
+        handler = self._handlers[rules.route_appended(intent)]
+        return await handler(login, response, factor.name, None)
 
     # ------------------------------------------------------------------ later rounds
 
-    async def resume(self, login: Login, session: Session, answer: str) -> Answer:
-        """An answer to one of our challenges (the session is already taken)."""
+    async def resume(self, login: Login, session: Session, response: str) -> Answer:
+        """A response to one of our challenges (the session is already taken)."""
         blocked = await self._blocked(login)
         if blocked is not None:
-            return blocked
-        login.audit.update(method=session.method, stage=session.stage)
-        if session.stage == "enrol":
-            factor = self.factors[session.method]
-            result = await factor.finish_enrolment(login.factor_request(), answer, session.pending)
-            return await self._after_result(login, session.method, "enrol", result, session)
-        if session.stage == "backup":
-            return await self._backup_code(login, answer, session)
-        intent = rules.classify_answer(answer, session.method, self._alternates(login), True)
-        if intent.kind is rules.IntentKind.RESET:
-            return await self._reset(login)
-        if intent.kind is rules.IntentKind.BACKUP_CODE:
-            return await self._backup_code(login, answer, session)
-        if intent.kind is rules.IntentKind.SWITCH and intent.method == "backup_codes":
-            backup = self._session(login, "backup", "backup_codes", {}, PROMPT_BACKUP)
-            return await self._challenge(login, backup, PROMPT_BACKUP, "backup_prompt")
-        if intent.kind is rules.IntentKind.SWITCH and intent.method == "email":
-            result = await self.factors["email"].begin(login.factor_request())
-            return await self._after_result(login, "email", "code", result)
-        current = self.factors.get(session.method)
-        if current is None:  # the method was disabled by a reload since the challenge
-            return self._reject("method_disabled")
-        result = await current.check(login.factor_request(), answer, session.pending)
-        return await self._after_result(login, session.method, "code", result, session)
+            return self._reject(blocked.reason, blocked.message)
+        login.audit.update(method=session.method, stage=session.stage.value)
+        intent = IntentKind.RESPONSE
+        if session.stage is Stage.CODE:
+            intent = classify_response(response, session.method, self._alternates(login), True)
+        handler = self._handlers[rules.route(session.stage, intent)]
+        return await handler(login, response, session.method, session)
 
-    async def _after_result(
-        self,
-        login: Login,
-        method: str,
-        stage: Stage,
-        result: FactorResult,
-        previous: Session | None = None,
+    async def _check(
+        self, login: Login, response: str, method: str, previous: Session | None
     ) -> Answer:
-        """Turn a factor's verdict into the reply. `previous` is the session being
-        answered (None on a first round, where a failure cannot be retried)."""
-        login.audit.update(mfa_result=result.reason)
-        if result.verdict is Verdict.ACCEPT:
-            return await self._succeeded(login, method, result.reason)
-        if result.verdict is Verdict.CHALLENGE:
-            prompt = (
-                self._prompt(login, result.prompt, method)
-                if stage == "code"
-                else result.prompt or ""
-            )
-            session = self._session(login, stage, method, result.pending, prompt)
-            if previous is not None:
-                session = replace(session, attempts=previous.attempts)
-            return await self._challenge(login, session, prompt, f"{method}_{result.reason}")
-        metrics.SECOND_FACTOR_ATTEMPTS.labels(method=method, result=result.reason).inc()
+        factor = self.factors.get(method)
+        if factor is None:  # the method was disabled by a reload since the challenge
+            return self._reject("method_disabled")
+        pending = previous.pending if previous is not None else {}
+        result = await factor.check(login.factor_request(), response, pending)
+        return await self._judge(login, _round(Stage.CODE, method, previous), result, previous)
+
+    async def _finish_enrolment(
+        self, login: Login, response: str, method: str, previous: Session | None
+    ) -> Answer:
+        factor = self.factors.get(method)
+        if factor is None:
+            return self._reject("method_disabled")
+        pending = previous.pending if previous is not None else {}
+        result = await factor.finish_enrolment(login.factor_request(), response, pending)
+        return await self._judge(login, _round(Stage.ENROL, method, previous), result, previous)
+
+    async def _check_backup_code(
+        self, login: Login, response: str, method: str, previous: Session | None
+    ) -> Answer:
+        user, now = login.user.name, login.now
+        used = await self.services.users.run(lambda s: s.consume_backup_code(user, response, now))
+        result = FactorResult.accept("backup_code_ok") if used else FactorResult.reject("bad_code")
+        at = _round(Stage.BACKUP, BACKUP_CODES, previous)
+        return await self._judge(login, at, result, previous)
+
+    async def _ask_backup_code(
+        self, login: Login, response: str, method: str, previous: Session | None
+    ) -> Answer:
+        backup = self._session(login, Stage.BACKUP, BACKUP_CODES, {}, PROMPT_BACKUP)
+        return await self._challenge(login, backup, PROMPT_BACKUP, "backup_prompt")
+
+    async def _begin_email(
+        self, login: Login, response: str, method: str, previous: Session | None
+    ) -> Answer:
+        result = await self.factors["email"].begin(login.factor_request())
+        return await self._judge(login, Round(Stage.CODE, "email", None), result)
+
+    # ------------------------------------------------------------------ steps
+
+    async def _judge(
+        self, login: Login, at: Round, result: FactorResult, previous: Session | None = None
+    ) -> Answer:
+        """Count what `result` costs, ask the machine for the next step, perform it.
+        `previous` is the session being answered (None on a first round)."""
+        login.audit.update(method=at.method, mfa_result=result.reason)
+        if result.verdict not in (Verdict.ACCEPT, Verdict.CHALLENGE):
+            metrics.SECOND_FACTOR_ATTEMPTS.labels(method=at.method, result=result.reason).inc()
         if result.verdict is Verdict.UNAVAILABLE:
-            log.warning("factor_unavailable", method=method, reason=result.reason)
-            return self._reject(f"{method}_unavailable", MSG_UNAVAILABLE)
-        if result.counts_as_failure and await self._count_failure(login):
-            return self._reject("locked_out", MSG_LOCKED)
-        # A rejection with its own message (a Duo deny, a flood limit, an expired code)
-        # ends the login with that message; a wrong code is asked again, a few times.
-        if (
-            previous is None
-            or result.prompt is not None
-            or not result.counts_as_failure
-            or previous.attempts + 1 >= self.mfa.challenge.attempts
-        ):
-            return self._reject(f"{method}_{result.reason}", result.prompt)
-        retry = replace(previous, attempts=previous.attempts + 1)
-        return await self._challenge(login, retry, rules.retry_prompt(previous.prompt), "retry")
+            log.warning("factor_unavailable", method=at.method, reason=result.reason)
+        locked = result.is_failure and await self._count_failure(login)
+        step = rules.decide(result, at, self.mfa.challenge.attempts, locked)
+        if step.kind is StepKind.ACCEPT:
+            return await self._succeeded(login, at.method, step)
+        if step.kind is StepKind.CHALLENGE:
+            assert step.stage is not None
+            prompt = result.prompt or ""
+            if step.stage is Stage.CODE:
+                prompt = self._prompt(login, result.prompt, at.method)
+            session = self._session(login, step.stage, at.method, result.pending, prompt)
+            session = replace(session, attempts=step.attempts)
+            return await self._challenge(login, session, prompt, step.reason)
+        if step.kind is StepKind.RETRY:
+            retry = self._retry_session(login, step, at, previous)
+            return await self._challenge(login, retry, retry_prompt(retry.prompt), step.reason)
+        return self._reject(step.reason, step.message)
+
+    def _retry_session(
+        self, login: Login, step: Step, at: Round, previous: Session | None
+    ) -> Session:
+        """The session that asks again: the one answered, unless the response moved the
+        login to another stage (a backup code typed at a code prompt)."""
+        if previous is not None and previous.stage is step.stage:
+            return replace(previous, attempts=step.attempts)
+        assert step.stage is Stage.BACKUP  # the only check judged outside its session
+        backup = self._session(login, Stage.BACKUP, at.method, {}, PROMPT_BACKUP)
+        return replace(backup, attempts=step.attempts)
 
     # ------------------------------------------------------------------ alternates
 
-    async def _backup_code(self, login: Login, answer: str, previous: Session | None) -> Answer:
-        user, now = login.user.name, login.now
-        used = await self.services.users.run(lambda s: s.consume_backup_code(user, answer, now))
-        if used:
-            return await self._succeeded(login, "backup_codes", "backup_code_ok")
-        metrics.SECOND_FACTOR_ATTEMPTS.labels(method="backup_codes", result="bad_code").inc()
-        login.audit.update(method="backup_codes", mfa_result="bad_code")
-        if await self._count_failure(login):
-            return self._reject("locked_out", MSG_LOCKED)
-        attempts = previous.attempts if previous is not None else 0
-        if previous is None or attempts + 1 >= self.mfa.challenge.attempts:
-            return self._reject("backup_codes_bad_code")
-        retry = replace(
-            self._session(login, "backup", "backup_codes", {}, PROMPT_BACKUP), attempts=attempts + 1
-        )
-        return await self._challenge(login, retry, rules.retry_prompt(PROMPT_BACKUP), "retry")
-
-    async def _reset(self, login: Login) -> Answer:
+    async def _reset(
+        self, login: Login, response: str, method: str, previous: Session | None
+    ) -> Answer:
         user, now = login.user.name, login.now
         created = await self.services.users.run(lambda s: s.request_reset(user, "radius", now))
         login.audit.update(mfa_result="reset_requested")

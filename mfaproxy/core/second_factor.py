@@ -1,25 +1,38 @@
-"""The second-factor decisions, pure: which method a login needs, how to read what the
-user typed at the prompt, how to split `password,code` in append mode, what to say.
+"""The second-factor stage of a login as a pure, table-driven state machine.
 
-No I/O and no clock: the engine gathers the facts (policy action, the user's record,
-the factors' capabilities) and acts on the values returned here.
+A login that passed the primary check is planned (`plan_second_factor`: skip, use a
+method, enrol one, or refuse). From then on it is in one `Stage` (what its challenge
+session waits for). Each request that answers a challenge is routed by `ROUTES` to an
+`Action` the shell performs (check a code, finish an enrolment, check a backup code,
+ask for one, send an email code, file a reset); the factor's `FactorResult` becomes an
+`Event` (`event_of`), and `TRANSITIONS` maps (stage, event) to the next `Step`: accept,
+challenge again, ask again after a wrong code, or reject.
+
+No I/O and no clock: auth/second_factor.py gathers the facts (the user's record, the
+lockout, what the factor said) and executes the steps returned here.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mfaproxy.config.policies import MfaAction
-from mfaproxy.otp.backup_codes import looks_like_backup_code
-from mfaproxy.otp.codes import digit_code
-from mfaproxy.radius.constants import MAX_STRING_OCTETS
-from mfaproxy.radius.text import reply_message
+from mfaproxy.core.factor_result import FactorResult, Verdict
+from mfaproxy.core.responses import IntentKind
 
-KEYWORD_BACKUP = "backup"
-KEYWORD_EMAIL = "email"
-KEYWORD_RESET = "reset"
+MSG_NOT_SET_UP = (
+    "Multifactor authentication is required but not set up for you. Contact your administrator."
+)
+MSG_NO_METHOD = "Multifactor authentication is required but no method is configured."
+MSG_LOCKED = "Too many failed attempts. Try again later."
+MSG_THROTTLED = "Too many failed attempts from this network device. Try again later."
+MSG_UNAVAILABLE = "The second factor cannot be checked right now. Try again later."
+MSG_APPEND = "A second factor is required: append it to your password, e.g. password,123456"
+
+
+# --------------------------------------------------------------------------- planning
 
 
 class PlanKind(enum.Enum):
@@ -43,12 +56,6 @@ class UserMfa:
 
     method: str | None
     configure_later: bool
-
-
-MSG_NOT_SET_UP = (
-    "Multifactor authentication is required but not set up for you. Contact your administrator."
-)
-MSG_NO_METHOD = "Multifactor authentication is required but no method is configured."
 
 
 def plan_second_factor(
@@ -86,90 +93,160 @@ def plan_second_factor(
     return Plan(PlanKind.REFUSE, method, reason="not_enrolled", message=MSG_NOT_SET_UP)
 
 
-class IntentKind(enum.Enum):
-    ANSWER = "answer"  # give the text to the current factor
-    BACKUP_CODE = "backup_code"  # the text is a backup code
-    SWITCH = "switch"  # use another way (`method`): backup codes or email
-    RESET = "reset"  # the user asks for an MFA reset
+# --------------------------------------------------------------------------- stages
+
+
+class Stage(enum.StrEnum):
+    """What a challenge session waits for (stored in the session as its value)."""
+
+    CODE = "code"  # a code, or a keyword, for the login's method
+    ENROL = "enrol"  # the first code of an inline enrolment
+    BACKUP = "backup"  # a backup code
+
+
+class Action(enum.Enum):
+    """What the shell does with the user's response to a challenge."""
+
+    CHECK = "check"  # the method's factor checks it
+    FINISH_ENROLMENT = "finish_enrolment"  # the factor checks the first code and enrols
+    CHECK_BACKUP_CODE = "check_backup_code"  # the user store consumes a backup code
+    ASK_BACKUP_CODE = "ask_backup_code"  # challenge for a backup code
+    BEGIN_EMAIL = "begin_email"  # the email factor sends a code; then a CODE stage
+    RESET = "reset"  # file a reset request, tell the user, reject
+
+
+# Only a CODE prompt reads keywords; an enrolment or backup-code prompt takes the text
+# as it is (a TOTP code that happens to be "reset" does not exist, a backup code might).
+ROUTES: Mapping[tuple[Stage, IntentKind], Action] = {
+    (Stage.CODE, IntentKind.RESPONSE): Action.CHECK,
+    (Stage.CODE, IntentKind.BACKUP_CODE): Action.CHECK_BACKUP_CODE,
+    (Stage.CODE, IntentKind.ASK_BACKUP): Action.ASK_BACKUP_CODE,
+    (Stage.CODE, IntentKind.ASK_EMAIL): Action.BEGIN_EMAIL,
+    (Stage.CODE, IntentKind.RESET): Action.RESET,
+    (Stage.ENROL, IntentKind.RESPONSE): Action.FINISH_ENROLMENT,
+    (Stage.BACKUP, IntentKind.RESPONSE): Action.CHECK_BACKUP_CODE,
+}
+
+# In append mode the response came with the password: nothing could answer a request
+# for another round, so only a backup code is told apart from the method's code.
+APPEND_ROUTES: Mapping[IntentKind, Action] = {IntentKind.BACKUP_CODE: Action.CHECK_BACKUP_CODE}
+
+# The stage a check's result is judged in (and asked again in, after a wrong code).
+CHECK_STAGE: Mapping[Action, Stage] = {
+    Action.CHECK: Stage.CODE,
+    Action.FINISH_ENROLMENT: Stage.ENROL,
+    Action.CHECK_BACKUP_CODE: Stage.BACKUP,
+}
+
+
+def route(stage: Stage, intent: IntentKind) -> Action:
+    """The action for a response read as `intent` at a `stage` prompt."""
+    return ROUTES.get((stage, intent)) or ROUTES[(stage, IntentKind.RESPONSE)]
+
+
+def route_appended(intent: IntentKind) -> Action:
+    return APPEND_ROUTES.get(intent, Action.CHECK)
+
+
+# --------------------------------------------------------------------------- results
+
+
+class Event(enum.Enum):
+    """What a factor's result means for the login."""
+
+    PASSED = "passed"  # ACCEPT
+    ASKED = "asked"  # CHALLENGE: the factor wants another round
+    WRONG = "wrong"  # a counted failure with attempts left in this login
+    EXHAUSTED = "exhausted"  # a counted failure, no retry (last attempt, first round)
+    REFUSED = "refused"  # a REJECT with its own message, or not the user's fault
+    UNAVAILABLE = "unavailable"  # the service behind the factor did not answer
+    LOCKED = "locked"  # counting this failure locked the user out
+
+
+class StepKind(enum.Enum):
+    ACCEPT = "accept"
+    CHALLENGE = "challenge"  # a new challenge in `Step.stage` with the factor's prompt
+    RETRY = "retry"  # "Wrong code, try again." and the same prompt, one attempt spent
+    REJECT = "reject"
+
+
+def _transitions() -> dict[tuple[Stage, Event], tuple[StepKind, bool]]:
+    """(stage, event) -> (step, whether the login stays in the stage)."""
+    table: dict[tuple[Stage, Event], tuple[StepKind, bool]] = {}
+    for stage in Stage:
+        table[(stage, Event.PASSED)] = (StepKind.ACCEPT, False)
+        table[(stage, Event.ASKED)] = (StepKind.CHALLENGE, True)
+        table[(stage, Event.WRONG)] = (StepKind.RETRY, True)
+        for end in (Event.EXHAUSTED, Event.REFUSED, Event.UNAVAILABLE, Event.LOCKED):
+            table[(stage, end)] = (StepKind.REJECT, False)
+    return table
+
+
+TRANSITIONS: Mapping[tuple[Stage, Event], tuple[StepKind, bool]] = _transitions()
 
 
 @dataclass(frozen=True)
-class Intent:
-    kind: IntentKind
-    method: str | None = None
+class Round:
+    """Where a result was produced: the stage it is judged in, the method, and the
+    attempts already spent in this login (None on a first round: nothing to retry)."""
+
+    stage: Stage
+    method: str
+    attempts: int | None
 
 
-def classify_answer(
-    text: str, current: str, alternates: Sequence[str], reset_allowed: bool
-) -> Intent:
-    """Read what the user typed at a second-factor prompt. Keywords are case-insensitive;
-    a backup code is recognised by its shape (80+ bits, never mistaken for an OTP)."""
-    word = text.strip().lower()
-    if word == KEYWORD_BACKUP and "backup_codes" in alternates:
-        return Intent(IntentKind.SWITCH, "backup_codes")
-    if word == KEYWORD_EMAIL and "email" in alternates and current != "email":
-        return Intent(IntentKind.SWITCH, "email")
-    if word == KEYWORD_RESET and reset_allowed:
-        return Intent(IntentKind.RESET)
-    if "backup_codes" in alternates and looks_like_backup_code(text):
-        return Intent(IntentKind.BACKUP_CODE)
-    return Intent(IntentKind.ANSWER)
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    reason: str  # the audit `reason` of the answer
+    message: str | None = None  # Reply-Message of a reject
+    stage: Stage | None = None  # where a CHALLENGE or RETRY leaves the login
+    attempts: int = 0  # attempts spent, carried by the next challenge session
 
 
-def digits_code(text: str) -> bool:
-    """The shape of a typical OTP when no method says otherwise: 4 to 10 digits."""
-    return digit_code(text, 4, 10) is not None
+def event_of(result: FactorResult, at: Round, max_attempts: int, locked: bool) -> Event:
+    """Classify a factor's result. `locked`: counting it (when it is a failure) put the
+    user under lockout."""
+    if result.verdict is Verdict.ACCEPT:
+        return Event.PASSED
+    if result.verdict is Verdict.CHALLENGE:
+        return Event.ASKED
+    if result.verdict is Verdict.UNAVAILABLE:
+        return Event.UNAVAILABLE
+    if result.is_failure and locked:
+        return Event.LOCKED
+    # A rejection with its own message (a Duo deny, a flood limit, an expired code)
+    # ends the login with that message; a wrong code is asked again, a few times.
+    if result.prompt is not None or not result.counts_as_failure:
+        return Event.REFUSED
+    if at.attempts is None or at.attempts + 1 >= max_attempts:
+        return Event.EXHAUSTED
+    return Event.WRONG
 
 
-def split_append(
-    password: str,
-    delimiter: str,
-    code_length: int | None,
-    keywords: frozenset[str],
-    backup_codes: bool,
-    is_code: Callable[[str], bool] = digits_code,
-) -> tuple[str, str | None]:
-    """Split `password<delimiter>answer`, or `password` + a code of known length.
-
-    The split happens at the last delimiter and only when what follows looks like an
-    answer (`is_code`: the method's code shape, a factor keyword, a backup code), so a
-    password that itself contains the delimiter still works. Without a delimiter, the
-    last `code_length` characters are taken when they have the code's shape (digits for
-    TOTP, 44 modhex letters for a YubiKey). The primary check is never retried with
-    another split: a second bind would count twice against directory lockout.
-    """
-    head, sep, tail = password.rpartition(delimiter)
-    if sep and head:
-        answer = tail.strip()
-        if (
-            is_code(answer)
-            or answer.lower() in keywords
-            or (backup_codes and looks_like_backup_code(answer))
-        ):
-            return head, answer
-    if code_length and len(password) > code_length:
-        tail = password[-code_length:]
-        if is_code(tail):
-            return password[:-code_length], tail
-    return password, None
+def decide(result: FactorResult, at: Round, max_attempts: int, locked: bool = False) -> Step:
+    """The next step of the login after `result`."""
+    event = event_of(result, at, max_attempts, locked)
+    kind, stays = TRANSITIONS[(at.stage, event)]
+    spent = at.attempts or 0
+    stage = at.stage if stays else None
+    if kind is StepKind.ACCEPT:
+        return Step(kind, f"mfa_{result.reason}")
+    if kind is StepKind.CHALLENGE:
+        return Step(kind, f"{at.method}_{result.reason}", stage=stage, attempts=spent)
+    if kind is StepKind.RETRY:
+        return Step(kind, "retry", stage=stage, attempts=spent + 1)
+    if event is Event.LOCKED:
+        return Step(kind, "locked_out", MSG_LOCKED)
+    if event is Event.UNAVAILABLE:
+        return Step(kind, f"{at.method}_unavailable", MSG_UNAVAILABLE)
+    return Step(kind, f"{at.method}_{result.reason}", result.prompt)
 
 
-def with_options(prompt: str, alternates: Sequence[str], current: str, reset_allowed: bool) -> str:
-    """Append the words the user can type instead: `backup`, `email`, `reset`."""
-    words = []
-    if "backup_codes" in alternates:
-        words.append(KEYWORD_BACKUP)
-    if "email" in alternates and current != "email":
-        words.append(KEYWORD_EMAIL)
-    if reset_allowed:
-        words.append(KEYWORD_RESET)
-    if not words or current == "backup_codes":
-        return reply_message(prompt)
-    suffix = f" (or type {', '.join(words)})"
-    if len(prompt) + len(suffix) > MAX_STRING_OCTETS:
-        return reply_message(prompt)
-    return reply_message(prompt + suffix)
-
-
-def retry_prompt(prompt: str) -> str:
-    return reply_message("Wrong code, try again. " + prompt)
+def blocked(locked: bool, throttled: bool) -> Step | None:
+    """Before any code is looked at: a user under lockout, a NAS over its failure rate."""
+    if locked:
+        return Step(StepKind.REJECT, "locked_out", MSG_LOCKED)
+    if throttled:
+        return Step(StepKind.REJECT, "client_throttled", MSG_THROTTLED)
+    return None

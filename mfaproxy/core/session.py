@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult, ReplyAttribute
-
-# What a challenge session waits for: a code, an enrolment answer, a backup code.
-Stage = Literal["code", "enrol", "backup"]
+from mfaproxy.core.second_factor import Stage
 
 
 @dataclass(frozen=True)
@@ -17,7 +15,7 @@ class Session:
     login_name: str  # User-Name as the NAS sent it
     client: str  # the NAS entry that received the challenge
     nas: str  # the NAS source address
-    stage: Stage
+    stage: Stage  # what the session waits for (core/second_factor.py)
     method: str
     pending: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
@@ -27,11 +25,11 @@ class Session:
     prompt: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "stage": self.stage.value}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Session:
-        return cls(**data)
+        return cls(**{**data, "stage": Stage(data["stage"])})
 
 
 def _value_to_json(value: str | int | bytes) -> Any:

@@ -11,14 +11,24 @@ failures. Whatever a factor must remember between two rounds goes into `pending`
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mfaproxy.core.factor_result import FactorResult, Verdict
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.records import UserRecord
 from mfaproxy.store.state import StateStore
+
+__all__ = [
+    "Factor",
+    "FactorRequest",
+    "FactorResult",
+    "FactorServices",
+    "FactorUser",
+    "MailSender",
+    "Verdict",
+]
 
 
 @dataclass(frozen=True)
@@ -43,44 +53,6 @@ class FactorRequest:
     client_ip: str | None
     # Unix time; factors read no clock of their own.
     now: float
-
-
-class Verdict(enum.Enum):
-    ACCEPT = "accept"  # the factor passed
-    REJECT = "reject"  # wrong code, denied push, replay...
-    CHALLENGE = "challenge"  # ask the user (again): `prompt` is shown, `pending` kept
-    UNAVAILABLE = "unavailable"  # the service behind the factor did not answer
-
-
-@dataclass(frozen=True)
-class FactorResult:
-    verdict: Verdict
-    # Short, bounded label for metrics and the audit log (`code_ok`, `bad_code`,
-    # `replayed`, `push_denied`, `unreachable`...). Never contains the code itself.
-    reason: str
-    prompt: str | None = None
-    pending: Mapping[str, Any] = field(default_factory=dict)
-    # A REJECT that is not the user's fault (an expired code, a flood limit) does not
-    # count towards the lockout.
-    counts_as_failure: bool = True
-
-    @staticmethod
-    def accept(reason: str = "ok") -> FactorResult:
-        return FactorResult(Verdict.ACCEPT, reason)
-
-    @staticmethod
-    def reject(reason: str, counts_as_failure: bool = True) -> FactorResult:
-        return FactorResult(Verdict.REJECT, reason, counts_as_failure=counts_as_failure)
-
-    @staticmethod
-    def challenge(
-        prompt: str, pending: Mapping[str, Any] | None = None, reason: str = "challenge"
-    ) -> FactorResult:
-        return FactorResult(Verdict.CHALLENGE, reason, prompt=prompt, pending=dict(pending or {}))
-
-    @staticmethod
-    def unavailable(reason: str = "unreachable") -> FactorResult:
-        return FactorResult(Verdict.UNAVAILABLE, reason, counts_as_failure=False)
 
 
 class MailSender(Protocol):
@@ -130,9 +102,9 @@ class Factor(Protocol):
         ...
 
     async def check(
-        self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
+        self, request: FactorRequest, response: str, pending: Mapping[str, Any]
     ) -> FactorResult:
-        """Verify what the user typed. `pending` is from `begin` (empty in append mode,
+        """Verify what the user typed (`response`). `pending` is from `begin` (empty in append mode,
         where `begin` is not called). Another CHALLENGE asks for another round."""
         ...
 
@@ -141,7 +113,7 @@ class Factor(Protocol):
         ...
 
     async def finish_enrolment(
-        self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
+        self, request: FactorRequest, response: str, pending: Mapping[str, Any]
     ) -> FactorResult:
         """Check the user's first code and store the enrolment on ACCEPT."""
         ...

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
-import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mfaproxy.config.policies import MfaAction
 from mfaproxy.core import second_factor as rules
-from mfaproxy.core.second_factor import IntentKind, PlanKind, UserMfa
-from mfaproxy.otp.backup_codes import generate_codes
+from mfaproxy.core.factor_result import FactorResult, Verdict
+from mfaproxy.core.responses import IntentKind
+from mfaproxy.core.second_factor import (
+    MSG_LOCKED,
+    MSG_UNAVAILABLE,
+    ROUTES,
+    TRANSITIONS,
+    Action,
+    Event,
+    PlanKind,
+    Round,
+    Stage,
+    StepKind,
+    UserMfa,
+    blocked,
+    decide,
+    route,
+    route_appended,
+)
 
 ENABLED = ["totp", "email"]
 
@@ -79,73 +97,112 @@ def test_an_assigned_but_unenrolled_method_is_not_enrolled_silently() -> None:
     assert plan("mfa_required", "totp", enrol_unconfigured=True).kind is PlanKind.REFUSE
 
 
-@pytest.mark.parametrize(
-    ("text", "kind", "method"),
-    [
-        ("backup", IntentKind.SWITCH, "backup_codes"),
-        (" BACKUP ", IntentKind.SWITCH, "backup_codes"),
-        ("email", IntentKind.SWITCH, "email"),
-        ("reset", IntentKind.RESET, None),
-        ("123456", IntentKind.ANSWER, None),
-        ("push", IntentKind.ANSWER, None),
-    ],
-)
-def test_classify_answer(text: str, kind: IntentKind, method: str | None) -> None:
-    intent = rules.classify_answer(text, "totp", ["backup_codes", "email"], True)
-    assert (intent.kind, intent.method) == (kind, method)
+# --------------------------------------------------------------------------- the machine
+
+CODE, ENROL, BACKUP = Stage.CODE, Stage.ENROL, Stage.BACKUP
+WRONG = FactorResult.reject("bad_code")
 
 
-def test_keywords_are_plain_answers_when_the_alternate_is_off() -> None:
-    assert rules.classify_answer("backup", "totp", [], True).kind is IntentKind.ANSWER
-    assert rules.classify_answer("email", "email", ["email"], True).kind is IntentKind.ANSWER
-    assert rules.classify_answer("reset", "totp", [], False).kind is IntentKind.ANSWER
+def test_every_stage_has_a_transition_for_every_event() -> None:
+    assert set(TRANSITIONS) == {(stage, event) for stage in Stage for event in Event}
 
 
-def test_a_backup_code_is_recognised_by_its_shape() -> None:
-    code = generate_codes(1)[0]
-    assert (
-        rules.classify_answer(code, "totp", ["backup_codes"], True).kind is IntentKind.BACKUP_CODE
+def test_every_stage_routes_a_plain_response_and_only_code_prompts_read_keywords() -> None:
+    for stage in Stage:
+        assert (stage, IntentKind.RESPONSE) in ROUTES
+    assert route(ENROL, IntentKind.RESET) is Action.FINISH_ENROLMENT
+    assert route(BACKUP, IntentKind.ASK_EMAIL) is Action.CHECK_BACKUP_CODE
+    assert route(CODE, IntentKind.RESET) is Action.RESET
+    assert route(CODE, IntentKind.BACKUP_CODE) is Action.CHECK_BACKUP_CODE
+
+
+def test_append_mode_routes_only_backup_codes_apart() -> None:
+    assert route_appended(IntentKind.BACKUP_CODE) is Action.CHECK_BACKUP_CODE
+    for intent in (IntentKind.RESPONSE, IntentKind.ASK_BACKUP, IntentKind.RESET):
+        assert route_appended(intent) is Action.CHECK
+
+
+def test_accept_ends_in_accept() -> None:
+    step = decide(FactorResult.accept("code_ok"), Round(CODE, "totp", 1), 3)
+    assert (step.kind, step.reason) == (StepKind.ACCEPT, "mfa_code_ok")
+
+
+def test_a_challenge_stays_in_the_stage_and_carries_the_attempts() -> None:
+    step = decide(FactorResult.challenge("Enter"), Round(ENROL, "totp", 2), 3)
+    assert (step.kind, step.stage, step.attempts) == (StepKind.CHALLENGE, ENROL, 2)
+    assert step.reason == "totp_challenge"
+
+
+def test_a_wrong_code_is_asked_again_until_the_attempts_are_spent() -> None:
+    first = decide(WRONG, Round(CODE, "totp", 0), 3)
+    assert (first.kind, first.stage, first.attempts) == (StepKind.RETRY, CODE, 1)
+    second = decide(WRONG, Round(CODE, "totp", 1), 3)
+    assert second.kind is StepKind.RETRY and second.attempts == 2
+    last = decide(WRONG, Round(CODE, "totp", 2), 3)
+    assert (last.kind, last.reason, last.message) == (StepKind.REJECT, "totp_bad_code", None)
+
+
+def test_a_first_round_failure_cannot_be_retried() -> None:
+    step = decide(WRONG, Round(CODE, "totp", None), 3)
+    assert (step.kind, step.reason) == (StepKind.REJECT, "totp_bad_code")
+
+
+def test_a_failure_that_locks_rejects_with_the_lockout_message() -> None:
+    step = decide(WRONG, Round(BACKUP, "backup_codes", 0), 3, locked=True)
+    assert (step.kind, step.reason, step.message) == (StepKind.REJECT, "locked_out", MSG_LOCKED)
+
+
+def test_a_reject_with_its_own_message_or_not_counted_ends_the_login() -> None:
+    denied = FactorResult(Verdict.REJECT, "push_denied", prompt="Denied by Duo")
+    step = decide(denied, Round(CODE, "duo", 0), 3)
+    assert (step.kind, step.message) == (StepKind.REJECT, "Denied by Duo")
+    expired = FactorResult.reject("expired", counts_as_failure=False)
+    # not counted, so never a lockout even when the caller says the user is locked
+    assert decide(expired, Round(CODE, "email", 0), 3, locked=True).reason == "email_expired"
+
+
+def test_an_unavailable_factor_rejects_with_the_outage_message() -> None:
+    step = decide(FactorResult.unavailable(), Round(CODE, "duo", 0), 3)
+    assert (step.kind, step.reason, step.message) == (
+        StepKind.REJECT,
+        "duo_unavailable",
+        MSG_UNAVAILABLE,
     )
-    assert rules.classify_answer(code, "totp", [], True).kind is IntentKind.ANSWER
 
 
-@pytest.mark.parametrize(
-    ("typed", "expected"),
-    [
-        ("secret,123456", ("secret", "123456")),
-        ("se,cret,123456", ("se,cret", "123456")),
-        ("secret,push", ("secret", "push")),
-        ("pass,word", ("pass,word", None)),  # not a code: the comma is the password's
-        ("secret123456", ("secret", "123456")),  # no delimiter, code length known
-        ("123456", ("123456", None)),  # too short to hold both
-        ("secret", ("secret", None)),
-        (",123456", (",", "123456")),  # nothing before the delimiter: length rule
-    ],
+def test_blocked_before_any_check() -> None:
+    assert blocked(False, False) is None
+    locked = blocked(True, True)
+    assert locked is not None and locked.reason == "locked_out"
+    throttled = blocked(False, True)
+    assert throttled is not None and throttled.reason == "client_throttled"
+
+
+results = st.builds(
+    FactorResult,
+    verdict=st.sampled_from(Verdict),
+    reason=st.sampled_from(["code_ok", "bad_code", "expired", "denied"]),
+    prompt=st.none() | st.just("message"),
+    counts_as_failure=st.booleans(),
 )
-def test_split_append(typed: str, expected: tuple[str, str | None]) -> None:
-    assert rules.split_append(typed, ",", 6, frozenset({"push"}), True) == expected
 
 
-def test_split_append_takes_a_backup_code() -> None:
-    code = generate_codes(1)[0]
-    assert rules.split_append(f"pw,{code}", ",", 6, frozenset(), True) == ("pw", code)
-    assert rules.split_append(f"pw,{code}", ",", 6, frozenset(), False) == (f"pw,{code}", None)
-
-
-def test_prompts_fit_one_reply_message_and_list_options() -> None:
-    prompt = rules.with_options("Enter the code", ["backup_codes", "email"], "totp", True)
-    assert prompt == "Enter the code (or type backup, email, reset)"
-    long = rules.with_options("x" * 300, ["backup_codes"], "totp", True)
-    assert len(long) <= 253
-    assert rules.retry_prompt("Enter").startswith("Wrong code")
-
-
-def test_split_append_uses_the_methods_code_shape() -> None:
-    otp = "cccccccfhcbe" + "l" * 32  # 44 modhex characters, a YubiKey OTP
-    is_otp = lambda text: len(text) == 44 and set(text) <= set("cbdefghijklnrtuv")  # noqa: E731
-    assert rules.split_append(f"pw{otp}", ",", 44, frozenset(), False, is_otp) == ("pw", otp)
-    assert rules.split_append(f"pw,{otp}", ",", 44, frozenset(), False, is_otp) == ("pw", otp)
-    assert rules.split_append("pw,123456", ",", 44, frozenset(), False, is_otp) == (
-        "pw,123456",
-        None,
-    )
+@given(
+    result=results,
+    stage=st.sampled_from(Stage),
+    attempts=st.none() | st.integers(0, 9),
+    max_attempts=st.integers(1, 10),
+    locked=st.booleans(),
+)
+def test_the_machine_never_accepts_a_non_accept_nor_retries_past_the_budget(
+    result: FactorResult, stage: Stage, attempts: int | None, max_attempts: int, locked: bool
+) -> None:
+    step = decide(result, Round(stage, "totp", attempts), max_attempts, locked)
+    assert (step.kind is StepKind.ACCEPT) == (result.verdict is Verdict.ACCEPT)
+    if step.kind is StepKind.RETRY:
+        assert attempts is not None and step.attempts == attempts + 1 < max_attempts
+        assert result.is_failure and not locked and step.stage is stage
+    if step.kind is StepKind.REJECT and result.is_failure and locked:
+        assert step.reason == "locked_out"
+    if step.kind in (StepKind.CHALLENGE, StepKind.RETRY):
+        assert step.attempts >= (attempts or 0)
