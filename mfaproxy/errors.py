@@ -109,7 +109,8 @@ class DuoError(MfaproxyError):
 
 
 class DuoFailure(DuoError):
-    """Duo did not give a usable answer: an outage, so failmode applies."""
+    """Duo could not be reached or answered nonsense (5xx, bad JSON): an outage. Failmode
+    applies only when this happens before the user was asked (at preauth)."""
 
 
 class DuoTimeout(DuoFailure):
@@ -120,8 +121,12 @@ class DuoMisconfigured(DuoError):
     """Duo refused the request itself (HTTP 4xx): credentials, signature, parameters."""
 
 
+class DuoRateLimited(DuoError):
+    """Duo answered HTTP 429: it is up and refuses, so never an outage."""
+
+
 class DuoBusy(DuoError):
-    """Every worker thread is taken, or the client is closed: our limit, not Duo's."""
+    """Our own bound on concurrent Duo calls is reached, or the client is closed."""
 
 
 class YubikeyEnrolmentError(MfaproxyError):

@@ -120,17 +120,33 @@ class YubikeyMethodConfig(Strict):
         return self
 
 
+class PushLimitConfig(Strict):
+    """Push fatigue (push bombing): how many pushes or calls one user may be sent."""
+
+    max_pushes: int = Field(default=5, ge=1, le=1000)
+    window_seconds: int = Field(default=600, ge=1, le=86400)
+
+
 class DuoMethodConfig(Strict):
     integration_key: str = Field(min_length=1)
     secret_key: SecretStr
     api_hostname: str = Field(min_length=1)
     # auto: push unless the user typed a passcode.
     factor: Literal["auto", "push", "phone", "passcode"] = "auto"
-    # secure: reject when Duo is unreachable; safe: accept on the primary alone.
+    # secure: reject when Duo cannot be reached at preauth; safe: accept on the primary
+    # alone then. Never applies once the user was asked (push sent, passcode typed).
     failmode: Literal["secure", "safe"] = "secure"
     # How long an out-of-band push or phone call may take (keep the NAS timeout longer).
     timeout: float = Field(default=60.0, gt=0, le=300)
+    # Concurrent preauth/auth requests to Duo.
     pool_size: int = Field(default=16, ge=1, le=256)
+    # Concurrent auth_status long polls (pushes waiting on their users); a separate
+    # bound, so waiting pushes never delay another user's passcode or push.
+    max_pending_pushes: int = Field(default=1000, ge=1, le=100000)
+    push_limit: PushLimitConfig = PushLimitConfig()
+    # Declare Verified Duo Push support at preauth: in challenge mode the code to type
+    # into Duo Mobile is shown in an Access-Challenge while the push waits.
+    verified_push: bool = False
     ca_file: ConfigPath | None = None
 
     @model_validator(mode="before")

@@ -53,6 +53,11 @@ class FactorRequest:
     client_ip: str | None
     # Unix time; factors read no clock of their own.
     now: float
+    # The RADIUS request this check answers (RFC 5080 key: NAS address and port,
+    # Identifier, Request Authenticator), so that a retransmission that reaches another
+    # node of a cluster continues a pending out-of-band check instead of starting a
+    # second one. Empty when unknown: such a request never continues anything.
+    request_key: str = ""
 
 
 class MailSender(Protocol):

@@ -1,33 +1,43 @@
-"""Duo as a second factor, over Duo's Auth API v2 (duo_client.Auth).
+"""Duo as a second factor, over Duo's Auth API v2 (factors/duo_api.py).
 
 `begin` asks Duo about the user (preauth): bypass, deny, enrol, or a menu of what the
 user's devices can do. `check` turns the answer into one Duo call: `push` and `phone`
-start an asynchronous transaction (auth with async_txn) that is polled with auth_status
-until the user answers or `duo.timeout` runs out; `sms` sends passcodes and asks again;
-digits are a passcode. In append mode (`password,push`) `begin` is not called, so
-`check` runs preauth itself first: bypass, deny and enrolment then behave the same.
+start an asynchronous transaction (auth with async) that is long-polled with
+auth_status until the user answers or `duo.timeout` runs out (factors/duo_push.py, with
+the push fatigue limits); `sms` sends passcodes and asks again; digits are a passcode.
+In append mode (`password,push`) `begin` is not called, so `check` runs preauth itself
+first: bypass, deny and enrolment then behave the same.
+
+Verified Duo Push (`duo.verified_push`, challenge mode only): preauth declares
+`client_supports_verified_push`; when Duo's policy asks for it, preauth answers a
+verification code and a txid. The push is sent with that txid, the code is shown in an
+Access-Challenge ("enter 123456 in Duo Mobile, then press Enter"), Duo checks what the
+user types into the app, and the answer to the challenge waits for Duo's verdict.
 
 One `check` sends at most one push or call: the engine de-duplicates RADIUS
 retransmissions, and nothing here retries `auth` (a timed-out `auth` may still have
 reached Duo, and a retry would buzz the phone twice).
 
-Calls go through factors/duo_api.py (duo_client in a bounded pool, explicit timeouts,
-failures classified). What each failure means here:
-- Duo unreachable (DuoFailure): `failmode` decides. `safe` accepts on the primary
-  password alone (warning log `duo_failmode_safe` and a metric); `secure` answers
-  UNAVAILABLE `duo_unreachable`.
+Failmodes mean outages, and only before the user was asked:
+- preauth finds Duo unreachable (connection failure, timeout, TLS failure, HTTP 5xx,
+  nonsense): `failmode` decides. `safe` accepts on the primary password alone (warning
+  log `duo_failmode_safe` and a metric); `secure` answers UNAVAILABLE `duo_unreachable`.
+- preauth answered 429 (DuoRateLimited): UNAVAILABLE `duo_rate_limited`, whatever the
+  failmode: Duo is up; whoever could make it rate-limit a user must not turn MFA off.
 - Duo answered 4xx (DuoMisconfigured): UNAVAILABLE `duo_misconfigured` with an error
   log, whatever the failmode. Duo's own proxy fails open on a 401 in safe mode; we do
   not: a wrong key or secret is a standing misconfiguration, not an outage, and failing
   open on it would silently turn MFA off for everyone until someone read the logs.
-- Our threads are all busy (DuoBusy): UNAVAILABLE `duo_busy`, whatever the failmode:
-  otherwise one password holder could start enough pushes to fill the pool and then
-  log in without Duo.
+- Our own bound is reached (DuoBusy): UNAVAILABLE `duo_busy`, whatever the failmode:
+  otherwise one password holder could start enough pushes to fill it and then log in
+  without Duo.
+- Any error once the user was asked (at /auth: push, call, SMS, passcode; at
+  /auth_status) is a REJECT `duo_error_after_prompt`, never a failmode accept: a wrong
+  passcode followed by a 5xx must not log anyone in.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -36,7 +46,7 @@ from typing import Any
 import structlog
 
 from mfaproxy.config.multifactor import DuoMethodConfig, MultifactorConfig
-from mfaproxy.errors import DuoBusy, DuoError, DuoFailure, DuoMisconfigured, DuoTimeout
+from mfaproxy.errors import DuoBusy, DuoError, DuoFailure, DuoRateLimited
 from mfaproxy.factors.base import (
     Factor,
     FactorRequest,
@@ -46,9 +56,11 @@ from mfaproxy.factors.base import (
     Verdict,
 )
 from mfaproxy.factors.duo_api import REQUEST_TIMEOUT, DuoApi
-from mfaproxy.observability.metrics import SECOND_FACTOR_ATTEMPTS
+from mfaproxy.factors.duo_push import Claim, PushLedger, verified_push_offer, wait_for_answer
+from mfaproxy.observability.metrics import DUO_PUSHES, SECOND_FACTOR_ATTEMPTS
 from mfaproxy.otp.codes import digit_code
 from mfaproxy.radius.text import fits_reply_message, reply_message
+from mfaproxy.store.state import StateStore
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +77,11 @@ PASSCODE = re.compile(r"[0-9]{6,16}")
 MAX_DEVICES = 10
 SMS_PROMPT = "Enter the passcode sent by SMS"
 PASSCODE_PROMPT = "Enter a Duo passcode"
+VERIFIED_PROMPT = "Duo Verified Push: enter {code} in Duo Mobile, then press Enter here"
+MSG_PUSH_PENDING = "A Duo request is already waiting on your phone. Answer it first."
+MSG_PUSH_LIMITED = "Too many Duo requests. Wait a few minutes, or use a passcode."
+MSG_INTERRUPTED = "Your Duo login was interrupted. Try again."
+MSG_AFTER_PROMPT = "Duo could not finish the check. Try again later."
 # auth/auth_status `status` values that get their own reason label.
 DENY_REASONS = {"fraud": "fraud", "locked_out": "duo_locked_out"}
 
@@ -126,6 +143,7 @@ class DuoFactor:
     def __init__(
         self,
         settings: DuoMethodConfig,
+        state: StateStore,
         *,
         request_timeout: float = REQUEST_TIMEOUT,
         poll_interval: float = POLL_INTERVAL,
@@ -133,6 +151,7 @@ class DuoFactor:
         self.settings = settings
         self._poll_interval = poll_interval
         self.api = DuoApi(settings, request_timeout)
+        self.pushes = PushLedger(state, settings)
 
     def looks_like_code(self, text: str) -> bool:
         return digit_code(text, 6, 16) is not None  # a Duo passcode: 6 to 16 digits
@@ -144,23 +163,29 @@ class DuoFactor:
         return False  # enrolment happens in Duo's portal
 
     async def begin(self, request: FactorRequest) -> FactorResult:
+        # Only a challenge can show a Verified Push code: declare support here only.
         try:
-            return await self._preauth(request)
+            return await self._preauth(request, verified_push=self.settings.verified_push)
         except DuoError as exc:
-            return self._failed(request, exc)
+            return self._unreachable(request, exc)
 
     async def check(
         self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
     ) -> FactorResult:
+        if isinstance(pending.get(PENDING_PUSH), Mapping):  # a Verified Push waits
+            return await self._finish_verified(request, pending[PENDING_PUSH])
+        if "devices" not in pending:  # append mode or a direct push: no begin
+            try:
+                first = await self._preauth(request, verified_push=False)
+            except DuoError as exc:
+                return self._unreachable(request, exc)
+            if first.verdict is not Verdict.CHALLENGE:
+                return first
+            pending = first.pending
         try:
-            if "devices" not in pending:  # append mode or a direct push: no begin
-                first = await self._preauth(request)
-                if first.verdict is not Verdict.CHALLENGE:
-                    return first
-                pending = first.pending
             return await self._answer(request, answer.strip().lower(), pending)
         except DuoError as exc:
-            return self._failed(request, exc)
+            return self._failed_after_prompt(request, exc)
 
     async def begin_enrolment(self, request: FactorRequest) -> FactorResult:
         return FactorResult.reject("enrol_at_duo", counts_as_failure=False)
@@ -175,8 +200,8 @@ class DuoFactor:
 
     # ------------------------------------------------------------------ flow
 
-    async def _preauth(self, request: FactorRequest) -> FactorResult:
-        answer = await self.api.preauth(request.user.login_name, client_ip(request))
+    async def _preauth(self, request: FactorRequest, verified_push: bool) -> FactorResult:
+        answer = await self.api.preauth(request.user.login_name, client_ip(request), verified_push)
         result, message = answer.get("result"), answer.get("status_msg", "")
         if result == "allow":
             return FactorResult.accept("duo_bypass")
@@ -189,7 +214,10 @@ class DuoFactor:
                 prompt = "Enroll in Duo first; ask your administrator how"
             return with_prompt(Verdict.REJECT, "duo_enroll", prompt, counts=False)
         if result == "auth":
-            pending = {"devices": device_summary(answer.get("devices"))}
+            pending: dict[str, Any] = {"devices": device_summary(answer.get("devices"))}
+            verified = verified_push_offer(answer)
+            if verified is not None:
+                pending[PENDING_VERIFIED] = verified
             return FactorResult.challenge(menu_prompt(capabilities(pending)), pending)
         raise DuoFailure(f"unexpected preauth result {reply_message(result, 40)!r}")
 
@@ -206,7 +234,7 @@ class DuoFactor:
                 return FactorResult.challenge(prompt, pending, reason="factor_unavailable")
             if word == "sms":
                 return await self._sms(request, pending)
-            return await self._out_of_band(request, word)
+            return await self._out_of_band(request, word, pending)
         if PASSCODE.fullmatch(word):
             return await self._passcode(request, word)
         return FactorResult.reject("malformed_code")
@@ -219,33 +247,73 @@ class DuoFactor:
             return next((w for w in ("push", "phone") if w in caps), None)
         return None if factor == "passcode" else factor
 
-    async def _out_of_band(self, request: FactorRequest, factor: str) -> FactorResult:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.timeout
-        started = await self.api.auth(
-            factor=factor,
-            username=request.user.login_name,
-            device="auto",
-            ipaddr=client_ip(request),
-            async_txn=True,
-        )
-        txid = started.get("txid")
-        if not isinstance(txid, str) or not txid:
-            raise DuoFailure("auth answered without a txid")
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return FactorResult.reject(f"{factor}_timeout", counts_as_failure=False)
-            try:
-                status = await self.api.auth_status(txid, remaining)
-            except DuoTimeout:
-                # The user did not answer in time; the push is not sent again.
-                return FactorResult.reject(f"{factor}_timeout", counts_as_failure=False)
-            if not status.get("waiting"):
-                break
-            await asyncio.sleep(min(self._poll_interval, max(0.0, deadline - loop.time())))
+    async def _out_of_band(
+        self, request: FactorRequest, factor: str, pending: Mapping[str, Any]
+    ) -> FactorResult:
+        user, key, now = request.user.name, request.request_key, request.now
+        ticket = await self.pushes.claim(user, key, now)
+        if ticket.claim is Claim.CONTINUE and ticket.txid is not None:
+            # This very request sent the push from a node that is gone: keep waiting.
+            remaining = ticket.started + self.settings.timeout - now
+            return await self._wait(request, factor, ticket.txid, remaining)
+        if ticket.claim is not Claim.NEW:
+            return REFUSED[ticket.claim]
+        verified = pending.get(PENDING_VERIFIED) if factor == "push" else None
+        verified = verified if isinstance(verified, Mapping) else None
+        try:
+            started = await self.api.auth(
+                factor=factor,
+                username=request.user.login_name,
+                device="auto",
+                ipaddr=client_ip(request),
+                txid=str(verified["txid"]) if verified else None,
+                **{"async": "1"},
+            )
+            txid = started.get("txid")
+            if not isinstance(txid, str) or not txid:
+                raise DuoFailure("auth answered without a txid")
+        except Exception:
+            # Not on cancellation (shutdown): the push may be out, and the record
+            # keeps a retransmission on another node from sending a second one.
+            await self.pushes.release(user)
+            raise
+        await self.pushes.sent(user, key, txid, now)
+        if verified is not None:
+            # The user types the code into Duo Mobile; the answer to this challenge
+            # waits for Duo's verdict. The pending record stays until then.
+            record = {"txid": txid, "started": now, "factor": factor}
+            prompt = reply_message(VERIFIED_PROMPT.format(code=verified["code"]))
+            return FactorResult.challenge(prompt, {PENDING_PUSH: record}, "verified_push")
+        return await self._wait(request, factor, txid, self.settings.timeout)
+
+    async def _finish_verified(
+        self, request: FactorRequest, record: Mapping[str, Any]
+    ) -> FactorResult:
+        txid, started, factor = record.get("txid"), record.get("started"), "push"
+        if not isinstance(txid, str) or not isinstance(started, int | float):
+            return FactorResult.reject("invalid_pending", counts_as_failure=False)
+        remaining = float(started) + self.settings.timeout - request.now
+        return await self._wait(request, factor, txid, remaining)
+
+    async def _wait(
+        self, request: FactorRequest, factor: str, txid: str, seconds: float
+    ) -> FactorResult:
+        try:
+            status = await wait_for_answer(self.api, txid, seconds, self._poll_interval)
+        except DuoError as exc:
+            await self.pushes.release(request.user.name)
+            return self._failed_after_prompt(request, exc)
+        # Released only once answered: a node stopped mid-wait leaves the record, so the
+        # NAS's retransmission to another node continues this push (duo_push.py).
+        await self.pushes.release(request.user.name)
+        if status is None:
+            # Unanswered: counts as a failure (push fatigue); the push is not sent again.
+            DUO_PUSHES.labels(result="timeout").inc()
+            return FactorResult.reject(f"{factor}_timeout")
         if status.get("success"):
+            DUO_PUSHES.labels(result="approved").inc()
             return FactorResult.accept(f"{factor}_approved")
+        DUO_PUSHES.labels(result="denied").inc()
         return self._denied(factor, status)
 
     async def _sms(self, request: FactorRequest, pending: Mapping[str, Any]) -> FactorResult:
@@ -279,22 +347,28 @@ class DuoFactor:
         status = answer.get("status")
         message = answer.get("status_msg", "")
         if status == "timeout":
-            return with_prompt(Verdict.REJECT, f"{factor}_timeout", message, counts=False)
+            # Ignored by the user: a failure like a denial (push fatigue).
+            return with_prompt(Verdict.REJECT, f"{factor}_timeout", message)
         default = "bad_passcode" if factor == "passcode" else f"{factor}_denied"
         reason = DENY_REASONS.get(str(status), default)
         return with_prompt(Verdict.REJECT, reason, message)
 
     # -------------------------------------------------------------- plumbing
 
-    def _failed(self, request: FactorRequest, exc: Exception) -> FactorResult:
+    def _unreachable(self, request: FactorRequest, exc: DuoError) -> FactorResult:
+        """A preauth failure: the user was not asked yet, so this is where failmode may
+        apply, and only to an outage (DuoFailure)."""
         user, error = request.user.name, str(exc)
         if isinstance(exc, DuoBusy):
             # Never fail open on our own load: one password holder could otherwise
-            # start enough pushes to fill the pool and then log in without Duo.
+            # start enough pushes to fill the bound and then log in without Duo.
             log.warning("duo_busy", user=user, error=error)
             return FactorResult.unavailable("duo_busy")
-        if isinstance(exc, DuoMisconfigured):
-            # Never fail open here: see the module docstring.
+        if isinstance(exc, DuoRateLimited):
+            log.warning("duo_rate_limited", user=user, error=error)
+            return FactorResult.unavailable("duo_rate_limited")
+        if not isinstance(exc, DuoFailure):
+            # DuoMisconfigured: never fail open here, see the module docstring.
             log.error("duo_misconfigured", user=user, error=error)
             return FactorResult.unavailable("duo_misconfigured")
         if self.settings.failmode == "safe":
@@ -304,8 +378,32 @@ class DuoFactor:
         log.warning("duo_unreachable", user=user, error=error)
         return FactorResult.unavailable("duo_unreachable")
 
+    @staticmethod
+    def _failed_after_prompt(request: FactorRequest, exc: DuoError) -> FactorResult:
+        """Any error once the user was asked is a reject, whatever the failmode: what
+        they typed or tapped was never confirmed by Duo."""
+        DUO_PUSHES.labels(result="error").inc()
+        log.warning(
+            "duo_error_after_prompt",
+            user=request.user.name,
+            error=str(exc),
+            kind=type(exc).__name__,
+        )
+        return with_prompt(Verdict.REJECT, "duo_error_after_prompt", MSG_AFTER_PROMPT, counts=False)
+
+
+PENDING_VERIFIED = "verified_push"  # the preauth offer, in the challenge session
+PENDING_PUSH = "push"  # a Verified Push sent and waiting for Duo's verdict
+REFUSED: Mapping[Claim, FactorResult] = {
+    Claim.PENDING: with_prompt(Verdict.REJECT, "push_pending", MSG_PUSH_PENDING, counts=False),
+    Claim.LIMITED: with_prompt(Verdict.REJECT, "push_limited", MSG_PUSH_LIMITED, counts=False),
+    Claim.INTERRUPTED: with_prompt(
+        Verdict.REJECT, "push_interrupted", MSG_INTERRUPTED, counts=False
+    ),
+}
+
 
 def build(config: MultifactorConfig, services: FactorServices) -> Factor:
     if config.duo is None:
         raise ValueError("duo is enabled but the 'duo' section is missing")
-    return DuoFactor(config.duo)
+    return DuoFactor(config.duo, services.state)

@@ -1,44 +1,68 @@
-"""Duo's Auth API from asyncio: duo_client in a bounded thread pool, failures classified.
+"""Duo's Auth API v2 from asyncio: signed requests over aiohttp, bounded, classified.
 
-duo_client blocks, so each call runs in this client's own pool, bounded twice: a socket
-timeout on the duo_client.Auth object and an asyncio.wait_for around the call. A call
-that times out keeps its thread until the socket timeout ends it; it is never retried
-here (a timed-out `auth` may have reached Duo, and a retry would push twice).
+Why not duo_client's own HTTP: duo_client blocks, so each call needs a thread, and
+auth_status long-polls until the user answers: every pending push then held a thread
+for up to a minute, and 16 pending pushes (the pool) made every other user's Duo login
+wait, then fail. Here no call holds a thread. duo_client still does the part that must
+match Duo byte for byte: the request signature (`duo_client.client.sign`, signature
+version 5, and its canonical JSON body), and its pinned Duo CA bundle is the default
+trust store, as with duo_client itself.
 
-Every way a call can fail becomes one of three errors, because the factor treats them
-differently (see factors/duo.py):
-- DuoFailure: Duo is unreachable or answered nonsense (connection refused, timeout, TLS
-  or certificate failure, HTTP 5xx or 429, a body that is not Duo's JSON).
-- DuoMisconfigured: Duo refused the request itself (HTTP 4xx other than 429: integration
-  key, secret key, signature, clock skew, a bad parameter).
-- DuoBusy: every thread is taken (pushes waiting on their users). A call only starts
-  when a thread is free, so time spent queued is never mistaken for a slow Duo.
+Bounds: at most `pool_size` preauth/auth calls at once (a caller that cannot start one
+within its timeout gets DuoBusy: time spent queued is never mistaken for a slow Duo),
+and at most `max_pending_pushes` auth_status long polls at once, a separate bound, so
+waiting pushes never delay a passcode or a new push. Every call has a deadline.
+
+Nothing is retried here, 429 included (duo_client would sleep and resend): a timed-out
+`auth` may have reached Duo, and a retry would buzz the phone twice.
+
+Every failure becomes one of these errors, because the factor treats them differently
+(see factors/duo.py):
+- DuoFailure (DuoTimeout): Duo cannot be reached or answered nonsense: connection
+  refused or reset, timeout, TLS or certificate failure, HTTP 5xx, a body that is not
+  Duo's JSON. At preauth only, this is the outage `failmode` is about.
+- DuoRateLimited: HTTP 429. Duo is up and refuses: never an outage (else whoever can
+  make Duo rate-limit a user could turn MFA off for them under `failmode: safe`).
+- DuoMisconfigured: any other 4xx: integration key, secret key, signature, clock skew,
+  a bad parameter.
+- DuoBusy: our own bound is reached.
 
 `api_hostname` may carry a port (`host:8443`): the configuration has no port setting,
-and tests or an on-premises relay need one. Without `ca_file`, duo_client's pinned Duo
-CA bundle is used.
+and tests or an on-premises relay need one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+import email.utils
+import json
+import ssl
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import duo_client
+import aiohttp
+import duo_client.client
+from yarl import URL
 
 from mfaproxy.config.multifactor import DuoMethodConfig
-from mfaproxy.errors import DuoBusy, DuoFailure, DuoMisconfigured, DuoTimeout
+from mfaproxy.errors import (
+    DuoBusy,
+    DuoFailure,
+    DuoMisconfigured,
+    DuoRateLimited,
+    DuoTimeout,
+)
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
 from mfaproxy.radius.text import reply_message
 
-# Seconds for one preauth/auth request (socket timeout and overall bound). A push is
-# bounded by `duo.timeout` instead, which the auth_status long poll may use up.
+# Seconds for one preauth/auth request. A push is bounded by `duo.timeout` instead,
+# which the auth_status long polls may use up.
 REQUEST_TIMEOUT = 10.0
+SIGNATURE_VERSION = 5
+HTTP_TOO_MANY_REQUESTS = 429
+USER_AGENT = "mfaproxy (Duo Auth API v2)"
 
 
 def split_hostname(value: str) -> tuple[str, int | None]:
@@ -49,98 +73,181 @@ def split_hostname(value: str) -> tuple[str, int | None]:
     return value, None
 
 
+def tls_context(settings: DuoMethodConfig) -> ssl.SSLContext:
+    """Verify Duo's certificate and name against `ca_file`, else duo_client's pinned CAs."""
+    cafile = (
+        str(settings.ca_file)
+        if settings.ca_file is not None
+        else duo_client.client.DEFAULT_CA_CERTS
+    )
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # Duo refuses older versions
+    return context
+
+
+class Signer:
+    """Builds a signed request the way duo_client.Client.api_call does (version 5)."""
+
+    def __init__(self, ikey: str, skey: str, host: str):
+        self.ikey, self.skey, self.host = ikey, skey, host
+
+    def request(
+        self, method: str, path: str, params: Mapping[str, str]
+    ) -> tuple[str, dict[str, str], bytes | None]:
+        """(path with query, headers, body) for one call."""
+        date = email.utils.formatdate()
+        if method == "POST":
+            body = duo_client.client.Client.canon_json(dict(params))
+            signed: dict[Any, Any] = {}
+            target = path
+        else:
+            body = ""
+            signed = duo_client.client.normalize_params(dict(params))
+            target = path + "?" + urllib.parse.urlencode(signed, doseq=True)
+        authorization = duo_client.client.sign(
+            self.ikey,
+            self.skey,
+            method,
+            self.host,
+            path,
+            date,
+            SIGNATURE_VERSION,
+            signed,
+            body=body,
+        )
+        headers = {"Authorization": authorization, "Date": date, "User-Agent": USER_AGENT}
+        if method == "POST":
+            headers["Content-Type"] = "application/json"
+            return target, headers, body.encode()
+        return target, headers, None
+
+
 class DuoApi:
     def __init__(self, settings: DuoMethodConfig, request_timeout: float = REQUEST_TIMEOUT):
         self.settings = settings
         self.request_timeout = request_timeout
         host, port = split_hostname(settings.api_hostname)
-        options: dict[str, Any] = {"host": host, "port": port}
-        if settings.ca_file is not None:
-            options["ca_certs"] = str(settings.ca_file)
-        ikey, skey = settings.integration_key, settings.secret_key.get_secret_value()
-        self._client = duo_client.Auth(ikey, skey, timeout=request_timeout, **options)
-        # auth_status long-polls until the user answers: its socket may wait as long
-        # as the whole push, so it gets a client with a longer timeout.
-        self._status_client = duo_client.Auth(
-            ikey, skey, timeout=settings.timeout + request_timeout, **options
+        self._base = f"https://{host}:{port or 443}"
+        self._signer = Signer(
+            settings.integration_key, settings.secret_key.get_secret_value(), host
         )
-        self._pool = ThreadPoolExecutor(max_workers=settings.pool_size, thread_name_prefix="duo")
-        # Threads running a call, including calls nobody waits for any more.
-        self._busy = 0
-        self._freed = asyncio.Event()
+        self._tls = tls_context(settings)
+        self._calls = asyncio.Semaphore(settings.pool_size)
+        self._polls = asyncio.Semaphore(settings.max_pending_pushes)
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
-    async def preauth(self, username: str, ipaddr: str | None) -> Mapping[str, Any]:
-        call = partial(self._client.preauth, username=username, ipaddr=ipaddr)
-        return await self._call("preauth", call, self.request_timeout)
+    # ------------------------------------------------------------------ calls
 
-    async def auth(self, **params: Any) -> Mapping[str, Any]:
-        """One /auth/v2/auth request (duo_client.Auth.auth keyword arguments)."""
-        return await self._call("auth", partial(self._client.auth, **params), self.request_timeout)
+    async def preauth(
+        self, username: str, ipaddr: str | None, verified_push: bool = False
+    ) -> Mapping[str, Any]:
+        params = {"username": username}
+        if ipaddr is not None:
+            params["ipaddr"] = ipaddr
+        if verified_push:
+            params["client_supports_verified_push"] = "1"
+        return await self._bounded("preauth", "POST", "/auth/v2/preauth", params)
+
+    async def auth(self, **params: str | None) -> Mapping[str, Any]:
+        """One /auth/v2/auth request; None values are left out."""
+        kept = {k: v for k, v in params.items() if v is not None}
+        return await self._bounded("auth", "POST", "/auth/v2/auth", kept)
 
     async def auth_status(self, txid: str, timeout: float) -> Mapping[str, Any]:
-        call = partial(self._status_client.auth_status, txid)
-        return await self._call("auth_status", call, timeout)
+        """One long poll: answers when the transaction's status changes (or Duo's own
+        long-poll limit passes), within `timeout` seconds."""
+        async with self._slot(self._polls, "auth_status", self.request_timeout):
+            status = await self._request(
+                "auth_status", "GET", "/auth/v2/auth_status", {"txid": txid}, timeout
+            )
+        result = status.get("result")
+        return {
+            "waiting": result == "waiting",
+            "success": result == "allow",
+            "status": status.get("status", ""),
+            "status_msg": status.get("status_msg", ""),
+        }
 
     async def close(self) -> None:
-        # Threads blocked on Duo end with their socket timeout; do not wait for them.
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-    async def _call(self, what: str, call: Callable[[], Any], timeout: float) -> Mapping[str, Any]:
-        loop = asyncio.get_running_loop()
-        await self._take_thread(what, min(timeout, self.request_timeout))
-        started = loop.time()
+    # --------------------------------------------------------------- plumbing
+
+    async def _bounded(
+        self, what: str, method: str, path: str, params: Mapping[str, str]
+    ) -> Mapping[str, Any]:
+        async with self._slot(self._calls, what, self.request_timeout):
+            return await self._request(what, method, path, params, self.request_timeout)
+
+    @contextlib.asynccontextmanager
+    async def _slot(
+        self, bound: asyncio.Semaphore, what: str, timeout: float
+    ) -> AsyncIterator[None]:
+        if self._closed:
+            raise DuoBusy(f"{what}: the Duo client is closed")
         try:
-            future = loop.run_in_executor(self._pool, call)
-        except RuntimeError as exc:  # the pool is shut down
-            self._busy -= 1
-            raise DuoBusy(f"{what}: the Duo client is closed") from exc
-        future.add_done_callback(self._thread_done)
+            await asyncio.wait_for(bound.acquire(), timeout)
+        except TimeoutError as exc:
+            raise DuoBusy(f"{what}: every Duo slot is busy") from exc
         try:
-            # shield: on timeout the call goes on in its thread (it cannot be stopped)
-            # and keeps counting as busy until it ends.
-            answer = await asyncio.wait_for(asyncio.shield(future), timeout)
+            yield
+        finally:
+            bound.release()
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created inside the running loop, on first use.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._tls, limit=0)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def _request(
+        self, what: str, method: str, path: str, params: Mapping[str, str], timeout: float
+    ) -> Mapping[str, Any]:
+        target, headers, body = self._signer.request(method, path, params)
+        url = URL(self._base + target, encoded=True)
+        started = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._client().request(
+                    method, url, headers=headers, data=body
+                ) as response:
+                    status, raw = response.status, await response.read()
         except TimeoutError as exc:
             self._observe("timeout", started, up=False)
             raise DuoTimeout(f"{what}: no answer in {timeout:.1f}s") from exc
-        except RuntimeError as exc:
-            # duo_client raises RuntimeError carrying the HTTP status for any non-200
-            # and for a body that is not {"stat": "OK", "response": ...}.
-            status = getattr(exc, "status", None)
-            detail = f"{what}: {reply_message(exc, 200)}"
-            if isinstance(status, int) and 400 <= status < 500 and status != 429:
-                self._observe("rejected", started, up=False)
-                raise DuoMisconfigured(detail) from exc
-            self._observe("error", started, up=False)
-            raise DuoFailure(detail) from exc
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            # Connection refused or reset, socket timeout, TLS and certificate errors.
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            # Connection refused or reset, TLS and certificate errors, a broken answer.
             self._observe("error", started, up=False)
             raise DuoFailure(f"{what}: {type(exc).__name__}: {reply_message(exc, 200)}") from exc
-        if not isinstance(answer, Mapping):
+        return self._parse(what, status, raw, started)
+
+    def _parse(self, what: str, status: int, raw: bytes, started: float) -> Mapping[str, Any]:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        message = data.get("message") if isinstance(data, dict) else None
+        detail = f"{what}: HTTP {status} {reply_message(message or '', 120)}".rstrip()
+        if status == HTTP_TOO_MANY_REQUESTS:
+            self._observe("rate_limited", started, up=True)
+            raise DuoRateLimited(detail)
+        if 400 <= status < 500:
+            self._observe("rejected", started, up=False)
+            raise DuoMisconfigured(detail)
+        if status != 200:
             self._observe("error", started, up=False)
-            raise DuoFailure(f"{what}: the response is not an object")
+            raise DuoFailure(detail)
+        response = data.get("response") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or data.get("stat") != "OK" or not isinstance(response, dict):
+            self._observe("error", started, up=False)
+            raise DuoFailure(f"{what}: the response is not Duo's JSON")
         self._observe("ok", started, up=True)
-        return answer
-
-    async def _take_thread(self, what: str, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._busy >= self.settings.pool_size:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise DuoBusy(f"{what}: all {self.settings.pool_size} Duo threads are busy")
-            self._freed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._freed.wait(), remaining)
-        self._busy += 1
-
-    def _thread_done(self, future: asyncio.Future[Any]) -> None:
-        self._busy -= 1
-        self._freed.set()
-        if not future.cancelled():
-            # Mark the outcome retrieved: a call nobody waits for any more must not
-            # be reported as "exception never retrieved"; a waiting caller still gets it.
-            future.exception()
+        return response
 
     def _observe(self, result: str, started: float, *, up: bool) -> None:
         elapsed = asyncio.get_running_loop().time() - started

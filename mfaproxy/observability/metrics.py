@@ -68,6 +68,14 @@ SECOND_FACTOR_ATTEMPTS = Counter(
     ["method", "result"],
     registry=REGISTRY,
 )
+DUO_PUSHES = Counter(
+    "mfaproxy_duo_pushes",
+    "Duo pushes and phone calls: sent, limited (push fatigue cap), refused_pending (one "
+    "already waits on the user), continued (a retransmission on another node took over), "
+    "approved, denied, timeout, error.",
+    ["result"],
+    registry=REGISTRY,
+)
 CHALLENGES_PENDING = Gauge(
     "mfaproxy_challenges_pending",
     "Access-Challenge sessions waiting for an answer.",

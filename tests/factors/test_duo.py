@@ -76,7 +76,7 @@ async def make(duo: FakeDuo, services: FactorServices) -> AsyncIterator[Make]:
         )
         factor: Factor
         if request_timeout is not None and config.duo is not None:
-            factor = DuoFactor(config.duo, request_timeout=request_timeout)
+            factor = DuoFactor(config.duo, services.state, request_timeout=request_timeout)
         else:
             factor = builder("duo")(config, services)
         built.append(factor)
@@ -237,12 +237,13 @@ async def test_push_outcomes(
     assert call.params["async"] == "1"
 
 
-async def test_duo_side_timeout_does_not_count(duo: FakeDuo, make: Make) -> None:
+async def test_duo_side_timeout_counts_as_a_failure(duo: FakeDuo, make: Make) -> None:
+    """An ignored push is push fatigue's tool: it counts like a denial."""
     duo.add_user("alice", push="timeout")
     factor = make()
     result = await factor.check(request(), "push", (await challenge(factor)).pending)
     assert (result.verdict, result.reason) == (Verdict.REJECT, "push_timeout")
-    assert not result.counts_as_failure
+    assert result.counts_as_failure
 
 
 async def test_held_push_is_pending_then_accepted_with_one_push(duo: FakeDuo, make: Make) -> None:
@@ -265,7 +266,7 @@ async def test_unanswered_push_times_out_without_a_second_push(duo: FakeDuo, mak
     factor = make(timeout=0.3)
     result = await factor.check(request(), "push", (await challenge(factor)).pending)
     assert (result.verdict, result.reason) == (Verdict.REJECT, "push_timeout")
-    assert not result.counts_as_failure
+    assert result.counts_as_failure
     assert duo.auth_calls("alice") == 1
 
 
@@ -370,8 +371,11 @@ async def test_unreachable_fails_secure(duo: FakeDuo, make: Make) -> None:
     up = {"service": "duo", "server": duo.api_hostname}
     assert sample("mfaproxy_upstream_up", **up) == 1
     duo.stop()
-    for result in (await factor.begin(request()), await factor.check(request(), "push", pending)):
-        assert (result.verdict, result.reason) == (Verdict.UNAVAILABLE, "duo_unreachable")
+    result = await factor.begin(request())
+    assert (result.verdict, result.reason) == (Verdict.UNAVAILABLE, "duo_unreachable")
+    # Once the menu was shown, the user was asked: a failure is a plain reject.
+    result = await factor.check(request(), "push", pending)
+    assert (result.verdict, result.reason) == (Verdict.REJECT, "duo_error_after_prompt")
     assert sample("mfaproxy_upstream_up", **up) == 0
 
 
@@ -387,18 +391,17 @@ async def test_unreachable_fails_safe_loudly(duo: FakeDuo, make: Make) -> None:
     assert event["log_level"] == "warning"
 
 
-async def test_a_full_pool_is_never_failmode(duo: FakeDuo, make: Make) -> None:
-    """Pushes waiting on users fill the pool: others get duo_busy, never failmode_safe."""
-    duo.long_poll = 30  # auth_status holds its thread until alice answers
+async def test_a_full_call_bound_is_never_failmode(duo: FakeDuo, make: Make) -> None:
+    """Our own bound on concurrent preauth/auth calls: duo_busy, never failmode_safe."""
     alice = duo.add_user("alice", hold=True)
     duo.add_user("bob")
     factor = make(failmode="safe", pool_size=1, request_timeout=0.2)
-    task = asyncio.create_task(factor.check(request(), "push", PUSH_PENDING))
-    assert await asyncio.to_thread(alice.polled.wait, 10)
-    result = await factor.begin(request("bob"))
+    assert isinstance(factor, DuoFactor)
+    # Hold the only call slot, as a slow Duo would.
+    async with factor.api._slot(factor.api._calls, "test", 1):
+        result = await factor.begin(request("bob"))
     assert (result.verdict, result.reason) == (Verdict.UNAVAILABLE, "duo_busy")
     alice.release.set()
-    assert (await task).reason == "push_approved"
     assert (await factor.begin(request("bob"))).verdict is Verdict.CHALLENGE
 
 

@@ -19,19 +19,32 @@ API:
             enroll_portal_url, devices (list of FakeDevice), passcodes (single use),
             push / phone outcome approve|deny|fraud|timeout, sms_passcode (accepted
             once an SMS was sent), hold (push and phone stay "waiting" until
-            user.release is set)
+            user.release is set), verified_push (Duo's policy asks this user for
+            Verified Push: see below)
         user.push_sent          threading.Event, set when an /auth push or phone arrives
         user.release.set()      lets a held push or phone finish with its outcome
         user.polled             threading.Event, set when auth_status is asked about it
+        user.enter_code("123")  the user types a Verified Push code into Duo Mobile
         duo.calls               every signed request that passed: Call(path, params)
         duo.calls_to("/auth/v2/auth", "alice"), duo.auth_calls("alice")
         duo.bad_signatures      how many requests were refused with 401
         duo.mode = "error"      every endpoint answers HTTP 500; "bad_json": 200 + garbage
+        duo.fail("/auth/v2/auth", 429)   that endpoint answers 429 (or 500, 503...)
+                                from now on; duo.fail(path, None) heals it
         duo.stop()              unreachable: connections are refused from then on
 
-Users not added are unknown: preauth answers `enroll`, auth answers 400. auth_status
-long-polls like Duo's: a waiting transaction is held up to `long_poll` seconds, and
-answers at once when its user is released.
+Users not added are unknown: preauth answers `enroll`, auth answers 400.
+
+auth_status long-polls like Duo's: it answers at once when the transaction's status
+changed since the last answer (the first poll sees "pushed"), otherwise it waits up to
+`long_poll` seconds for a change (the user's answer) before answering "waiting" again.
+
+Verified Push (Duo Auth API v2): for a user with `verified_push`, a preauth that says
+`client_supports_verified_push=1` also answers `txid`, `verification_code` (six digits)
+and `expiration`; the client shows the code, then calls /auth with factor=push and that
+`txid`. The push is approved when the user enters the right code in Duo Mobile
+(`user.enter_code`), denied when they enter another. A push for such a user without a
+Verified Push txid is denied (Duo's policy cannot be met by a client that shows no code).
 """
 
 from __future__ import annotations
@@ -68,6 +81,9 @@ OUTCOMES: dict[str, tuple[str, str, str]] = {
     "timeout": ("deny", "timeout", "Login request timed out."),
 }
 WAITING = ("waiting", "pushed", "Pushed a login request to your device...")
+VERIFIED_WAITING = ("waiting", "pushed", "Enter the verification code in Duo Mobile...")
+VERIFIED_PUSH_UNSUPPORTED = ("deny", "deny", "Verified Duo Push is required for this login.")
+VERIFIED_PUSH_SECONDS = 60  # a Verified Push txid from preauth expires after this
 PREAUTH_MESSAGES = {
     "auth": "Account is active",
     "allow": "Bypass code in use",
@@ -108,9 +124,18 @@ class FakeUser:
     phone: Outcome = "approve"
     sms_passcode: str = "7654321"
     hold: bool = False
+    verified_push: bool = False
     push_sent: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     polled: threading.Event = field(default_factory=threading.Event)
+    # Verified Push: the codes preauth handed out (txid -> code) and the user's entry.
+    verification_codes: dict[str, str] = field(default_factory=dict)
+    entered_code: str | None = None
+
+    def enter_code(self, code: str) -> None:
+        """The user types `code` into Duo Mobile: a Verified Push finishes with it."""
+        self.entered_code = code
+        self.release.set()
 
 
 @dataclass(frozen=True)
@@ -123,11 +148,33 @@ class Call:
 class _Transaction:
     user: FakeUser
     factor: str
+    # The Verified Push code this push must be answered with (None: a plain push).
+    verification_code: str | None = None
+    # What the last auth_status answer said: a long poll waits for something else.
+    reported: tuple[str, str, str] | None = None
+    # Duo's policy wants a Verified Push and the client did not ask for one.
+    refused: bool = False
 
     def state(self) -> tuple[str, str, str]:
+        if self.refused:
+            return VERIFIED_PUSH_UNSUPPORTED
+        if self.verification_code is not None:
+            if self.user.entered_code is None:
+                return VERIFIED_WAITING
+            if self.user.entered_code != self.verification_code:
+                return OUTCOMES["deny"]
+            return OUTCOMES["approve"]
         if self.user.hold and not self.user.release.is_set():
             return WAITING
         return OUTCOMES[self.user.push if self.factor == "push" else self.user.phone]
+
+
+# Bodies Duo sends with these statuses (code: HTTP status then a sub-code).
+FAILURES: dict[int, dict[str, Any]] = {
+    429: {"stat": "FAIL", "code": 42901, "message": "Too Many Requests"},
+    500: {"stat": "FAIL", "code": 50000, "message": "Internal server error"},
+    503: {"stat": "FAIL", "code": 50300, "message": "Service Unavailable"},
+}
 
 
 class DuoError(Exception):
@@ -207,6 +254,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(500, {"stat": "FAIL", "code": 50000, "message": "Internal error"})
         if fake.mode == "bad_json":
             return self._send_raw(200, b"<html>not json</html>", "text/html")
+        injected = fake.failures.get(url.path)
+        if injected is not None:
+            fake.record_failure(url.path)
+            return self._send(injected, FAILURES.get(injected, FAILURES[500]))
         try:
             if url.path == "/auth/v2/ping":  # the only unsigned endpoint
                 return self._ok({"time": int(time.time())})
@@ -269,8 +320,12 @@ class FakeDuo:
         self.calls: list[Call] = []
         self.bad_signatures = 0
         self.mode: Mode = "ok"
+        # Endpoint path -> HTTP status it answers (duo.fail); hits counted per path.
+        self.failures: dict[str, int] = {}
+        self.failed: dict[str, int] = {}
         self._lock = threading.Lock()
         self._transactions: dict[str, _Transaction] = {}
+        self._holding = 0
         self._dir = Path(tempfile.mkdtemp(prefix="duo-fake-"))
         # A fresh CA per fake; its certificate names localhost and 127.0.0.1.
         authority = CertificateAuthority.create("mfaproxy test Duo CA")
@@ -326,6 +381,23 @@ class FakeDuo:
 
     def auth_calls(self, username: str) -> int:
         return len(self.calls_to("/auth/v2/auth", username))
+
+    def fail(self, path: str, status: int | None) -> None:
+        """From now on `path` answers HTTP `status` (429, 500, 503...); None heals it."""
+        with self._lock:
+            if status is None:
+                self.failures.pop(path, None)
+            else:
+                self.failures[path] = status
+
+    def record_failure(self, path: str) -> None:
+        with self._lock:
+            self.failed[path] = self.failed.get(path, 0) + 1
+
+    def pending_polls(self) -> int:
+        """auth_status requests being held right now (long polls in progress)."""
+        with self._lock:
+            return self._holding
 
     # ------------------------------------------------------------- protocol
 
@@ -392,6 +464,15 @@ class FakeDuo:
         }
         if user.preauth == "auth":
             answer["devices"] = [d.as_json() for d in user.devices]
+            if user.verified_push and params.get("client_supports_verified_push") == "1":
+                txid, code = secrets.token_hex(16), f"{secrets.randbelow(10**6):06d}"
+                with self._lock:
+                    user.verification_codes[txid] = code
+                answer.update(
+                    txid=txid,
+                    verification_code=code,
+                    expiration=int(time.time()) + VERIFIED_PUSH_SECONDS,
+                )
         if user.preauth == "enroll":
             answer["enroll_portal_url"] = user.enroll_portal_url
         return answer
@@ -412,6 +493,11 @@ class FakeDuo:
         if factor not in ("push", "phone", "auto"):
             raise DuoError(400, 40002, "Invalid request parameters")
         txn = _Transaction(user, "phone" if factor == "phone" else "push")
+        if txn.factor == "push" and user.verified_push:
+            with self._lock:
+                code = user.verification_codes.pop(params.get("txid", ""), None)
+            txn.refused = code is None
+            txn.verification_code = code
         user.push_sent.set()
         if params.get("async") == "1":
             txid = secrets.token_hex(16)
@@ -427,6 +513,13 @@ class FakeDuo:
         if txn is None:
             raise DuoError(400, 40002, "Invalid request parameters")
         txn.user.polled.set()
-        if txn.state() is WAITING:
-            txn.user.release.wait(self.long_poll)  # long poll, as Duo does
-        return dict(zip(("result", "status", "status_msg"), txn.state(), strict=True))
+        if txn.state() == txn.reported:  # nothing new: long-poll, as Duo does
+            with self._lock:
+                self._holding += 1
+            try:
+                txn.user.release.wait(self.long_poll)
+            finally:
+                with self._lock:
+                    self._holding -= 1
+        txn.reported = txn.state()
+        return dict(zip(("result", "status", "status_msg"), txn.reported, strict=True))
