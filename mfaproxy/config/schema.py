@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from mfaproxy.config.base import ConfigPath, RadiusServerConfig, Strict, take_secrets
+from mfaproxy.config.base import ConfigPath, Strict, take_secrets
+from mfaproxy.config.directory import DirectoryConfig
 from mfaproxy.config.multifactor import MultifactorConfig, SmtpConfig
 from mfaproxy.config.policies import AccessPoliciesConfig
 from mfaproxy.config.stores import MemoryStateStoreConfig, StateStoreConfig, UserStoreConfig
@@ -182,95 +183,6 @@ class ClientConfig(Strict):
         if not value.get_secret_value():
             raise ValueError("the shared secret must not be empty (RFC 2865 section 3)")
         return value
-
-
-# --------------------------------------------------------------------------- directory
-
-
-class LocalDirectoryConfig(Strict):
-    users_file: ConfigPath
-
-
-class LdapGroupSearchConfig(Strict):
-    """Find groups by searching for entries that list the user as a member."""
-
-    base_dn: str
-    filter: str = "(&(objectClass=groupOfNames)(member={user_dn}))"
-    name_attribute: str = "cn"
-
-
-class LdapAttributesConfig(Strict):
-    email: str = "mail"
-    mobile: str = "mobile"
-    groups: str = "memberOf"
-
-
-class LdapConfig(Strict):
-    servers: list[str] = Field(min_length=1)
-    base_dn: str = ""
-    # search-then-bind: a service account finds the user's entry with user_filter.
-    bind_dn: str | None = None
-    bind_password: SecretStr | None = None
-    user_filter: str = "(uid={username})"
-    # direct bind: the user's DN is built from this template; no service account.
-    user_dn_template: str | None = None
-    start_tls: bool = False
-    ca_file: ConfigPath | None = None
-    verify_certificate: bool = True
-    connect_timeout: float = Field(default=3.0, gt=0, le=60)
-    timeout: float = Field(default=5.0, gt=0, le=120)
-    pool_size: int = Field(default=8, ge=1, le=256)
-    attributes: LdapAttributesConfig = LdapAttributesConfig()
-    group_search: LdapGroupSearchConfig | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _secrets(cls, data: Any, info: ValidationInfo) -> Any:
-        return take_secrets(data, ("bind_password",), info)
-
-    @field_validator("servers")
-    @classmethod
-    def _check_servers(cls, value: list[str]) -> list[str]:
-        for url in value:
-            if not url.startswith(("ldap://", "ldaps://")):
-                raise ValueError(f"{url!r}: use an ldap:// or ldaps:// URL")
-        return value
-
-    @model_validator(mode="after")
-    def _check_mode(self) -> LdapConfig:
-        if self.user_dn_template is None and self.bind_dn is None:
-            raise ValueError("set bind_dn (search then bind) or user_dn_template (direct bind)")
-        if self.user_dn_template is not None and "{username}" not in self.user_dn_template:
-            raise ValueError("user_dn_template must contain {username}")
-        if "{username}" not in self.user_filter:
-            raise ValueError("user_filter must contain {username}")
-        return self
-
-
-class RadiusDirectoryConfig(Strict):
-    servers: list[RadiusServerConfig] = Field(min_length=1)
-    timeout: float = Field(default=3.0, gt=0, le=60)
-    retries: int = Field(default=2, ge=0, le=10)
-    nas_identifier: str | None = None
-    # Attributes of the upstream Access-Accept copied into our Access-Accept.
-    pass_through_attributes: list[str] = Field(default_factory=list)
-    # Refuse upstream replies that lack a Message-Authenticator (BlastRADIUS).
-    require_message_authenticator: bool = True
-
-
-class DirectoryConfig(Strict):
-    backend: Literal["local", "ldap", "radius"] = "local"
-    local: LocalDirectoryConfig | None = None
-    ldap: LdapConfig | None = None
-    radius: RadiusDirectoryConfig | None = None
-
-    @model_validator(mode="after")
-    def _selected_present(self) -> DirectoryConfig:
-        if getattr(self, self.backend) is None:
-            raise ValueError(
-                f"backend is {self.backend!r} but the {self.backend!r} section is missing"
-            )
-        return self
 
 
 # --------------------------------------------------------------------------- replies

@@ -42,7 +42,7 @@ from ldap3.core.exceptions import (
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
 
-from mfaproxy.config.schema import LdapConfig
+from mfaproxy.config.directory import LdapConfig
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.errors import ConfigError
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP

@@ -33,7 +33,7 @@ from mfaproxy.adapters.radius_client import (
     RequestAttributes,
     observe_exchange,
 )
-from mfaproxy.config.schema import RadiusDirectoryConfig
+from mfaproxy.config.directory import RadiusDirectoryConfig
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult, ReplyAttribute
 from mfaproxy.errors import UpstreamUnavailable
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from pyrad.dictionary import Dictionary
 
-from mfaproxy.config.schema import DirectoryConfig
+from mfaproxy.config.directory import DirectoryConfig
 from mfaproxy.directory.base import PasswordChecker
 
 

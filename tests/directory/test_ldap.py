@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog
 
-from mfaproxy.config.schema import LdapConfig
+from mfaproxy.config.directory import LdapConfig
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.directory.ldap import LdapChecker, bind_reject_reason, first_rdn_value

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from mfaproxy.config.schema import RadiusDirectoryConfig
+from mfaproxy.config.directory import RadiusDirectoryConfig
 from mfaproxy.core.primary import PrimaryOutcome, ReplyAttribute
 from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.directory.radius import RadiusChecker
