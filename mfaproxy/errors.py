@@ -81,6 +81,15 @@ class StoreError(MfaproxyError):
     """The user store cannot be used (unknown schema, closed, corrupt)."""
 
 
+class IdentityCollisionError(StoreError):
+    """Stored users the one user-name normaliser would make one: never merged silently.
+    `collisions` maps each shared key to the stored names that would share it."""
+
+    def __init__(self, collisions: dict[str, tuple[str, ...]], message: str) -> None:
+        super().__init__(message)
+        self.collisions = collisions
+
+
 class KeyFileError(ConfigError):
     """The master key file is unusable (unsafe mode, wrong length, unreadable)."""
 

@@ -27,6 +27,7 @@ from mfaproxy.config.policies import MfaAction
 from mfaproxy.config.schema import ClientConfig, Config
 from mfaproxy.core import replies
 from mfaproxy.core.answer import Answer, Outcome
+from mfaproxy.core.identity import name_problem, normalise
 from mfaproxy.core.policy import CountryLookup, PolicyContext, early_login_denial, evaluate
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.core.responses import split_append
@@ -38,7 +39,7 @@ from mfaproxy.observability import metrics
 from mfaproxy.radius.addresses import parse_ip
 from mfaproxy.radius.codec import RadiusRequest
 from mfaproxy.radius.constants import STATUS_SERVER
-from mfaproxy.store.records import UserRecord, normalise_user
+from mfaproxy.store.records import UserRecord
 
 audit_log = structlog.get_logger("mfaproxy.audit")
 log = structlog.get_logger(__name__)
@@ -114,6 +115,11 @@ class Engine:
             return self._reject("unsupported_authentication")
         if not request.user_name:
             return self._reject("missing_user_name")
+        problem = name_problem(request.user_name)
+        if problem is not None:
+            # Blank, padded, control characters, undecodable, not NFKC: an alias attempt
+            # or a broken NAS, either way never a name to look up (core/identity.py).
+            return self._reject(problem)
         if request.state is not None:
             return await self._resume(ctx, request, now)
         if request.password is None:
@@ -202,7 +208,7 @@ class Engine:
         mfa_decision = evaluate(self.config.access_policies.mfa, full, at)
         ctx.audit.update(mfa_decision.log_fields())
         factor_user = FactorUser(
-            name=normalise_user(user),
+            name=normalise(user),
             login_name=user,
             email=primary.email,
             mobile=primary.mobile,
@@ -231,7 +237,7 @@ class Engine:
             return self._reject("unknown_state")
         session = Session.from_json(data)
         bound = (session.user, session.client, session.nas)
-        if bound != (normalise_user(request.user_name), ctx.client.name, ctx.source_ip):
+        if bound != (normalise(request.user_name), ctx.client.name, ctx.source_ip):
             # Bound to user, NAS entry and NAS address: a State is no bearer token.
             return self._reject("state_mismatch")
         record = await self.mfa.user_record(request.user_name)

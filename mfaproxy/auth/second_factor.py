@@ -22,6 +22,7 @@ from mfaproxy.core import replies
 from mfaproxy.core import second_factor as rules
 from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.core.factor_result import FactorResult, Verdict
+from mfaproxy.core.identity import normalise
 from mfaproxy.core.primary import PrimaryResult
 from mfaproxy.core.responses import IntentKind, classify_response, retry_prompt, with_options
 from mfaproxy.core.second_factor import Action, Round, Stage, Step, StepKind
@@ -30,7 +31,7 @@ from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.base import Factor, FactorRequest, FactorServices, FactorUser
 from mfaproxy.observability import metrics
 from mfaproxy.radius.text import reply_message
-from mfaproxy.store.records import UserRecord, normalise_user
+from mfaproxy.store.records import UserRecord
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +89,7 @@ class SecondFactorStage:
     # ------------------------------------------------------------------ helpers
 
     async def user_record(self, login_name: str) -> UserRecord | None:
-        name = normalise_user(login_name)
+        name = normalise(login_name)
         return await self.services.users.run(lambda s: s.get_user(name))
 
     def _accept(self, login: Login, reason: str) -> Answer:

@@ -21,7 +21,14 @@ from mfaproxy.cli import radtest as cli_radtest
 from mfaproxy.cli import users as cli_users
 from mfaproxy.config.schema import DEFAULT_CONFIG_PATH, Config, load_config
 from mfaproxy.daemon.preflight import check
-from mfaproxy.errors import EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, ConfigError, UpstreamError
+from mfaproxy.errors import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    ConfigError,
+    StoreError,
+    UpstreamError,
+)
 from mfaproxy.observability.logging import apply_log_config
 from mfaproxy.radius.codec import load_dictionary
 
@@ -50,8 +57,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runner = asyncio.run
     try:
         return runner(main_coro)
-    except (OSError, UpstreamError) as exc:
-        # A port in use, or a store that does not answer at start (systemd restarts us).
+    except (OSError, UpstreamError, StoreError) as exc:
+        # A port in use, a store that does not answer at start (systemd restarts us), or
+        # one that cannot be used as it is (a newer schema, identities that collide).
         print(f"mfaproxy: cannot start: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
 

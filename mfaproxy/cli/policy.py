@@ -19,9 +19,10 @@ from typing import TypeAlias
 
 from mfaproxy.adapters.geoip import GeoIpDatabases
 from mfaproxy.config.schema import ClientConfig, Config, load_config
+from mfaproxy.core.identity import normalise
 from mfaproxy.core.policy import PolicyContext
 from mfaproxy.core.policy_explain import explain
-from mfaproxy.directory.local import load_users_file, normalise_username
+from mfaproxy.directory.local import load_users_file
 from mfaproxy.errors import EXIT_INVALID, EXIT_OK
 from mfaproxy.radius.addresses import IPAddress
 
@@ -65,7 +66,7 @@ def _directory_groups(config: Config, user: str, backend: str) -> frozenset[str]
     if backend != "local" or local is None:
         _note(f"groups are not read from the {backend} directory; pass --groups to set them")
         return None
-    entry = load_users_file(local.users_file).get(normalise_username(user))
+    entry = load_users_file(local.users_file).get(normalise(user))
     if entry is None:
         _note(f"{user} is not in {local.users_file}: groups unknown (login would fail)")
         return None

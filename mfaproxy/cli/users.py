@@ -23,14 +23,16 @@ from typing import TypeAlias, cast
 
 import segno
 
+from mfaproxy.cli import collisions as cli_collisions
 from mfaproxy.cli import enrol as cli_enrol
 from mfaproxy.config.multifactor import METHODS, Method
 from mfaproxy.config.schema import Config, load_config
+from mfaproxy.core.identity import identity_key
 from mfaproxy.errors import EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, StoreError
 from mfaproxy.otp import totp
 from mfaproxy.otp.backup_codes import generate_codes
 from mfaproxy.store.factory import open_user_store, user_store_path
-from mfaproxy.store.records import ResetRequest, ResetStatus, UserRepository, normalise_user
+from mfaproxy.store.records import ResetRequest, ResetStatus, UserRepository
 
 # What the store can fail with: its own checks, the file system, SQLite (locked, corrupt).
 _STORE_FAULTS = (StoreError, OSError, sqlite3.Error)
@@ -52,7 +54,7 @@ _NEEDS_ENROLMENT: dict[str, str] = {
 
 def _user(text: str) -> str:
     try:
-        return normalise_user(text)
+        return identity_key(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -353,4 +355,5 @@ def register(sub: SubParsers, common: argparse.ArgumentParser) -> SubParsers:
     _add(commands, "unlock", [common], "clear failures and any lockout", cmd_unlock)
     _add(commands, "delete", [common], "delete a user from the store", cmd_delete)
     _register_resets(commands, common)
+    cli_collisions.register(commands, common)
     return commands

@@ -81,6 +81,41 @@ class RadiusDirectoryConfig(Strict):
     require_message_authenticator: bool = True
 
 
+class RealmRule(Strict):
+    """A form of user name that carries a realm, as FreeRADIUS's realm module reads it:
+    `prefix` (`EXAMPLE\\sam`, delimiter `\\`) or `suffix` (`sam@example.org`, `@`).
+    A name in one of `realms` (compared like user names) is the same user as the bare
+    name; names in other realms are left whole for the directory to judge."""
+
+    format: Literal["prefix", "suffix"]
+    # Default: `\\` for prefix, `@` for suffix.
+    delimiter: str | None = Field(default=None, min_length=1, max_length=1)
+    realms: list[str] = Field(min_length=1)
+    # Ask the directory about the bare name (the default), or about the name as typed
+    # (an upstream RADIUS server that wants the realm). The identity is the same.
+    strip: bool = True
+
+    @field_validator("realms")
+    @classmethod
+    def _check_realms(cls, value: list[str]) -> list[str]:
+        for realm in value:
+            if not realm.strip() or realm != realm.strip():
+                raise ValueError(f"{realm!r}: a realm is a name without surrounding spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _default_delimiter(self) -> RealmRule:
+        if self.delimiter is None:
+            default = "\\" if self.format == "prefix" else "@"
+            object.__setattr__(self, "delimiter", default)
+        return self
+
+    @property
+    def separator(self) -> str:
+        assert self.delimiter is not None  # set by the validator
+        return self.delimiter
+
+
 class DirectoryConfig(Strict):
     backend: Literal["local", "ldap", "radius"] = "local"
     local: LocalDirectoryConfig | None = None

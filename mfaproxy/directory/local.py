@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from mfaproxy.config.base import Strict
 from mfaproxy.config.schema import validation_problems, yaml_line_map
+from mfaproxy.core.identity import name_problem, normalise
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.errors import ConfigError
 
@@ -45,10 +46,6 @@ class UsersFile(Strict):
     users: dict[str, LocalUser] = Field(default_factory=dict)
 
 
-def normalise_username(name: str) -> str:
-    return name.strip().casefold()
-
-
 def load_users_file(path: Path) -> dict[str, LocalUser]:
     """Read and validate the users file; problems are reported with dotted paths."""
     try:
@@ -66,11 +63,22 @@ def load_users_file(path: Path) -> dict[str, LocalUser]:
             [f"{path}: {p}" for p in validation_problems(exc, yaml_line_map(text))]
         ) from exc
     users: dict[str, LocalUser] = {}
+    first: dict[str, str] = {}
+    problems: list[str] = []
     for name, user in parsed.users.items():
-        key = normalise_username(name)
-        if key in users:
-            raise ConfigError([f"{path}: users.{name}: duplicate of another user name"])
+        # A key must be a name a user could type: the same checks as a User-Name.
+        problem = name_problem(name)
+        key = normalise(name)
+        if problem is not None:
+            problems.append(f"{path}: users.{name!r}: not usable as a user name ({problem})")
+        elif key in users:
+            problems.append(
+                f"{path}: users.{name}: the same user name as users.{first[key]} ({key!r})"
+            )
+        first.setdefault(key, name)
         users[key] = user
+    if problems:
+        raise ConfigError(problems)
     return users
 
 
@@ -102,7 +110,7 @@ class LocalChecker:
             return False
 
     async def authenticate(self, username: str, password: str) -> PrimaryResult:
-        key = normalise_username(username)
+        key = normalise(username)
         user = self._users.get(key)
         stored = user.password_hash if user else self._dummy_hash
         loop = asyncio.get_running_loop()

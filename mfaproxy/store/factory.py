@@ -21,16 +21,20 @@ def master_key(config: Config) -> bytes:
     return load_or_create_key(config.key_file)
 
 
-def open_user_store(config: Config) -> UserRepository:
+def open_user_store(config: Config, *, migrate_to: int | None = None) -> UserRepository:
+    """The configured user store, migrated to the current schema (or to `migrate_to`,
+    for a repair that must happen before a later migration)."""
     settings = config.server.user_store
     if settings.backend == "postgres":
         from mfaproxy.store.postgres_users import PostgresUserStore
 
         assert settings.dsn is not None  # the schema requires it for postgres
-        return PostgresUserStore(settings.dsn.get_secret_value(), master_key(config))
+        return PostgresUserStore(
+            settings.dsn.get_secret_value(), master_key(config), migrate_to=migrate_to
+        )
     path = user_store_path(config)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return UserStore(path, master_key(config))
+    return UserStore(path, master_key(config), migrate_to=migrate_to)
 
 
 def open_state_store(config: Config) -> StateStore:

@@ -3,9 +3,11 @@ MIGRATIONS[N - 1], matching the SQLite store's version N)."""
 
 from __future__ import annotations
 
+from mfaproxy.store.rekey import REKEY, Rekey
+
 # Ordered: version N is MIGRATIONS[N - 1]. Append, never edit a shipped entry: each is
 # literal SQL, so nothing defined elsewhere (the method names) can change one.
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[str | Rekey, ...] = (
     """
     CREATE TABLE users (
         name TEXT PRIMARY KEY,
@@ -44,6 +46,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE users DROP CONSTRAINT IF EXISTS users_method_check;
     ALTER TABLE enrolments DROP CONSTRAINT IF EXISTS enrolments_method_check;
     """,
+    # 4: every user re-keyed by the one user-name normaliser (store/rekey.py).
+    REKEY,
 )
 
 # Creates the user's row if missing and row-locks it either way (ON CONFLICT DO UPDATE

@@ -51,20 +51,15 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from mfaproxy.config.multifactor import METHODS, Method
+from mfaproxy.core.identity import identity_key
 from mfaproxy.errors import StoreError, UserStoreUnavailable
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
 from mfaproxy.otp.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
 from mfaproxy.store.pg_connections import PgConnections
 from mfaproxy.store.pg_schema import MIGRATIONS
-from mfaproxy.store.records import (
-    LockState,
-    ResetRequest,
-    ResetStatus,
-    UserRecord,
-    lock_view,
-    normalise_user,
-)
+from mfaproxy.store.records import LockState, ResetRequest, ResetStatus, UserRecord, lock_view
+from mfaproxy.store.rekey import POSTGRES, Rekey, rekey_identities
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +107,7 @@ class PostgresUserStore:
         connect_timeout: float = 5.0,
         statement_timeout: float = 5.0,
         max_idle: int = 8,
+        migrate_to: int | None = None,
     ) -> None:
         if connect_timeout <= 0 or statement_timeout <= 0 or max_idle < 0:
             raise ValueError("timeouts must be positive and max_idle not negative")
@@ -138,7 +134,7 @@ class PostgresUserStore:
         )
         self._up: bool | None = None
         try:
-            self._migrate()
+            self._migrate(len(MIGRATIONS) if migrate_to is None else migrate_to)
         except BaseException:
             self.close()
             raise
@@ -205,7 +201,7 @@ class PostgresUserStore:
     def _all(self, query: str, params: Params) -> list[tuple[Any, ...]]:
         return self._run(lambda conn: conn.execute(query, params).fetchall())
 
-    def _migrate(self) -> None:
+    def _migrate(self, target: int) -> None:
         def migrate(conn: Connection) -> None:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             # Nothing is written when the schema is current, so a read-only server (a
@@ -217,23 +213,26 @@ class PostgresUserStore:
             if row is None:
                 conn.execute("INSERT INTO schema_version (version) VALUES (0)")
             current = 0 if row is None else int(row[0])
-            if current == len(MIGRATIONS):
+            if current >= target and current <= len(MIGRATIONS):
                 return
             if current > len(MIGRATIONS):
                 raise StoreError(
                     f"PostgreSQL {self.server}: schema version {current} is newer than this"
                     f" mfaproxy ({len(MIGRATIONS)}); upgrade mfaproxy"
                 )
-            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            for version, script in enumerate(MIGRATIONS[current:target], start=current + 1):
                 try:
-                    conn.execute(script)
+                    if isinstance(script, Rekey):
+                        rekey_identities(conn, POSTGRES, self._box)
+                    else:
+                        conn.execute(script)
                 except _UNAVAILABLE:
                     raise
                 except psycopg.Error as exc:
                     raise StoreError(
                         f"PostgreSQL {self.server}: migration {version} failed: {exc}"
                     ) from exc
-            conn.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))
+            conn.execute("UPDATE schema_version SET version = %s", (target,))
 
         self._transaction(migrate)
 
@@ -248,7 +247,10 @@ class PostgresUserStore:
     # ----------------------------------------------------------------- users
 
     def get_user(self, user: str) -> UserRecord | None:
-        name = normalise_user(user)
+        return self.stored_record(identity_key(user))
+
+    def stored_record(self, name: str) -> UserRecord | None:
+        """The record stored under exactly `name` (for repairs: no normalisation)."""
         row = self._one(  # one statement: one snapshot
             "SELECT u.method, u.configure_later, u.totp_secret IS NOT NULL, u.totp_last_step,"
             " u.failures, u.locked_until, u.created_at, u.updated_at,"
@@ -285,7 +287,11 @@ class PostgresUserStore:
         return [n for (n,) in self._all('SELECT name FROM users ORDER BY name COLLATE "C"', ())]
 
     def delete_user(self, user: str) -> bool:
-        return self._rowcount("DELETE FROM users WHERE name = %s", (normalise_user(user),)) == 1
+        return self.delete_stored(identity_key(user))
+
+    def delete_stored(self, name: str) -> bool:
+        """Delete the user stored under exactly `name` (the children cascade)."""
+        return self._rowcount("DELETE FROM users WHERE name = %s", (name,)) == 1
 
     def set_method(
         self, user: str, method: Method | None, now: float, *, configure_later: bool = False
@@ -298,12 +304,12 @@ class PostgresUserStore:
             " VALUES (%(name)s, %(method)s, %(later)s, %(now)s, %(now)s)"
             " ON CONFLICT (name) DO UPDATE SET method = excluded.method,"
             " configure_later = excluded.configure_later, updated_at = excluded.updated_at",
-            {"name": normalise_user(user), "method": method, "later": configure_later, "now": now},
+            {"name": identity_key(user), "method": method, "later": configure_later, "now": now},
         )
 
     def clear_mfa(self, user: str, now: float) -> bool:
         """Forget method, TOTP secret, enrolments and backup codes (the lost-device fix)."""
-        name = normalise_user(user)
+        name = identity_key(user)
         return self._transaction(lambda conn: self._clear_mfa(conn, name, now))
 
     @staticmethod
@@ -321,7 +327,7 @@ class PostgresUserStore:
 
     def set_totp_secret(self, user: str, secret: str, now: float) -> None:
         """Store a new TOTP key (sealed); the replay marker restarts with it."""
-        name = normalise_user(user)
+        name = identity_key(user)
         sealed = self._box.seal(f"{name}:totp", secret.encode("utf-8"))
         self._rowcount(
             "INSERT INTO users (name, totp_secret, created_at, updated_at)"
@@ -332,7 +338,7 @@ class PostgresUserStore:
         )
 
     def get_totp_secret(self, user: str) -> str | None:
-        name = normalise_user(user)
+        name = identity_key(user)
         row = self._one("SELECT totp_secret FROM users WHERE name = %s", (name,))
         if row is None or row[0] is None:
             return None
@@ -345,7 +351,7 @@ class PostgresUserStore:
                 "UPDATE users SET totp_last_step = %(step)s WHERE name = %(name)s"
                 " AND totp_secret IS NOT NULL"
                 " AND (totp_last_step IS NULL OR totp_last_step < %(step)s)",
-                {"step": step, "name": normalise_user(user)},
+                {"step": step, "name": identity_key(user)},
             )
             == 1
         )
@@ -356,7 +362,7 @@ class PostgresUserStore:
         """Store a method's enrolment data (YubiKey ids, email, phone...) as sealed JSON."""
         if method not in METHODS or method == "totp":
             raise ValueError(f"no enrolment data for {method!r} (TOTP: set_totp_secret)")
-        name = normalise_user(user)
+        name = identity_key(user)
         plain = json.dumps(dict(data), sort_keys=True, separators=(",", ":")).encode()
         sealed = self._box.seal(f"{name}:{method}", plain)
 
@@ -381,7 +387,7 @@ class PostgresUserStore:
         self._transaction(write)
 
     def get_enrolment(self, user: str, method: Method) -> dict[str, Any] | None:
-        name = normalise_user(user)
+        name = identity_key(user)
         row = self._one(
             "SELECT data FROM enrolments WHERE user_name = %s AND method = %s", (name, method)
         )
@@ -391,7 +397,7 @@ class PostgresUserStore:
         return cast(dict[str, Any], json.loads(opened))
 
     def clear_enrolment(self, user: str, method: Method, now: float) -> bool:
-        name = normalise_user(user)
+        name = identity_key(user)
 
         def clear(conn: Connection) -> int:
             conn.execute("UPDATE users SET updated_at = %s WHERE name = %s", (now, name))
@@ -415,7 +421,7 @@ class PostgresUserStore:
                 " AND (yubikey_counter IS NULL OR yubikey_counter < %(counter)s)"
                 " AND EXISTS (SELECT 1 FROM enrolments"
                 " WHERE enrolments.user_name = users.name AND enrolments.method = 'yubikey')",
-                {"counter": counter, "name": normalise_user(user)},
+                {"counter": counter, "name": identity_key(user)},
             )
             == 1
         )
@@ -424,7 +430,7 @@ class PostgresUserStore:
 
     def replace_backup_codes(self, user: str, codes: Sequence[str], now: float) -> None:
         """Make `codes` the user's only backup codes (a new set voids the old one)."""
-        name = normalise_user(user)
+        name = identity_key(user)
         digests = {self._hasher.digest(name, code) for code in codes}
         if None in digests:
             raise ValueError("not a backup code")
@@ -442,7 +448,7 @@ class PostgresUserStore:
 
     def consume_backup_code(self, user: str, code: str, now: float) -> bool:
         """Use up `code`; True at most once per code, even under concurrent calls."""
-        name = normalise_user(user)
+        name = identity_key(user)
         digest = self._hasher.digest(name, code)
         if digest is None:
             return False
@@ -459,7 +465,7 @@ class PostgresUserStore:
 
     def request_reset(self, user: str, via: str, now: float) -> bool:
         """File a reset request; False when one is already pending (send no new email)."""
-        name = normalise_user(user)
+        name = identity_key(user)
 
         def request(conn: Connection) -> int:
             conn.execute(_LOCK_USER, (name, now, now))
@@ -474,7 +480,7 @@ class PostgresUserStore:
 
     def approve_reset(self, user: str, now: float) -> bool:
         """Approve the pending request and clear the user's MFA, in one transaction."""
-        name = normalise_user(user)
+        name = identity_key(user)
 
         def approve(conn: Connection) -> bool:
             conn.execute("SELECT 1 FROM users WHERE name = %s FOR UPDATE", (name,))
@@ -487,7 +493,7 @@ class PostgresUserStore:
 
     def clear_reset(self, user: str, now: float) -> bool:
         """Dismiss the pending request without touching the user's MFA."""
-        name = normalise_user(user)
+        name = identity_key(user)
         return self._run(lambda conn: self._decide(conn, name, "cleared", now))
 
     @staticmethod
@@ -510,7 +516,7 @@ class PostgresUserStore:
 
     def lock_state(self, user: str, now: float) -> LockState:
         row = self._one(
-            "SELECT failures, locked_until FROM users WHERE name = %s", (normalise_user(user),)
+            "SELECT failures, locked_until FROM users WHERE name = %s", (identity_key(user),)
         )
         return LockState(0, None, False) if row is None else lock_view(row[0], row[1], now)
 
@@ -536,7 +542,7 @@ class PostgresUserStore:
             "   >= %(max)s AND %(seconds)s > 0 THEN %(now)s + %(seconds)s END"
             " RETURNING failures, locked_until",
             {
-                "name": normalise_user(user),
+                "name": identity_key(user),
                 "now": float(now),
                 "max": max_failures,
                 "seconds": float(lockout_seconds),
@@ -549,5 +555,5 @@ class PostgresUserStore:
         """Forget failures and any lockout (after a success, or by an operator)."""
         self._rowcount(
             "UPDATE users SET failures = 0, locked_until = NULL WHERE name = %s",
-            (normalise_user(user),),
+            (identity_key(user),),
         )

@@ -1,5 +1,9 @@
 """What the user store holds, and its contract (`UserRepository`), independent of the
-database behind it (SQLite in store/users.py, PostgreSQL in store/postgres_users.py)."""
+database behind it (SQLite in store/users.py, PostgreSQL in store/postgres_users.py).
+
+Users are keyed by `core.identity.normalise` of their canonical identity (the one the
+directory returned); every method normalises what it is given, so the key never
+depends on the caller."""
 
 from __future__ import annotations
 
@@ -10,14 +14,6 @@ from typing import Any, Literal, Protocol
 from mfaproxy.config.multifactor import Method
 
 ResetStatus = Literal["pending", "approved", "cleared"]
-
-
-def normalise_user(name: str) -> str:
-    """The key a user is stored under: surrounding space removed, lower case."""
-    key = name.strip().lower()
-    if not key:
-        raise ValueError("user name is empty")
-    return key
 
 
 @dataclass(frozen=True)
@@ -60,6 +56,10 @@ class UserRepository(Protocol):
     def get_user(self, user: str) -> UserRecord | None: ...
     def list_users(self) -> list[str]: ...
     def delete_user(self, user: str) -> bool: ...
+    # Exact stored names, for repairs (`mfaproxy users collisions`): no normalisation.
+    def stored_record(self, name: str) -> UserRecord | None: ...
+    def delete_stored(self, name: str) -> bool: ...
+    def schema_version(self) -> int: ...
     def set_method(
         self, user: str, method: Method | None, now: float, *, configure_later: bool = False
     ) -> None: ...

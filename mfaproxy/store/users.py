@@ -2,7 +2,8 @@
 
 `UserRepository` (store/records.py) is the contract; `UserStore` implements it on SQLite
 (stdlib sqlite3), `PostgresUserStore` (store/postgres_users.py) on PostgreSQL. User names
-are normalised (`normalise_user`) by every method, so callers may pass them as typed.
+are keys of `core.identity.normalise` (re-applied by every method: it is idempotent);
+the caller passes the user's canonical identity.
 
 Durability: WAL journal with ``synchronous=FULL`` fsyncs every commit, so a write that
 returned is not lost on a crash or power cut. Secrets (TOTP key, per-method enrolment
@@ -31,21 +32,16 @@ from pathlib import Path
 from typing import Any, cast
 
 from mfaproxy.config.multifactor import METHODS, Method
+from mfaproxy.core.identity import identity_key
 from mfaproxy.errors import StoreError
 from mfaproxy.otp.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
-from mfaproxy.store.records import (
-    LockState,
-    ResetRequest,
-    ResetStatus,
-    UserRecord,
-    lock_view,
-    normalise_user,
-)
+from mfaproxy.store.records import LockState, ResetRequest, ResetStatus, UserRecord, lock_view
+from mfaproxy.store.rekey import REKEY, SQLITE, Rekey, rekey_identities
 
 # Ordered: version N is MIGRATIONS[N - 1]. Append, never edit a shipped entry: each is
 # literal SQL, so nothing defined elsewhere (the method names) can change one.
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[str | Rekey, ...] = (
     """
     CREATE TABLE users (
         name TEXT PRIMARY KEY,
@@ -104,6 +100,8 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE enrolments;
     ALTER TABLE enrolments_v3 RENAME TO enrolments;
     """,
+    # 4: every user re-keyed by the one user-name normaliser (store/rekey.py).
+    REKEY,
 )
 
 
@@ -122,8 +120,15 @@ class UserStore:
     """`UserRepository` on a SQLite file; see the module docstring for threading."""
 
     def __init__(
-        self, path: str | os.PathLike[str], key: bytes, busy_timeout: float = 10.0
+        self,
+        path: str | os.PathLike[str],
+        key: bytes,
+        busy_timeout: float = 10.0,
+        *,
+        migrate_to: int | None = None,
     ) -> None:
+        """Open (and create) the store, applying migrations up to `migrate_to` (default:
+        all; `mfaproxy users collisions` stops before the re-key to repair)."""
         self.path = Path(path)
         self._box = SecretBox(key)
         self._hasher = BackupCodeHasher.from_master_key(key)
@@ -134,7 +139,7 @@ class UserStore:
         self._closed = False
         self._create_file()
         try:
-            self._migrate()
+            self._migrate(len(MIGRATIONS) if migrate_to is None else migrate_to)
         except BaseException:
             self.close()
             raise
@@ -193,18 +198,18 @@ class UserStore:
             raise
         conn.execute("COMMIT")
 
-    def _migrate(self) -> None:
+    def _migrate(self, target: int) -> None:
         # A migration may rebuild a table (DROP, then RENAME of a copy): with foreign
         # keys on, the DROP would cascade to the rows that reference it. SQLite ignores
         # this pragma inside a transaction, so it is set around it; the check before
         # COMMIT proves the rebuilt tables still hold together.
         self._conn().execute("PRAGMA foreign_keys = OFF")
         try:
-            self._apply_migrations()
+            self._apply_migrations(target)
         finally:
             self._conn().execute("PRAGMA foreign_keys = ON")
 
-    def _apply_migrations(self) -> None:
+    def _apply_migrations(self, target: int) -> None:
         with self._write() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM schema_version").fetchone()
@@ -216,8 +221,11 @@ class UserStore:
                     f"{self.path}: schema version {current} is newer than this mfaproxy "
                     f"({len(MIGRATIONS)}); upgrade mfaproxy"
                 )
-            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            for version, script in enumerate(MIGRATIONS[current:target], start=current + 1):
                 try:
+                    if isinstance(script, Rekey):
+                        rekey_identities(conn, SQLITE, self._box)
+                        continue
                     for statement in _statements(script):
                         conn.execute(statement)
                 except sqlite3.Error as exc:
@@ -225,7 +233,7 @@ class UserStore:
             broken = conn.execute("PRAGMA foreign_key_check").fetchall()
             if broken:
                 raise StoreError(f"{self.path}: migration left {len(broken)} dangling rows")
-            conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+            conn.execute("UPDATE schema_version SET version = ?", (max(current, target),))
 
     def schema_version(self) -> int:
         return int(self._conn().execute("SELECT version FROM schema_version").fetchone()[0])
@@ -248,7 +256,10 @@ class UserStore:
     # ----------------------------------------------------------------- users
 
     def get_user(self, user: str) -> UserRecord | None:
-        name = normalise_user(user)
+        return self.stored_record(identity_key(user))
+
+    def stored_record(self, name: str) -> UserRecord | None:
+        """The record stored under exactly `name` (for repairs: no normalisation)."""
         conn = self._conn()
         conn.execute("BEGIN")  # one snapshot for the several reads below
         try:
@@ -288,7 +299,14 @@ class UserStore:
         return [n for (n,) in self._conn().execute("SELECT name FROM users ORDER BY name")]
 
     def delete_user(self, user: str) -> bool:
-        cursor = self._conn().execute("DELETE FROM users WHERE name = ?", (normalise_user(user),))
+        return self.delete_stored(identity_key(user))
+
+    def delete_stored(self, name: str) -> bool:
+        """Delete the user stored under exactly `name`, with everything of theirs."""
+        with self._write() as conn:  # the children too: foreign keys may be off (repairs)
+            for table in ("enrolments", "backup_codes", "reset_requests"):
+                conn.execute(f"DELETE FROM {table} WHERE user = ?", (name,))  # noqa: S608
+            cursor = conn.execute("DELETE FROM users WHERE name = ?", (name,))
         return cursor.rowcount == 1
 
     def set_method(
@@ -297,7 +315,7 @@ class UserStore:
         """Set the user's method (None: the server default); enrolment data is kept."""
         if method is not None and method not in METHODS:
             raise ValueError(f"unknown method {method!r}")
-        name = normalise_user(user)
+        name = identity_key(user)
         with self._write() as conn:
             self._ensure(conn, name, now)
             conn.execute(
@@ -308,7 +326,7 @@ class UserStore:
     def clear_mfa(self, user: str, now: float) -> bool:
         """Forget method, TOTP secret, enrolments and backup codes (the lost-device fix)."""
         with self._write() as conn:
-            return self._clear_mfa(conn, normalise_user(user), now)
+            return self._clear_mfa(conn, identity_key(user), now)
 
     @staticmethod
     def _clear_mfa(conn: sqlite3.Connection, name: str, now: float) -> bool:
@@ -325,7 +343,7 @@ class UserStore:
 
     def set_totp_secret(self, user: str, secret: str, now: float) -> None:
         """Store a new TOTP key (sealed); the replay marker restarts with it."""
-        name = normalise_user(user)
+        name = identity_key(user)
         sealed = self._box.seal(f"{name}:totp", secret.encode("utf-8"))
         with self._write() as conn:
             self._ensure(conn, name, now)
@@ -336,7 +354,7 @@ class UserStore:
             )
 
     def get_totp_secret(self, user: str) -> str | None:
-        name = normalise_user(user)
+        name = identity_key(user)
         row = (
             self._conn().execute("SELECT totp_secret FROM users WHERE name = ?", (name,)).fetchone()
         )
@@ -353,7 +371,7 @@ class UserStore:
         cursor = self._conn().execute(
             "UPDATE users SET totp_last_step = ? WHERE name = ? AND totp_secret IS NOT NULL"
             " AND (totp_last_step IS NULL OR totp_last_step < ?)",
-            (step, normalise_user(user), step),
+            (step, identity_key(user), step),
         )
         return cursor.rowcount == 1
 
@@ -363,7 +381,7 @@ class UserStore:
         """Store a method's enrolment data (YubiKey ids, email, phone...) as sealed JSON."""
         if method not in METHODS or method == "totp":
             raise ValueError(f"no enrolment data for {method!r} (TOTP: set_totp_secret)")
-        name = normalise_user(user)
+        name = identity_key(user)
         plain = json.dumps(dict(data), sort_keys=True, separators=(",", ":")).encode()
         sealed = self._box.seal(f"{name}:{method}", plain)
         with self._write() as conn:
@@ -381,7 +399,7 @@ class UserStore:
                 conn.execute("UPDATE users SET yubikey_counter = NULL WHERE name = ?", (name,))
 
     def get_enrolment(self, user: str, method: Method) -> dict[str, Any] | None:
-        name = normalise_user(user)
+        name = identity_key(user)
         row = (
             self._conn()
             .execute("SELECT data FROM enrolments WHERE user = ? AND method = ?", (name, method))
@@ -392,7 +410,7 @@ class UserStore:
         return cast(dict[str, Any], json.loads(self._box.open(f"{name}:{method}", row[0])))
 
     def clear_enrolment(self, user: str, method: Method, now: float) -> bool:
-        name = normalise_user(user)
+        name = identity_key(user)
         with self._write() as conn:
             if method == "totp":
                 sql = "UPDATE users SET totp_secret = NULL, totp_last_step = NULL WHERE name = ?"
@@ -415,7 +433,7 @@ class UserStore:
             " AND (yubikey_counter IS NULL OR yubikey_counter < ?)"
             " AND EXISTS (SELECT 1 FROM enrolments"
             " WHERE enrolments.user = users.name AND enrolments.method = 'yubikey')",
-            (counter, normalise_user(user), counter),
+            (counter, identity_key(user), counter),
         )
         return cursor.rowcount == 1
 
@@ -423,7 +441,7 @@ class UserStore:
 
     def replace_backup_codes(self, user: str, codes: Sequence[str], now: float) -> None:
         """Make `codes` the user's only backup codes (a new set voids the old one)."""
-        name = normalise_user(user)
+        name = identity_key(user)
         digests = {self._hasher.digest(name, code) for code in codes}
         if None in digests:
             raise ValueError("not a backup code")
@@ -437,7 +455,7 @@ class UserStore:
 
     def consume_backup_code(self, user: str, code: str, now: float) -> bool:
         """Use up `code`; True at most once per code, even under concurrent calls."""
-        name = normalise_user(user)
+        name = identity_key(user)
         digest = self._hasher.digest(name, code)
         if digest is None:
             return False
@@ -452,7 +470,7 @@ class UserStore:
 
     def request_reset(self, user: str, via: str, now: float) -> bool:
         """File a reset request; False when one is already pending (send no new email)."""
-        name = normalise_user(user)
+        name = identity_key(user)
         with self._write() as conn:
             self._ensure(conn, name, now)
             cursor = conn.execute(
@@ -464,7 +482,7 @@ class UserStore:
 
     def approve_reset(self, user: str, now: float) -> bool:
         """Approve the pending request and clear the user's MFA so they enrol again."""
-        name = normalise_user(user)
+        name = identity_key(user)
         with self._write() as conn:
             if not self._decide(conn, name, "approved", now):
                 return False
@@ -474,7 +492,7 @@ class UserStore:
     def clear_reset(self, user: str, now: float) -> bool:
         """Dismiss the pending request without touching the user's MFA."""
         with self._write() as conn:
-            return self._decide(conn, normalise_user(user), "cleared", now)
+            return self._decide(conn, identity_key(user), "cleared", now)
 
     @staticmethod
     def _decide(conn: sqlite3.Connection, name: str, status: ResetStatus, now: float) -> bool:
@@ -505,7 +523,7 @@ class UserStore:
         row = (
             self._conn()
             .execute(
-                "SELECT failures, locked_until FROM users WHERE name = ?", (normalise_user(user),)
+                "SELECT failures, locked_until FROM users WHERE name = ?", (identity_key(user),)
             )
             .fetchone()
         )
@@ -522,7 +540,7 @@ class UserStore:
         """
         if max_failures < 1 or lockout_seconds < 0:
             raise ValueError("max_failures must be >= 1 and lockout_seconds >= 0")
-        name = normalise_user(user)
+        name = identity_key(user)
         with self._write() as conn:
             self._ensure(conn, name, now)
             failures, locked_until = conn.execute(
@@ -542,5 +560,5 @@ class UserStore:
         """Forget failures and any lockout (after a success, or by an operator)."""
         self._conn().execute(
             "UPDATE users SET failures = 0, locked_until = NULL WHERE name = ?",
-            (normalise_user(user),),
+            (identity_key(user),),
         )
