@@ -31,7 +31,7 @@ from mfaproxy.core.identity import name_problem, normalise
 from mfaproxy.core.policy import CountryLookup, PolicyContext, early_login_denial, evaluate
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.core.responses import split_append
-from mfaproxy.core.session import Session
+from mfaproxy.core.session import Session, is_well_formed_state, session_key
 from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.base import Factor, FactorServices, FactorUser
@@ -151,14 +151,16 @@ class Engine:
             return password, None
         method = (record.method if record else None) or self.config.multifactor.default
         factor = self.factors.get(method) if method else None
+        backup_codes = "backup_codes" in self.config.multifactor.alternate
+        delimiter = ctx.client.append_delimiter
         if factor is None:
-            return split_append(password, ctx.client.append_delimiter, None, frozenset(), False)
+            return split_append(password, delimiter, None, frozenset(), backup_codes)
         return split_append(
             password,
-            ctx.client.append_delimiter,
+            delimiter,
             factor.code_length,
             factor.keywords,
-            "backup_codes" in self.config.multifactor.alternate,
+            backup_codes,
             factor.looks_like_code,
         )
 
@@ -231,8 +233,11 @@ class Engine:
 
     async def _resume(self, ctx: RequestContext, request: RadiusRequest, now: float) -> Answer:
         assert request.state is not None and request.user_name is not None
+        if not is_well_formed_state(request.state):
+            # Not one we issued, or one a client cut short: never matched by prefix.
+            return self._reject("malformed_state")
         # Taken, not read: a State answers one request only (RFC 2865 section 5.24).
-        data = await self.services.state.take(CHALLENGES, request.state.hex(), now)
+        data = await self.services.state.take(CHALLENGES, session_key(request.state), now)
         if data is None:
             return self._reject("unknown_state")
         session = Session.from_json(data)

@@ -26,7 +26,14 @@ from mfaproxy.core.identity import normalise
 from mfaproxy.core.primary import PrimaryResult
 from mfaproxy.core.responses import IntentKind, classify_response, retry_prompt, with_options
 from mfaproxy.core.second_factor import Action, Round, Stage, Step, StepKind
-from mfaproxy.core.session import Session, primary_from_json, primary_to_json
+from mfaproxy.core.session import (
+    STATE_RANDOM_BYTES,
+    Session,
+    primary_from_json,
+    primary_to_json,
+    session_key,
+    state_from_random,
+)
 from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.base import Factor, FactorRequest, FactorServices, FactorUser
 from mfaproxy.observability import metrics
@@ -37,12 +44,10 @@ log = structlog.get_logger(__name__)
 
 CHALLENGES = "challenge"
 CLIENT_FAILURES = "client_failures"
-STATE_BYTES = 24  # 192 bits, random (RFC 5080 section 2.1.1 asks for unpredictable State)
 
-MSG_RESET = "Your request to reset multifactor authentication was sent to the administrators."
 MSG_UNAVAILABLE = rules.MSG_UNAVAILABLE
 PROMPT_BACKUP = "Enter one of your backup codes"
-BACKUP_CODES = "backup_codes"
+BACKUP_CODES = rules.BACKUP_CODES
 
 
 @dataclass
@@ -99,9 +104,10 @@ class SecondFactorStage:
         return replies.reject(self.config.replies, reason, message)
 
     async def _challenge(self, login: Login, session: Session, prompt: str, reason: str) -> Answer:
-        state = secrets.token_bytes(STATE_BYTES)
+        state = state_from_random(secrets.token_bytes(STATE_RANDOM_BYTES))
         ttl = self.mfa.challenge.timeout_seconds
-        await self.services.state.put(CHALLENGES, state.hex(), session.to_json(), ttl, login.now)
+        key = session_key(state)
+        await self.services.state.put(CHALLENGES, key, session.to_json(), ttl, login.now)
         return Answer(Outcome.CHALLENGE, reason, reply_message=reply_message(prompt), state=state)
 
     def _session(
@@ -175,7 +181,9 @@ class SecondFactorStage:
         plan = rules.plan_second_factor(
             action,
             rules.UserMfa(
-                record.method if record else None, bool(record and record.configure_later)
+                record.method if record else None,
+                bool(record and record.configure_later),
+                BACKUP_CODES in self._alternates(login),
             ),
             self.mfa.default,
             self.mfa.enabled,
@@ -192,6 +200,8 @@ class SecondFactorStage:
         if blocked is not None:
             return self._reject(blocked.reason, blocked.message)
         assert plan.method is not None
+        if plan.kind is rules.PlanKind.BACKUP:
+            return await self._backup_codes_only(login, mode, appended)
         factor = self.factors[plan.method]
         if plan.kind is rules.PlanKind.ENROL:
             result = await factor.begin_enrolment(login.factor_request())
@@ -208,6 +218,16 @@ class SecondFactorStage:
         intent = classify_response(response, factor.name, self._alternates(login), False)
         handler = self._handlers[rules.route_appended(intent)]
         return await handler(login, response, factor.name, None)
+
+    async def _backup_codes_only(
+        self, login: Login, mode: SecondFactorMode, appended: str | None
+    ) -> Answer:
+        """No usable method, backup codes issued: they are the second factor."""
+        if mode != "append":
+            return await self._ask_backup_code(login, "", BACKUP_CODES, None)
+        if appended is None:
+            return self._reject("code_missing", rules.MSG_APPEND)
+        return await self._check_backup_code(login, appended, BACKUP_CODES, None)
 
     # ------------------------------------------------------------------ later rounds
 
@@ -309,25 +329,31 @@ class SecondFactorStage:
     async def _reset(
         self, login: Login, response: str, method: str, previous: Session | None
     ) -> Answer:
+        """File a reset request and say truthfully what became of it."""
         user, now = login.user.name, login.now
         created = await self.services.users.run(lambda s: s.request_reset(user, "radius", now))
-        login.audit.update(mfa_result="reset_requested")
-        if created:
-            await self._send_reset_email(login)
-        return self._reject("reset_requested", MSG_RESET)
+        if not created:
+            outcome, message = "reset_pending", rules.MSG_RESET_PENDING
+        elif await self._send_reset_email(login):
+            outcome, message = "reset_emailed", rules.MSG_RESET_EMAILED
+        else:
+            outcome, message = "reset_recorded", rules.MSG_RESET_RECORDED
+        login.audit.update(mfa_result=outcome)
+        return self._reject("reset_requested", message)
 
     def reset_recipients(self) -> list[str]:
         if self.mfa.send_reset_email_to == "specific_email":
             return [self.mfa.specific_email] if self.mfa.specific_email else []
         return list(self.mfa.administrators.emails)
 
-    async def _send_reset_email(self, login: Login) -> None:
+    async def _send_reset_email(self, login: Login) -> bool:
+        """Mail the reset request to the administrators; True when the mail server took it."""
         recipients = self.reset_recipients()
         if self.services.mail is None or not recipients:
             log.warning(
                 "reset_email_not_sent", user=login.user.name, reason="no smtp or recipients"
             )
-            return
+            return False
         body = (
             f"User {login.user.login_name} asked for a reset of their multifactor "
             f"authentication from network device {login.client} ({login.nas}).\n\n"
@@ -342,6 +368,8 @@ class SecondFactorStage:
             )
         except UpstreamError:
             log.error("reset_email_failed", user=login.user.name)
+            return False
+        return True
 
 
 def login_from_session(

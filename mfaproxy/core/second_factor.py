@@ -30,6 +30,18 @@ MSG_LOCKED = "Too many failed attempts. Try again later."
 MSG_THROTTLED = "Too many failed attempts from this network device. Try again later."
 MSG_UNAVAILABLE = "The second factor cannot be checked right now. Try again later."
 MSG_APPEND = "A second factor is required: append it to your password, e.g. password,123456"
+MSG_RESET_EMAILED = (
+    "Your request to reset multifactor authentication was sent to the administrators."
+)
+MSG_RESET_RECORDED = (
+    "Your request to reset multifactor authentication is recorded. "
+    "Contact your administrator to have it approved."
+)
+MSG_RESET_PENDING = (
+    "Your request to reset multifactor authentication is already recorded "
+    "and waits for an administrator."
+)
+BACKUP_CODES = "backup_codes"
 
 
 # --------------------------------------------------------------------------- planning
@@ -39,6 +51,7 @@ class PlanKind(enum.Enum):
     SKIP = "skip"  # no second factor: Accept after the primary check
     USE = "use"  # challenge (or check the appended code) with `method`
     ENROL = "enrol"  # the user enrols `method` inside the RADIUS flow
+    BACKUP = "backup"  # no usable method, but backup codes an operator issued
     REFUSE = "refuse"  # MFA is required but cannot happen: Reject with `message`
 
 
@@ -56,6 +69,8 @@ class UserMfa:
 
     method: str | None
     configure_later: bool
+    # Backup codes left and offered (`backup_codes` in multifactor.alternate).
+    backup_codes: bool = False
 
 
 def plan_second_factor(
@@ -75,7 +90,9 @@ def plan_second_factor(
       has since disabled falls back to the default. A user who is not enrolled yet
       enrols inline when an operator marked them "configure later" (or the operator
       allows enrolment of unconfigured users) and the method can be enrolled through a
-      text prompt; otherwise the login is refused with a message saying why.
+      text prompt. A user who has none of that but holds backup codes an operator
+      issued is asked for one (Duo's bypass codes: a new hire whose phone has not come
+      yet). Otherwise the login is refused with a message saying why.
     """
     if action == "mfa_skipped":
         return Plan(PlanKind.SKIP, reason="mfa_skipped")
@@ -83,13 +100,15 @@ def plan_second_factor(
     if action == "mfa_optional_per_user" and own is None and not user.configure_later:
         return Plan(PlanKind.SKIP, reason="mfa_optional_not_configured")
     method = own or default
-    if method is None:
-        return Plan(PlanKind.REFUSE, reason="no_method", message=MSG_NO_METHOD)
-    if is_enrolled(method):
+    if method is not None and is_enrolled(method):
         return Plan(PlanKind.USE, method, reason="enrolled")
     may_enrol = user.configure_later or (enrol_unconfigured and own is None)
-    if may_enrol and can_enrol_inline(method):
+    if method is not None and may_enrol and can_enrol_inline(method):
         return Plan(PlanKind.ENROL, method, reason="inline_enrolment")
+    if user.backup_codes:
+        return Plan(PlanKind.BACKUP, BACKUP_CODES, reason="backup_codes_only")
+    if method is None:
+        return Plan(PlanKind.REFUSE, reason="no_method", message=MSG_NO_METHOD)
     return Plan(PlanKind.REFUSE, method, reason="not_enrolled", message=MSG_NOT_SET_UP)
 
 

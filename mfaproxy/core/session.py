@@ -1,12 +1,44 @@
-"""Challenge sessions as JSON-compatible values, so any state store can keep them."""
+"""Challenge sessions as JSON-compatible values, so any state store can keep them, and
+the State attribute that names one (RFC 2865 section 5.24).
+
+A State is the unpadded base64url text of `STATE_RANDOM_BYTES` random octets: 256 bits
+of entropy (192 or more is the project's floor, RFC 5080 section 2.1.1 asks for
+unpredictable State), printable ASCII with no 0x00 octet, because C clients (radcli,
+pam_radius) keep attributes as C strings and would cut it at the first NUL. Lookups
+are exact: a State a client trimmed is refused, never matched by prefix.
+"""
 
 from __future__ import annotations
 
+import base64
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult, ReplyAttribute
 from mfaproxy.core.second_factor import Stage
+
+STATE_RANDOM_BYTES = 32
+STATE_LENGTH = 43  # base64 of 32 octets, without the "=" padding
+_STATE_SHAPE = re.compile(rb"[A-Za-z0-9_-]{%d}" % STATE_LENGTH)
+
+
+def state_from_random(random: bytes) -> bytes:
+    """The State for `random` (the caller draws it from `secrets`): one-to-one, so it
+    carries all of the random octets' entropy."""
+    if len(random) != STATE_RANDOM_BYTES:
+        raise ValueError(f"a State needs {STATE_RANDOM_BYTES} random octets")
+    return base64.urlsafe_b64encode(random).rstrip(b"=")
+
+
+def is_well_formed_state(state: bytes) -> bool:
+    """Whether `state` has the shape of a State we issue (length and alphabet)."""
+    return _STATE_SHAPE.fullmatch(state) is not None
+
+
+def session_key(state: bytes) -> str:
+    """The state-store key of the session a State names."""
+    return state.decode("ascii")
 
 
 @dataclass(frozen=True)

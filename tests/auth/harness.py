@@ -11,6 +11,7 @@ hand it. Use it as `async with Harness(tmp_path, overrides) as h: await h.login(
 from __future__ import annotations
 
 import copy
+import functools
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,6 +73,11 @@ def password(user: str) -> str:
     return f"{user}-pw"
 
 
+@functools.cache
+def password_hash(user: str) -> str:
+    return FAST.hash(password(user))
+
+
 def merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """`base` with `overrides` laid over it, mappings merged key by key."""
     out = copy.deepcopy(base)
@@ -108,7 +114,7 @@ class Harness:
         self.tmp = tmp_path
         self.clock = Clock()
         users_file = tmp_path / "users.yaml"
-        entries = {u: {"password_hash": FAST.hash(password(u)), **v} for u, v in users.items()}
+        entries = {u: {"password_hash": password_hash(u), **v} for u, v in users.items()}
         users_file.write_text(yaml.safe_dump({"users": entries}))
         data = merge(
             BASE, {"directory": {"backend": "local", "local": {"users_file": "users.yaml"}}}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mfaproxy.core.answer import Outcome
+from mfaproxy.core.session import STATE_LENGTH, is_well_formed_state
 from mfaproxy.otp.backup_codes import generate_codes
 from tests.auth.harness import Harness, password
 
@@ -153,3 +154,43 @@ async def test_a_wrong_password_never_reaches_the_second_factor(tmp_path: Path) 
         h.enrol_totp("alice")
         reply = await h.send("alice", "not-the-password")
         assert reply.outcome is REJECT and reply.state is None
+
+
+async def test_a_state_a_client_trimmed_is_refused_and_the_real_one_still_works(
+    tmp_path: Path,
+) -> None:
+    async with Harness(tmp_path) as h:
+        h.enrol_totp("alice")
+        first = await h.send("alice", password("alice"))
+        assert first.state is not None
+        for cut in range(1, STATE_LENGTH):  # every prefix a client could leave
+            trimmed = await h.send("alice", h.code("alice"), first.state[:-cut])
+            assert (trimmed.outcome, trimmed.reason) == (REJECT, "malformed_state")
+        assert (await h.send("alice", h.code("alice"), first.state)).outcome is ACCEPT
+
+
+async def test_every_state_issued_is_printable_without_nul(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        h.enrol_totp("alice")
+        for _ in range(50):
+            reply = await h.send("alice", password("alice"))
+            assert reply.state is not None and is_well_formed_state(reply.state)
+            assert b"\x00" not in reply.state
+
+
+async def test_backup_codes_for_a_user_with_no_method_yet(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        codes = generate_codes(2)
+        h.store.replace_backup_codes("carol", codes, h.clock.now)
+        first = await h.send("carol", password("carol"))
+        assert first.outcome is CHALLENGE and first.reply_message is not None
+        assert "backup codes" in first.reply_message
+        wrong = await h.send("carol", generate_codes(1)[0], first.state)
+        assert wrong.outcome is CHALLENGE and wrong.reason == "retry"
+        done = await h.send("carol", codes[0], wrong.state)
+        assert (done.outcome, done.reason) == (ACCEPT, "mfa_backup_code_ok")
+        appended = await h.send("carol", f"{password('carol')},{codes[1]}", client="legacy")
+        assert (appended.outcome, appended.reason) == (ACCEPT, "mfa_backup_code_ok")
+        # all used up: back to "not set up"
+        spent = await h.send("carol", password("carol"))
+        assert (spent.outcome, spent.reason) == (REJECT, "not_enrolled")

@@ -34,6 +34,7 @@ def plan(
     action: MfaAction,
     method: str | None = None,
     configure_later: bool = False,
+    backup_codes: bool = False,
     enrolled: tuple[str, ...] = (),
     inline: tuple[str, ...] = ("totp",),
     default: str | None = "totp",
@@ -41,7 +42,7 @@ def plan(
 ) -> rules.Plan:
     return rules.plan_second_factor(
         action,
-        UserMfa(method, configure_later),
+        UserMfa(method, configure_later, backup_codes),
         default,
         ENABLED,
         lambda m: m in enrolled,
@@ -95,6 +96,23 @@ def test_required_with_no_default_and_no_method_is_refused() -> None:
 def test_an_assigned_but_unenrolled_method_is_not_enrolled_silently() -> None:
     # an operator set the method; only "configure later" lets the user enrol it
     assert plan("mfa_required", "totp", enrol_unconfigured=True).kind is PlanKind.REFUSE
+
+
+def test_required_without_a_method_but_with_backup_codes_asks_for_one() -> None:
+    result = plan("mfa_required", backup_codes=True)
+    assert (result.kind, result.method) == (PlanKind.BACKUP, "backup_codes")
+    assert plan("mfa_required", default=None, backup_codes=True).kind is PlanKind.BACKUP
+    # an assigned method that is not enrolled yet: the codes are the way in
+    assert plan("mfa_required", "totp", backup_codes=True).kind is PlanKind.BACKUP
+
+
+def test_backup_codes_do_not_shadow_a_method_or_an_enrolment() -> None:
+    assert plan("mfa_required", "totp", enrolled=("totp",), backup_codes=True).kind is (
+        PlanKind.USE
+    )
+    assert plan("mfa_required", configure_later=True, backup_codes=True).kind is PlanKind.ENROL
+    # optional per user: no method means no second factor, codes or not
+    assert plan("mfa_optional_per_user", backup_codes=True).kind is PlanKind.SKIP
 
 
 # --------------------------------------------------------------------------- the machine

@@ -110,7 +110,9 @@ def test_every_path_at_debug_level_logs_no_secret(daemon: Daemon) -> None:
     radclient(daemon.port, SECRET, {"User-Name": "carol", "User-Password": PASSWORD}, timeout=0.5)
     nas = UdpNas(daemon.port)
     try:
-        data = access_request(SECRET, "carol", PASSWORD, State=b"state-value").RequestPacket()
+        # well formed (43 base64url characters), so it reaches the state store lookup
+        unknown = b"state-value-" + b"x" * 31
+        data = access_request(SECRET, "carol", PASSWORD, State=unknown).RequestPacket()
         nas.send(data)
         nas.receive()
         nas.send(data)  # retransmission path

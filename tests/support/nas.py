@@ -4,6 +4,7 @@ hostile packets. Builds requests with pyrad and talks plain UDP sockets."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from pyrad import packet as pyrad_packet
@@ -99,16 +100,30 @@ def exchange(nas: UdpNas, secret: str, request: pyrad_packet.AuthPacket) -> Repl
             return reply
 
 
+def as_c_string(state: bytes) -> bytes:
+    """What a C client that keeps attributes as strings (radcli 1.2.11 in ocserv) sends
+    back: the State up to its first 0x00 octet."""
+    return state.split(b"\x00", 1)[0]
+
+
 def login(
-    nas: UdpNas, secret: str, user: str, password: str, *answers: str, **attributes: Any
+    nas: UdpNas,
+    secret: str,
+    user: str,
+    password: str,
+    *answers: str,
+    keep_state: Callable[[bytes], bytes] | None = None,
+    **attributes: Any,
 ) -> Reply:
-    """Password, then one answer per Access-Challenge; returns the last reply."""
+    """Password, then one answer per Access-Challenge; returns the last reply.
+    `keep_state` is how the NAS mangles the State before it sends it back."""
     reply = exchange(nas, secret, access_request(secret, user, password, **attributes))
     for answer in answers:
         if not reply.challenged:
             return reply
-        request = access_request(secret, user, answer, **attributes)
+        request = access_request(secret, user, answer, sign=False, **attributes)
         assert reply.state is not None
-        request.AddAttribute("State", reply.state)
+        request.AddAttribute("State", keep_state(reply.state) if keep_state else reply.state)
+        request.add_message_authenticator()
         reply = exchange(nas, secret, request)
     return reply
