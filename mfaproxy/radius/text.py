@@ -29,7 +29,7 @@ def reply_message(text: object, limit: int = MAX_STRING_OCTETS) -> str:
     if len(flat) <= limit:
         return flat
     if limit <= len(ELLIPSIS):
-        return flat[:limit]
+        return flat[:limit].rstrip()  # a cut may end on the space between two words
     return flat[: limit - len(ELLIPSIS)].rstrip() + ELLIPSIS
 
 
