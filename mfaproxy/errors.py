@@ -48,6 +48,19 @@ class UnsupportedCode(PeerError):
     reason = "unsupported_code"
 
 
+class TooMuchProxyState(PeerError):
+    """More Proxy-State than a reply can echo within 4,096 octets."""
+
+    reason = "proxy_state_too_long"
+
+
+class ReplyTooLarge(MfaproxyError):
+    """The reply to a request would exceed 4,096 octets (RFC 2865 section 3): it is
+    dropped, never sent truncated or oversized."""
+
+    reason = "reply_too_large"
+
+
 class BadMessageAuthenticator(PeerError):
     """Message-Authenticator present but wrong (RFC 3579 section 3.2)."""
 
@@ -64,6 +77,15 @@ class BadPassword(PeerError):
     """User-Password cannot be decrypted (RFC 2865 section 5.2 length rules)."""
 
     reason = "bad_password_attribute"
+
+
+class Shed(MfaproxyError):
+    """Overload: a request refused before it was processed (admission control). No
+    answer is sent; the NAS retransmits or fails over. `reason` is the metric label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(detail or reason)
 
 
 class UpstreamError(MfaproxyError):

@@ -8,6 +8,7 @@ pure (core/policy.py, core/second_factor.py); this module gathers their facts (I
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,7 @@ from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.core.responses import split_append
 from mfaproxy.core.session import Session, is_well_formed_state, session_key
 from mfaproxy.directory.base import PasswordChecker
-from mfaproxy.errors import UpstreamError
+from mfaproxy.errors import Shed, UpstreamError
 from mfaproxy.factors.base import Factor, FactorServices, FactorUser
 from mfaproxy.observability import metrics
 from mfaproxy.radius.addresses import parse_ip
@@ -79,14 +80,24 @@ class Engine:
         self.mfa = SecondFactorStage(config, factors, services)
 
     async def handle(self, ctx: RequestContext, request: RadiusRequest) -> Answer:
+        """Decide; write exactly one audit event whatever happens, a drop included."""
         started = time.monotonic()
+        answer: Answer | None = None
+        dropped = "internal_error"
         try:
             answer = await self._decide(ctx, request, self.clock())
         except UpstreamError as exc:
             # Factors report their own outages as UNAVAILABLE; what is raised here is
             # the state or user store (Redis, PostgreSQL, SQLite) failing.
             answer = self._store_failure(ctx, exc)
-        self._audit(ctx, request, answer, time.monotonic() - started)
+        except Shed as exc:
+            dropped = exc.reason  # overload: no answer, the NAS retransmits or fails over
+            raise
+        except asyncio.CancelledError:
+            dropped = "cancelled"  # the shutdown grace ran out
+            raise
+        finally:
+            self._audit(ctx, request, answer, dropped, time.monotonic() - started)
         return answer
 
     def _store_failure(self, ctx: RequestContext, exc: UpstreamError) -> Answer:
@@ -113,7 +124,7 @@ class Engine:
         if request.has_chap or request.has_eap:
             # The second factor and the directory bind need the clear password (PAP).
             return self._reject("unsupported_authentication")
-        if not request.user_name:
+        if request.user_name is None:
             return self._reject("missing_user_name")
         problem = name_problem(request.user_name)
         if problem is not None:
@@ -251,9 +262,19 @@ class Engine:
         return await self.mfa.resume(login, session, request.password or "")
 
     def _audit(
-        self, ctx: RequestContext, request: RadiusRequest, answer: Answer, elapsed: float
+        self,
+        ctx: RequestContext,
+        request: RadiusRequest,
+        answer: Answer | None,
+        dropped: str,
+        elapsed: float,
     ) -> None:
-        metrics.DECISIONS.labels(outcome=answer.outcome.value, reason=answer.reason).inc()
+        """One event per request: the answer, or `outcome: drop` with why there is none."""
+        outcome, reason = (
+            ("drop", dropped) if answer is None else (answer.outcome.value, answer.reason)
+        )
+        if answer is not None:
+            metrics.DECISIONS.labels(outcome=outcome, reason=reason).inc()
         audit_log.info(
             "auth_decision",
             request_id=ctx.request_id,
@@ -263,8 +284,8 @@ class Engine:
             nas_identifier=request.nas_identifier,
             calling_station_id=request.calling_station_id,
             user=request.user_name,
-            outcome=answer.outcome.value,
-            reason=answer.reason,
+            outcome=outcome,
+            reason=reason,
             latency_ms=round(elapsed * 1000, 2),
             **ctx.audit,
         )

@@ -21,7 +21,7 @@ from pyrad.dictionary import Dictionary
 from mfaproxy.auth.engine import Engine, RequestContext
 from mfaproxy.config.schema import ClientConfig
 from mfaproxy.core.answer import Answer, Outcome
-from mfaproxy.errors import PeerError, UpstreamError
+from mfaproxy.errors import PeerError, ReplyTooLarge, UpstreamError
 from mfaproxy.observability import metrics
 from mfaproxy.radius.clients import ClientTable
 from mfaproxy.radius.codec import RadiusRequest, decode_request, encode_reply
@@ -195,7 +195,11 @@ class Dispatcher:
         try:
             ctx = RequestContext(secrets.token_hex(8), client, source_ip, source_port)
             answer = await runtime.engine.handle(ctx, request)
-            reply = self._encode(request, answer)
+            try:
+                reply = self._encode(request, answer)
+            except ReplyTooLarge as exc:
+                metrics.PACKETS_DROPPED.labels(reason=exc.reason).inc()
+                log.warning("reply_dropped", reason=exc.reason, request_id=ctx.request_id)
         finally:
             await self._finish(key, reply)
         if reply is not None:

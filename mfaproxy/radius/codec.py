@@ -23,6 +23,8 @@ from mfaproxy.errors import (
     BadPassword,
     MalformedPacket,
     MissingMessageAuthenticator,
+    ReplyTooLarge,
+    TooMuchProxyState,
     UnsupportedCode,
 )
 from mfaproxy.radius.constants import (
@@ -40,6 +42,7 @@ from mfaproxy.radius.constants import (
     ATTR_USER_NAME,
     ATTR_USER_PASSWORD,
     MAX_LENGTH,
+    MAX_PROXY_STATE_OCTETS,
     MIN_LENGTH,
     STATUS_SERVER,
 )
@@ -176,6 +179,9 @@ def decode_request(
         # Message-Authenticator must not send Proxy-State, the attack's carrier.
         raise MissingMessageAuthenticator("Proxy-State without Message-Authenticator")
 
+    proxy_state_octets = sum(len(v) + 2 for v in attrs.get(ATTR_PROXY_STATE, []))
+    if proxy_state_octets > MAX_PROXY_STATE_OCTETS:
+        raise TooMuchProxyState(f"{proxy_state_octets} octets of Proxy-State")
     if header.code == ACCESS_REQUEST and len(attrs.get(ATTR_USER_PASSWORD, [])) > 1:
         raise MalformedPacket("more than one User-Password")
     try:
@@ -211,7 +217,8 @@ def encode_reply(
     reply_message: str | None = None,
     state: bytes | None = None,
 ) -> bytes:
-    """Build a signed reply: Message-Authenticator first, Proxy-State copied in order."""
+    """Build a signed reply: Message-Authenticator first, Proxy-State copied in order.
+    Raises ReplyTooLarge rather than return more than 4,096 octets (RFC 2865 section 3)."""
     reply = request.packet.CreateReply()
     reply.code = code
     if reply_message:
@@ -224,4 +231,6 @@ def encode_reply(
         reply.AddAttribute(name, value)
     # pyrad puts Message-Authenticator first and copies Proxy-State (RFC 2865 5.33).
     data: bytes = reply.ReplyPacket()
+    if len(data) > MAX_LENGTH:
+        raise ReplyTooLarge(f"reply of {len(data)} octets")
     return data

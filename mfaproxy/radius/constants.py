@@ -34,6 +34,11 @@ MAX_LENGTH: Final = 4096
 # RFC 2865 section 5: an attribute's value is at most 253 octets (Length is one octet
 # and counts the type and length octets).
 MAX_STRING_OCTETS: Final = 253
+# Proxy-State echoed in a reply (RFC 2865 section 5.33 copies it unchanged, so a reply
+# carries what the request did): a request with more is dropped, so that every reply
+# (Reply-Message, State and attributes besides) stays within MAX_LENGTH. A proxy
+# chain adds one attribute of a few dozen octets per hop.
+MAX_PROXY_STATE_OCTETS: Final = 1024
 
 ATTR_USER_NAME: Final = 1
 ATTR_USER_PASSWORD: Final = 2

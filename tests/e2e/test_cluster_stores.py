@@ -40,7 +40,7 @@ from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
-USERS = ["erin", "frank", "gina", "hank", "ivan", "w1", "w2", "w3", "w4"]
+USERS = ["erin", "frank", "gina", "hank", "ivan", "jack", "w1", "w2", "w3", "w4"]
 REJECTED = "mfaproxy_store_failmode_total{action=rejected}"
 ACCEPTED = "mfaproxy_store_failmode_total{action=accepted}"
 REQUESTS = "mfaproxy_requests_total"
@@ -178,6 +178,27 @@ def test_postgres_down_secure_rejects_safe_accepts_then_both_recover(
     done = answer(secure.nas, "hank", challenge, cluster.code("hank"))
     assert done.accepted, done.message
     assert challenged_again(safe, "ivan").challenged
+
+
+def test_postgres_statement_error_is_an_outage_with_one_audit_event(
+    postgres: PostgresServer, secure: Instance
+) -> None:
+    """The server answers but refuses the statement (psycopg's UndefinedTable, not a
+    connection error): the failmode answers, one audit event, no internal_error."""
+    rejected = total(secure.metrics, REJECTED)
+    with postgres.connect() as conn:
+        conn.execute("ALTER TABLE stores.users RENAME TO users_elsewhere")
+    try:
+        down = first_round(secure.nas, "jack")
+        assert down.rejected, down.message
+        event = secure.daemon.wait_audit(user="jack", reason="store_unavailable")
+    finally:
+        with postgres.connect() as conn:
+            conn.execute("ALTER TABLE stores.users_elsewhere RENAME TO users")
+    assert len(secure.daemon.audit(request_id=event["request_id"])) == 1
+    assert total(secure.metrics, REJECTED) == rejected + 1
+    assert not [e for e in secure.daemon.events if e.get("event") == "request_failed"]
+    assert first_round(secure.nas, "jack").challenged  # and back once the table is
 
 
 # --------------------------------------------------------------------------- workers
