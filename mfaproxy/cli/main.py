@@ -25,6 +25,7 @@ from mfaproxy.errors import (
     EXIT_INVALID,
     EXIT_OK,
     EXIT_RUNTIME,
+    EXIT_USAGE,
     ConfigError,
     StoreError,
     UpstreamError,
@@ -93,8 +94,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_hash_password(_args: argparse.Namespace) -> int:
-    from mfaproxy.directory.local import hash_password
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from mfaproxy.directory.local import hash_password, parse_cost
+
+    try:
+        cost = parse_cost(args.cost)
+    except ValueError as exc:
+        print(f"mfaproxy: --cost: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
@@ -106,7 +113,7 @@ def cmd_hash_password(_args: argparse.Namespace) -> int:
     if not password:
         print("mfaproxy: empty password refused", file=sys.stderr)
         return EXIT_INVALID
-    print(hash_password(password))
+    print(hash_password(password, cost))
     return EXIT_OK
 
 
@@ -125,9 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config", parents=[common], help="validate the configuration and summarise it"
     ).set_defaults(func=cmd_check_config)
     users = cli_users.register(sub, common)
-    users.add_parser(
+    hashing = users.add_parser(
         "hash-password", parents=[common], help="read a password on stdin, print its argon2id hash"
-    ).set_defaults(func=cmd_hash_password)
+    )
+    hashing.add_argument(
+        "--cost",
+        default="owasp-minimum",
+        metavar="COST",
+        help="owasp-minimum (default: m=19 MiB, t=2, p=1), owasp-46mib, rfc9106-low-memory "
+        "(m=64 MiB, t=3, p=4), or m=KIB,t=PASSES,p=LANES",
+    )
+    hashing.set_defaults(func=cmd_hash_password)
     cli_policy.register(sub, common)
     cli_radtest.register(sub)
     return parser

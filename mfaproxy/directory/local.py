@@ -1,19 +1,31 @@
 """The local users file: argon2id password hashes, groups, email and mobile.
 
 Hash verification costs tens of milliseconds by design, so it runs in a small bounded
-thread pool, never on the event loop. An unknown user costs the same as a known one
-(a dummy hash is verified) so response time does not reveal which names exist.
+thread pool, never on the event loop (argon2-cffi releases the GIL, so the pool's
+threads use every core). An unknown user costs the same as a known one (a dummy hash at
+the file's most common cost is verified) so response time does not reveal which names
+exist.
+
+The cost. An authentication server verifies a hash on every login, so the hash is sized
+for that job: the default is OWASP's minimum for argon2id (m = 19 MiB, t = 2, p = 1,
+about 30 ms of one core here), not argon2-cffi's default (m = 64 MiB, t = 3, p = 4,
+about 170 ms of CPU), which would hold a 2-core server to ~12 logins/s. Every hash
+carries its own parameters and is verified at them, so a file can mix costs and an
+operator can raise the cost (`users hash-password --cost`) user by user.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 import yaml
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from pydantic import Field, ValidationError, field_validator
 
@@ -25,7 +37,69 @@ from mfaproxy.errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
-HASHER = PasswordHasher()
+
+@dataclass(frozen=True)
+class HashCost:
+    """argon2id parameters: passes, memory in KiB, lanes (RFC 9106 section 3.1)."""
+
+    time_cost: int
+    memory_kib: int
+    parallelism: int
+
+    def __str__(self) -> str:
+        return f"m={self.memory_kib},t={self.time_cost},p={self.parallelism}"
+
+
+# Named costs for `users hash-password --cost`. OWASP's argon2id table lists equally
+# strong pairs (19 MiB x 2 passes, 46 MiB x 1 pass, ...); `rfc9106-low-memory` is
+# argon2-cffi's own default and RFC 9106's second recommended option.
+COSTS: dict[str, HashCost] = {
+    "owasp-minimum": HashCost(time_cost=2, memory_kib=19 * 1024, parallelism=1),
+    "owasp-46mib": HashCost(time_cost=1, memory_kib=46 * 1024, parallelism=1),
+    "rfc9106-low-memory": HashCost(time_cost=3, memory_kib=64 * 1024, parallelism=4),
+}
+DEFAULT_COST_NAME = "owasp-minimum"
+DEFAULT_COST = COSTS[DEFAULT_COST_NAME]
+_EXPLICIT = re.compile(r"^m=(\d+),t=(\d+),p=(\d+)$")
+# argon2 itself needs m >= 8p KiB; below OWASP's floor a hash is cheap to brute force.
+MIN_MEMORY_KIB = 8
+
+
+def parse_cost(text: str) -> HashCost:
+    """A cost name from COSTS, or `m=KIB,t=PASSES,p=LANES`; ValueError otherwise."""
+    if text in COSTS:
+        return COSTS[text]
+    match = _EXPLICIT.match(text.replace(" ", ""))
+    if match is None:
+        names = ", ".join(COSTS)
+        raise ValueError(f"cost must be one of {names} or m=KIB,t=PASSES,p=LANES")
+    memory, passes, lanes = (int(group) for group in match.groups())
+    if not (1 <= lanes <= 16 and 1 <= passes <= 20 and 8 * lanes <= memory <= 4 * 1024 * 1024):
+        raise ValueError("cost out of range: 1 <= p <= 16, 1 <= t <= 20, 8p <= m <= 4 GiB")
+    return HashCost(time_cost=passes, memory_kib=memory, parallelism=lanes)
+
+
+def hasher_for(cost: HashCost) -> PasswordHasher:
+    return PasswordHasher(
+        time_cost=cost.time_cost,
+        memory_cost=cost.memory_kib,
+        parallelism=cost.parallelism,
+        type=Type.ID,
+    )
+
+
+def cost_of(stored_hash: str) -> HashCost | None:
+    """The parameters a stored hash was made with (None when it cannot be parsed)."""
+    try:
+        params = extract_parameters(stored_hash)
+    except InvalidHashError:
+        return None
+    return HashCost(params.time_cost, params.memory_cost, params.parallelism)
+
+
+# Verification reads the parameters from each hash; this instance's own only matter
+# for hashing.
+HASHER = hasher_for(DEFAULT_COST)
 
 
 class LocalUser(Strict):
@@ -82,8 +156,15 @@ def load_users_file(path: Path) -> dict[str, LocalUser]:
     return users
 
 
-def hash_password(password: str) -> str:
-    return HASHER.hash(password)
+def hash_password(password: str, cost: HashCost = DEFAULT_COST) -> str:
+    return hasher_for(cost).hash(password)
+
+
+def typical_cost(users: dict[str, LocalUser]) -> HashCost:
+    """The most common cost in a users file (the default for an empty file)."""
+    counts = Counter(cost_of(user.password_hash) for user in users.values())
+    known = [(cost, n) for cost, n in counts.most_common() if cost is not None]
+    return known[0][0] if known else DEFAULT_COST
 
 
 class LocalChecker:
@@ -93,7 +174,8 @@ class LocalChecker:
 
     def __init__(self, users_file: Path, workers: int = 2):
         self._users = load_users_file(users_file)
-        self._dummy_hash = HASHER.hash("mfaproxy timing equaliser")
+        # Unknown users cost what most known users cost: timing tells no names.
+        self._dummy_hash = hash_password("mfaproxy timing equaliser", typical_cost(self._users))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
 
     @property

@@ -1,0 +1,128 @@
+"""The local users file checker: argon2id costs, hashes verified at their own cost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from argon2 import PasswordHasher, extract_parameters
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mfaproxy.core.primary import PrimaryOutcome
+from mfaproxy.directory.local import (
+    COSTS,
+    DEFAULT_COST,
+    HashCost,
+    LocalChecker,
+    cost_of,
+    hash_password,
+    parse_cost,
+    typical_cost,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+# Cheap costs keep the tests fast; what matters is that they differ.
+LOW = HashCost(time_cost=1, memory_kib=64, parallelism=1)
+OTHER = HashCost(time_cost=2, memory_kib=128, parallelism=2)
+
+
+def write_users(path: Path, users: dict[str, str]) -> Path:
+    document = {"users": {name: {"password_hash": value} for name, value in users.items()}}
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def test_default_cost_is_owasp_minimum_for_argon2id() -> None:
+    # OWASP Password Storage Cheat Sheet: m = 19 MiB, t = 2, p = 1 at least.
+    assert HashCost(time_cost=2, memory_kib=19456, parallelism=1) == DEFAULT_COST
+    params = extract_parameters(hash_password("pw"))
+    assert (params.memory_cost, params.time_cost, params.parallelism) == (19456, 2, 1)
+    assert params.type.name == "ID"
+
+
+@pytest.mark.parametrize("name", sorted(COSTS))
+def test_named_costs_parse(name: str) -> None:
+    assert parse_cost(name) is COSTS[name]
+
+
+def test_explicit_cost_parses() -> None:
+    assert parse_cost("m=65536,t=3,p=4") == HashCost(3, 65536, 4)
+    assert parse_cost("m = 1024, t = 1, p = 1") == HashCost(1, 1024, 1)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "fast", "m=7,t=1,p=1", "m=64,t=0,p=1", "m=64,t=1,p=0", "m=64,t=1,p=9", "t=1"]
+)
+def test_bad_cost_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="cost"):
+        parse_cost(text)
+
+
+@given(st.text(max_size=40))
+def test_parse_cost_never_raises_anything_but_value_error(text: str) -> None:
+    try:
+        cost = parse_cost(text)
+    except ValueError:
+        return
+    assert cost.memory_kib >= 8 * cost.parallelism
+
+
+async def test_hashes_verify_at_their_own_cost(tmp_path: Path) -> None:
+    # A file written by an older release (argon2-cffi's default cost) keeps working
+    # next to hashes made at today's default or at any other cost.
+    old = PasswordHasher(time_cost=1, memory_cost=256, parallelism=4).hash("old-pw")
+    users = {"old": old, "low": hash_password("low-pw", LOW), "other": hash_password("o-pw", OTHER)}
+    checker = LocalChecker(write_users(tmp_path / "users.yaml", users))
+    try:
+        for name, password in (("old", "old-pw"), ("low", "low-pw"), ("other", "o-pw")):
+            good = await checker.authenticate(name, password)
+            assert good.outcome is PrimaryOutcome.ACCEPT, name
+            bad = await checker.authenticate(name, password + "x")
+            assert bad.outcome is PrimaryOutcome.REJECT, name
+    finally:
+        await checker.close()
+
+
+async def test_unknown_user_costs_what_most_users_cost(tmp_path: Path) -> None:
+    users = {f"u{i}": hash_password("pw", LOW) for i in range(3)} | {
+        "x": hash_password("pw", OTHER)
+    }
+    path = write_users(tmp_path / "users.yaml", users)
+    checker = LocalChecker(path)
+    try:
+        assert cost_of(checker._dummy_hash) == LOW
+        result = await checker.authenticate("nobody", "pw")
+        assert result.reason == "no_such_user"
+    finally:
+        await checker.close()
+    assert typical_cost({}) == DEFAULT_COST
+
+
+def run_hash_password(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mfaproxy", "users", "hash-password", *args],
+        input="hunter2\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def test_hash_password_cost_option() -> None:
+    done = run_hash_password("--cost", "m=1024,t=1,p=2")
+    assert done.returncode == 0, done.stderr
+    digest = done.stdout.strip()
+    assert cost_of(digest) == HashCost(1, 1024, 2)
+    assert PasswordHasher().verify(digest, "hunter2")
+
+
+def test_hash_password_refuses_a_bad_cost() -> None:
+    done = run_hash_password("--cost", "m=1,t=1,p=1")
+    assert done.returncode == 2
+    assert "--cost" in done.stderr
+    assert done.stdout == ""
