@@ -6,9 +6,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/mfaproxy.yaml
 DEB_TEST_PACKAGES := slapd ldap-utils freeradius freeradius-utils redis-server postgresql systemd
+# python-ldap (the LDAP client) compiles against OpenLDAP's libldap on install.
+DEB_BUILD_PACKAGES := gcc libldap2-dev libsasl2-dev python3-dev
+# The benchmark also runs FreeRADIUS's rlm_ldap beside mfaproxy.
+DEB_BENCH_PACKAGES := $(DEB_TEST_PACKAGES) freeradius-ldap
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint typecheck unit bench deb-packages clean
+.PHONY: run test lint typecheck unit bench deb-packages deb-bench-packages deb-build-packages clean
 
 run: $(VENV)/.installed
 	$(BIN)/mfaproxy serve --config $(CONFIG)
@@ -24,14 +28,17 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
-bench: deb-packages $(VENV)/.installed-test
-	$(BIN)/python -m bench.pap_throughput
+bench: deb-bench-packages $(VENV)/.installed-test
+	$(BIN)/python -m bench.throughput
 
 # Debian packages the tests drive as real peers (slapd, FreeRADIUS, radclient,
 # redis-server). Installed only when one is missing; services are not started
 # here: each test starts its own on loopback and free ports.
-deb-packages:
-	@missing=""; for p in $(DEB_TEST_PACKAGES); do \
+deb-packages: PACKAGES = $(DEB_TEST_PACKAGES)
+deb-bench-packages: PACKAGES = $(DEB_BENCH_PACKAGES)
+deb-build-packages: PACKAGES = $(DEB_BUILD_PACKAGES)
+deb-packages deb-bench-packages deb-build-packages:
+	@missing=""; for p in $(PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -44,11 +51,11 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python deb-build-packages
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python deb-build-packages
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed
 

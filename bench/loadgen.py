@@ -12,6 +12,12 @@ Identifier was reused is told apart from the reply to the new one.
 
 There are no retransmissions: a request unanswered after `timeout` seconds is counted as
 a timeout and its Identifier goes back to the end of the free list.
+
+A login may take several rounds (RFC 2865 section 4.4, Access-Challenge): given a
+`respond` callable, each verified Access-Challenge is handed to it with the request it
+answers, and the request it returns (the next round, carrying the State) is sent at
+once in the same window slot. Latency is then per login, from its first request to its
+final answer, and `accepts` counts logins.
 """
 
 from __future__ import annotations
@@ -24,15 +30,17 @@ import os
 import struct
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 ACCESS_REQUEST = 1
 ACCESS_ACCEPT = 2
 ACCESS_REJECT = 3
+ACCESS_CHALLENGE = 11
 USER_NAME = 1
 USER_PASSWORD = 2
+STATE = 24
 MESSAGE_AUTHENTICATOR = 80
 HEADER = 20
 # Message-Authenticator is the first attribute: its value sits right after its own
@@ -50,6 +58,12 @@ class Request:
 
     packet: bytearray
     authenticator: bytes
+    user: str = ""
+
+
+# Given a verified Access-Challenge and the request it answers: the next round, or None
+# (the login then ends there, counted as a bad reply).
+Responder = Callable[[Request, bytes], "Request | None"]
 
 
 def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes:
@@ -74,15 +88,31 @@ def attribute(kind: int, value: bytes) -> bytes:
     return bytes((kind, len(value) + 2)) + value
 
 
-def build_request(user: str, password: str, secret: bytes) -> Request:
+def build_request(user: str, password: str, secret: bytes, extra: bytes = b"") -> Request:
+    """`extra`: more encoded attributes (a State, for a later round)."""
     authenticator = os.urandom(16)
     attributes = (
         attribute(MESSAGE_AUTHENTICATOR, bytes(16))
         + attribute(USER_NAME, user.encode())
         + attribute(USER_PASSWORD, hide_password(password.encode(), secret, authenticator))
+        + extra
     )
     header = struct.pack("!BBH", ACCESS_REQUEST, 0, HEADER + len(attributes))
-    return Request(bytearray(header + authenticator + attributes), authenticator)
+    return Request(bytearray(header + authenticator + attributes), authenticator, user)
+
+
+def reply_attribute(reply: bytes, kind: int) -> bytes | None:
+    """The first attribute of type `kind` in a reply (already verified), or None."""
+    length = int.from_bytes(reply[2:4], "big")
+    position = HEADER
+    while position + 2 <= length:
+        size = reply[position + 1]
+        if size < 2:
+            return None
+        if reply[position] == kind:
+            return reply[position + 2 : position + size]
+        position += size
+    return None
 
 
 def build_requests(
@@ -116,6 +146,8 @@ def reply_authentic(reply: bytes, request_authenticator: bytes, secret: bytes) -
 @dataclass
 class RunResult:
     sent: int = 0
+    # Access-Challenges answered with a next round (multi-round logins).
+    challenges: int = 0
     accepts: int = 0
     rejects: int = 0
     timeouts: int = 0
@@ -154,7 +186,8 @@ class _Channel(asyncio.DatagramProtocol):
     def __init__(self, run: _Run) -> None:
         self.run = run
         self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[int, tuple[bytes, float]] = {}
+        # Identifier -> (request, when its login started).
+        self.pending: dict[int, tuple[Request, float]] = {}
         self.free: deque[int] = deque(range(IDENTIFIERS))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -176,7 +209,9 @@ class _Run:
         seconds: float,
         concurrency: int,
         timeout: float,
+        respond: Responder | None = None,
     ) -> None:
+        self.respond = respond
         self.requests = requests
         self.secret = secret
         self.seconds = seconds
@@ -205,15 +240,18 @@ class _Run:
             if self.in_flight == 0:
                 self.done.set()
             return
-        channel = self._channel()
-        identifier = channel.free.popleft()
         request = self.requests[self.next]
         self.next += 1
+        self.in_flight += 1
+        self._send(request, time.perf_counter())
+
+    def _send(self, request: Request, started: float) -> None:
+        channel = self._channel()
+        identifier = channel.free.popleft()
         data = sign(request, identifier, self.secret)
-        channel.pending[identifier] = (request.authenticator, time.perf_counter())
+        channel.pending[identifier] = (request, started)
         assert channel.transport is not None
         channel.transport.sendto(data)
-        self.in_flight += 1
         self.result.sent += 1
 
     def _channel(self) -> _Channel:
@@ -228,12 +266,18 @@ class _Run:
     def on_reply(self, channel: _Channel, data: bytes) -> None:
         now = time.perf_counter()
         entry = channel.pending.get(data[1]) if len(data) >= HEADER else None
-        if entry is None or not reply_authentic(data, entry[0], self.secret):
+        if entry is None or not reply_authentic(data, entry[0].authenticator, self.secret):
             self.result.unmatched_replies += 1
             return
         identifier = data[1]
         del channel.pending[identifier]
         channel.free.append(identifier)
+        if data[0] == ACCESS_CHALLENGE and self.respond is not None:
+            following = self.respond(entry[0], data)
+            if following is not None:
+                self.result.challenges += 1
+                self._send(following, entry[1])
+                return
         self.result.latencies.append(now - entry[1])
         if data[0] == ACCESS_ACCEPT:
             self.result.accepts += 1
@@ -274,13 +318,16 @@ async def run_load(
     concurrency: int,
     sockets: int,
     timeout: float,
+    respond: Responder | None = None,
 ) -> RunResult:
     """Send `requests` in order, `concurrency` at a time, until all are answered or timed
     out, or `seconds` have passed (then wait for the outstanding ones)."""
     if not 1 <= concurrency <= IDENTIFIERS * sockets:
         raise ValueError(f"concurrency must be 1..{IDENTIFIERS * sockets} with {sockets} sockets")
     loop = asyncio.get_running_loop()
-    run = _Run(requests, secret, seconds=seconds, concurrency=concurrency, timeout=timeout)
+    run = _Run(
+        requests, secret, seconds=seconds, concurrency=concurrency, timeout=timeout, respond=respond
+    )
     for _ in range(sockets):
         _, channel = await loop.create_datagram_endpoint(
             lambda: _Channel(run), local_addr=("127.0.0.1", 0), remote_addr=address

@@ -90,6 +90,21 @@ class UserSpec:
     challenge: Challenge | None = None
     # Request attributes the entry also requires (`Name == value` check items).
     checks: Mapping[str, ReplyValue] = field(default_factory=dict)
+    # A crypt(3) hash (`$6$...`) checked by `pap` instead of the cleartext `password`.
+    crypt_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class LdapBackend:
+    """rlm_ldap: search with a pooled service connection, then bind as the user (the
+    `authenticate` section), the way a FreeRADIUS operator sets up LDAP passwords."""
+
+    url: str
+    identity: str
+    password: str
+    base_dn: str
+    filter: str = "(uid=%{User-Name})"
+    pool: int = 16
 
 
 # --------------------------------------------------------------------------- config text
@@ -136,7 +151,11 @@ def users_file(users: Mapping[str, UserSpec]) -> str:
     entries = []
     for name, spec in users.items():
         checks = [f"{_name(k)} == {_value(v)}" for k, v in spec.checks.items()]
-        password = f"Cleartext-Password := {_quote(spec.password)}"
+        password = (
+            f"Crypt-Password := {_quote(spec.crypt_hash)}"
+            if spec.crypt_hash is not None
+            else f"Cleartext-Password := {_quote(spec.password)}"
+        )
         reply = _pairs(spec.reply)
         if spec.challenge is None:
             entries.append(_entry(name, [*checks, password], reply))
@@ -155,12 +174,67 @@ _SIGN = """update reply {
 \t\t}"""
 
 
+def _ldap_module(ldap: LdapBackend) -> str:
+    return f"""
+\tldap {{
+\t\tserver = {_quote(ldap.url)}
+\t\tidentity = {_quote(ldap.identity)}
+\t\tpassword = {_quote(ldap.password)}
+\t\tbase_dn = {_quote(ldap.base_dn)}
+\t\tuser {{
+\t\t\tbase_dn = {_quote(ldap.base_dn)}
+\t\t\tfilter = {_quote(ldap.filter)}
+\t\t}}
+\t\toptions {{
+\t\t\tchase_referrals = no
+\t\t\tnet_timeout = 3
+\t\t\tres_timeout = 5
+\t\t\tsrv_timelimit = 5
+\t\t}}
+\t\tpool {{
+\t\t\tstart = {ldap.pool}
+\t\t\tmin = {ldap.pool}
+\t\t\tmax = {ldap.pool}
+\t\t\tspare = {ldap.pool}
+\t\t\tuses = 0
+\t\t\tlifetime = 0
+\t\t\tidle_timeout = 0
+\t\t}}
+\t}}
+"""
+
+
+_LDAP_AUTHORIZE = """
+\t\tldap
+\t\tif ((ok || updated) && User-Password) {
+\t\t\tupdate control {
+\t\t\t\tAuth-Type := ldap
+\t\t\t}
+\t\t}"""
+
+_LDAP_AUTHENTICATE = """
+\t\tAuth-Type LDAP {
+\t\t\tldap
+\t\t}"""
+
+
 def radiusd_conf(
-    root: Path, host: str, port: int, secret: str, *, require_ma: bool, sign: bool, threads: int
+    root: Path,
+    host: str,
+    port: int,
+    secret: str,
+    *,
+    require_ma: bool,
+    sign: bool,
+    threads: int,
+    ldap: LdapBackend | None = None,
 ) -> str:
     """A self-contained radiusd.conf: no user/group, so it runs as whoever starts it."""
     family = "ipv6addr" if ":" in host else "ipaddr"
     sign_block = _SIGN if sign else "# replies left unsigned"
+    ldap_module = _ldap_module(ldap) if ldap is not None else ""
+    ldap_authorize = _LDAP_AUTHORIZE if ldap is not None else ""
+    ldap_authenticate = _LDAP_AUTHENTICATE if ldap is not None else ""
     return f"""
 prefix = /usr
 exec_prefix = /usr
@@ -208,7 +282,7 @@ modules {{
 \t}}
 \tfiles {{
 \t\tfilename = {root}/users
-\t}}
+\t}}{ldap_module}
 }}
 server default {{
 \tlisten {{
@@ -217,13 +291,13 @@ server default {{
 \t\tport = {port}
 \t}}
 \tauthorize {{
-\t\tfiles
+\t\tfiles{ldap_authorize}
 \t\tpap
 \t}}
 \tauthenticate {{
 \t\tAuth-Type PAP {{
 \t\t\tpap
-\t\t}}
+\t\t}}{ldap_authenticate}
 \t}}
 \tpost-auth {{
 \t\t{sign_block}
@@ -280,8 +354,10 @@ class FreeRadiusServer(ManagedServer):
         threads: int = 4,
         debug: bool = False,
         startup_timeout: float = 10.0,
+        ldap: LdapBackend | None = None,
     ) -> None:
         self.users = dict(users)
+        self._ldap = ldap
         self.secret = secret
         self.host = host
         self.port = port or 0
@@ -297,6 +373,10 @@ class FreeRadiusServer(ManagedServer):
     @property
     def address(self) -> tuple[str, int]:
         return (self.host, self.port)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def start(self) -> None:
         self._root = Path(tempfile.mkdtemp(prefix="mfaproxy-freeradius-"))
@@ -344,6 +424,7 @@ class FreeRadiusServer(ManagedServer):
             require_ma=self._require_ma,
             sign=self._sign,
             threads=self._threads,
+            ldap=self._ldap,
         )
         (self._root / "radiusd.conf").write_text(conf, encoding="utf-8")
         argv = [FREERADIUS, "-f", "-d", str(self._root), "-D", str(DICTDIR), "-l", "stdout"]

@@ -38,7 +38,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -252,7 +252,7 @@ def _user_entry(user: LdapTestUser) -> str:
     return _entry(user.dn, *lines)
 
 
-def build_ldif() -> str:
+def build_ldif(users: Sequence[LdapTestUser] = USERS) -> str:
     """Users before groups: the memberof overlay needs the member entries to exist."""
     entries = [
         _entry(BASE_DN, "objectClass: dcObject", "objectClass: organization", "o: Example"),
@@ -267,10 +267,10 @@ def build_ldif() -> str:
             "cn: mfaproxy",
             f"userPassword: {ssha(SERVICE_PASSWORD)}",
         ),
-        *(_user_entry(user) for user in USERS),
+        *(_user_entry(user) for user in users),
     ]
     for group in GROUPS:
-        members = [f"member: {user.dn}" for user in USERS if group in user.groups]
+        members = [f"member: {user.dn}" for user in users if group in user.groups]
         entries.append(
             _entry(f"cn={group},{GROUPS_DN}", "objectClass: groupOfNames", f"cn: {group}", *members)
         )
@@ -288,9 +288,12 @@ class SlapdServer(ManagedServer):
     admin_password = ADMIN_PASSWORD
     service_dn = SERVICE_DN
     service_password = SERVICE_PASSWORD
-    users = USERS
 
-    def __init__(self) -> None:
+    def __init__(self, extra_users: Sequence[LdapTestUser] = (), log_level: str = "stats") -> None:
+        """`extra_users` join the four test users (a benchmark loads a thousand);
+        `log_level` is slapd's `-d` level (`stats` logs every operation, `0` nothing)."""
+        self.users = (*USERS, *extra_users)
+        self._log_level = log_level
         self._tmp = tempfile.TemporaryDirectory(prefix="mfaproxy-slapd-")
         self.root = Path(self._tmp.name)
         self.ldap_port = free_port()
@@ -310,26 +313,53 @@ class SlapdServer(ManagedServer):
         ca.write(self.ca_file)
         ca.issue_server(self.root / "server.pem", self.root / "server.key")
         (self.root / "db").mkdir()
-        conf = self.root / "slapd.conf"
-        conf.write_text(_slapd_conf(self.root))
+        (self.root / "slapd.conf").write_text(_slapd_conf(self.root))
+        self._launch()
+        self._load(build_ldif(self.users))
+
+    def _launch(self) -> None:
         urls = f"{self.ldap_url}/ {self.ldaps_url}/"
         # -d keeps slapd in the foreground so this object owns the process; "stats"
         # logs each connection and operation, useful when a test fails.
-        command = [str(SLAPD), "-f", str(conf), "-h", urls, "-d", "stats"]
-        with self.log_file.open("wb") as log:
+        conf = self.root / "slapd.conf"
+        command = [str(SLAPD), "-f", str(conf), "-h", urls, "-d", self._log_level]
+        with self.log_file.open("ab") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         self._wait_ready()
-        self._load(build_ldif())
 
-    def stop(self) -> None:
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def kill(self) -> None:
+        """Stop the process abruptly (SIGKILL): its connections die without a word."""
+        self._terminate(kill=True)
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop the process and start it again on the same ports with the same data:
+        every connection a client held is gone, the directory is not."""
+        self._terminate(kill=kill)
+        self._launch()
+
+    def resume(self) -> None:
+        """Start the process again after `kill()` (same ports, same data)."""
+        self._launch()
+
+    def _terminate(self, *, kill: bool = False) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.terminate()
+            if kill:
+                process.kill()
+            else:
+                process.terminate()
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+    def stop(self) -> None:
+        self._terminate()
         self._tmp.cleanup()
 
     def _wait_ready(self) -> None:
@@ -359,6 +389,13 @@ class SlapdServer(ManagedServer):
         done = subprocess.run(command, input=ldif.encode(), capture_output=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"ldapadd failed: {done.stderr.decode(errors='replace')}")
+
+    def log_text(self) -> str:
+        """The whole log (with `log_level="stats"`: one line per connection and operation)."""
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def log(self) -> str:
         try:
