@@ -6,20 +6,23 @@ Two ways to find the user's entry:
   then the found DN is bound with the user's password (RFC 4513 section 5.1.3);
 - direct bind: the DN is built from `user_dn_template` and bound; no service account.
 
-ldap3 is synchronous, so each attempt runs in a bounded thread pool (`pool_size`) and the
-event loop never blocks. Servers are tried in order; one that fails is tried last for
-HOLD_DOWN_SECONDS so a dead replica does not cost every request a connect timeout. An
-outage is never reported as a wrong password: when no server answers, the outcome is
-UNAVAILABLE and policy decides. The password never reaches a log line, metric label or
-exception message (ldap3's own Connection repr includes it, so connections are never
-logged either).
+Connections are persistent and pooled per server, like FreeRADIUS's rlm_ldap: one pool
+bound as the service account for searches, one for user binds (directory/ldap_pool.py).
+The groups come with the user's entry (`memberOf`) in the same search, so a login is
+two round trips. The client is python-ldap (libldap): measured against ldap3 with the
+same pooled connections in bench/ldap_clients.py, it costs a fraction of the CPU per
+login (ldap3 encodes and decodes BER in pure Python), and it releases the GIL while it
+waits, so the thread pool (`pool_size` threads, each holding at most one connection of
+each kind per server) runs beside the event loop. Servers are tried in order; one that
+fails is tried last for HOLD_DOWN_SECONDS so a dead replica does not cost every request
+a connect timeout. An outage is never reported as a wrong password: when no server
+answers, the outcome is UNAVAILABLE and policy decides. The password never reaches a
+log line, metric label or exception message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
 import re
 import ssl
 import time
@@ -27,23 +30,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import ldap
+import ldap.dn
+import ldap.filter
 import structlog
-from ldap3 import BASE, NONE, SIMPLE, SUBTREE, Connection, Server, Tls
-from ldap3.core.exceptions import (
-    LDAPCertificateError,
-    LDAPCommunicationError,
-    LDAPException,
-    LDAPInvalidDnError,
-    LDAPResponseTimeoutError,
-    LDAPSocketOpenError,
-    LDAPSSLConfigurationError,
-    LDAPStartTLSError,
-)
-from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import escape_rdn, parse_dn
 
 from mfaproxy.config.directory import LdapConfig
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
+from mfaproxy.directory.ldap_pool import ConnectionFactory, ConnectionPool, TlsFailure, Unreachable
 from mfaproxy.errors import ConfigError
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
 
@@ -53,9 +47,6 @@ SERVICE = "ldap"
 HOLD_DOWN_SECONDS = 30.0
 
 # Result codes, RFC 4511 appendix A.
-SUCCESS = 0
-SIZE_LIMIT_EXCEEDED = 4
-NO_SUCH_OBJECT = 32
 INVALID_CREDENTIALS = 49
 # Codes that say the server, not the user, has a problem: try the next server.
 # strongerAuthRequired (8) and confidentialityRequired (13) mean TLS is needed: a
@@ -77,8 +68,6 @@ AD_REASONS = {
     "775": "account_locked",
 }
 _AD_DATA = re.compile(r"\bdata ([0-9a-f]{3})\b", re.IGNORECASE)
-# RFC 4514 section 2.4: `\` then a special character or two hex digits (a UTF-8 octet).
-_DN_ESCAPE = re.compile(r"\\([0-9A-Fa-f]{2}|.)", re.DOTALL)
 
 
 class _RejectError(Exception):
@@ -102,19 +91,30 @@ class _ServerError(Exception):
 @dataclass(frozen=True)
 class _Entry:
     dn: str
-    attributes: dict[str, Any] = field(default_factory=dict)
+    # Attribute names folded to lower case (LDAP attribute names are case-insensitive).
+    attributes: dict[str, list[bytes]] = field(default_factory=dict)
 
     def values(self, name: str) -> list[str]:
-        # ldap3 returns lists without a schema, single values with one; accept both.
-        found = self.attributes.get(name)
-        if found is None:
-            return []
-        items = found if isinstance(found, list) else [found]
-        return [str(item) for item in items if item not in (None, "", b"")]
+        found = self.attributes.get(name.lower(), [])
+        return [item.decode("utf-8", "replace") for item in found if item]
 
     def first(self, name: str) -> str | None:
         values = self.values(name)
         return values[0] if values else None
+
+
+@dataclass
+class _ServerPools:
+    service: ConnectionPool
+    bind: ConnectionPool
+
+    def clear(self) -> None:
+        self.service.clear()
+        self.bind.clear()
+
+    def close(self) -> None:
+        self.service.close()
+        self.bind.close()
 
 
 class LdapChecker:
@@ -124,13 +124,21 @@ class LdapChecker:
 
     def __init__(self, config: LdapConfig) -> None:
         self._config = config
+        _check_ca_file(config)
         self._executor = ThreadPoolExecutor(
             max_workers=config.pool_size, thread_name_prefix="mfaproxy-ldap"
         )
-        self._tls = _make_tls(config)
-        # ldap3 packs the receive timeout into SO_RCVTIMEO as whole seconds.
-        self._timeout = max(1, math.ceil(config.timeout))
+        factory = ConnectionFactory(config)
+        # Each thread holds at most one connection of each kind: pool_size bounds both.
+        self._pools = {
+            url: _ServerPools(
+                ConnectionPool(url, config.pool_size, factory, self._service_bind),
+                ConnectionPool(url, config.pool_size, factory),
+            )
+            for url in config.servers
+        }
         self._failed_at: dict[str, float] = {}
+        self._up: set[str] = set()
         self._closed = False
         if not config.verify_certificate:
             log.warning("ldap.certificate_not_verified")
@@ -158,6 +166,13 @@ class LdapChecker:
         self._closed = True
         # Running attempts end within their socket timeouts; queued ones are dropped.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        for pools in self._pools.values():
+            pools.close()
+
+    def idle_connections(self, url: str) -> tuple[int, int]:
+        """(service, bind) connections kept open to `url` (for tests and operators)."""
+        pools = self._pools[url]
+        return pools.service.idle, pools.bind.idle
 
     async def _try_servers(self, username: str, password: str) -> PrimaryResult:
         loop = asyncio.get_running_loop()
@@ -170,11 +185,15 @@ class LdapChecker:
             except _ServerError as failure:
                 reason = failure.reason
                 self._failed_at[url] = time.monotonic()
+                self._up.discard(url)
+                self._pools[url].clear()
                 UPSTREAM_UP.labels(service=SERVICE, server=url).set(0)
                 log.warning("ldap.server_failed", server=url, reason=reason, error=failure.error)
                 continue
-            self._failed_at.pop(url, None)
-            UPSTREAM_UP.labels(service=SERVICE, server=url).set(1)
+            if self._failed_at.pop(url, None) is not None or url not in self._up:
+                # Set once per recovery, not on every login.
+                self._up.add(url)
+                UPSTREAM_UP.labels(service=SERVICE, server=url).set(1)
             return result
         log.error("ldap.unavailable", servers=len(self._config.servers), reason=reason)
         return self._result(PrimaryOutcome.UNAVAILABLE, reason)
@@ -182,6 +201,8 @@ class LdapChecker:
     def _servers_in_order(self, now: float) -> list[str]:
         """Configured order, except that servers which failed lately go last."""
         servers = self._config.servers
+        if not self._failed_at:
+            return servers
 
         def held_down(url: str) -> bool:
             failed = self._failed_at.get(url)
@@ -198,58 +219,62 @@ class LdapChecker:
 
     def _attempt(self, url: str, username: str, password: str) -> PrimaryResult:
         """One server, start to finish. Raises _ServerError when it cannot answer."""
-        conn: Connection | None = None
         try:
-            conn = self._connect(url)
-            return self._check(conn, username, password)
+            return self._check(self._pools[url], username, password)
         except _RejectError as rejected:
             return self._result(PrimaryOutcome.REJECT, rejected.reason)
-        except LDAPException as exc:
-            raise _ServerError(_classify(exc), _error_name(exc)) from None
-        finally:
-            if conn is not None:
-                _close_quietly(conn)
+        except Unreachable:
+            raise _ServerError("unreachable", "SERVER_DOWN") from None
+        except TlsFailure:
+            raise _ServerError("tls_error", "TLS") from None
+        except (ldap.TIMEOUT, ldap.TIMELIMIT_EXCEEDED) as exc:
+            raise _ServerError("timeout", type(exc).__name__) from None
+        except ldap.LDAPError as exc:
+            raise _ServerError("server_error", _error_name(exc)) from None
 
-    def _connect(self, url: str) -> Connection:
-        config = self._config
-        server = Server(url, connect_timeout=config.connect_timeout, tls=self._tls, get_info=NONE)
-        conn = Connection(
-            server,
-            receive_timeout=self._timeout,
-            raise_exceptions=False,
-            read_only=True,
-            # A referral would send the user's password to a server we did not choose.
-            auto_referrals=False,
-        )
-        conn.open(read_server_info=False)
-        if config.start_tls and not server.ssl:
-            # RFC 4513 section 3: StartTLS before any bind, so no password goes in clear.
-            conn.start_tls(read_server_info=False)
-        return conn
-
-    def _check(self, conn: Connection, username: str, password: str) -> PrimaryResult:
+    def _check(self, pools: _ServerPools, username: str, password: str) -> PrimaryResult:
         config = self._config
         entry: _Entry | None = None
         if config.user_dn_template is not None:
-            user_dn = config.user_dn_template.replace("{username}", escape_rdn(username))
+            user_dn = config.user_dn_template.replace(
+                "{username}", ldap.dn.escape_dn_chars(username)
+            )
         else:
-            self._service_bind(conn)
-            entry = self._find_user(conn, username)
+            entry = pools.service.run(lambda conn: self._find_user(conn, username))
             user_dn = entry.dn
-        _user_bind(conn, user_dn, password)
-        # Read with the service account's rights when there is one: users often may not
-        # read group entries, and the attributes must not depend on their ACLs.
-        if config.bind_dn is not None and (entry is None or config.group_search is not None):
-            self._service_bind(conn)
-        if entry is None:
-            entry = self._read_entry(conn, user_dn)
-        return self._accept(conn, entry)
+        # Sent as the UTF-8 octets the user typed (RFC 4511 section 4.2): directories
+        # compare those with what they stored.
+        try:
+            secret = password.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise _RejectError("bad_password") from None
+        # Without a service account the entry (and the groups) are read as the user, on
+        # the connection that user has just bound, before it goes back to the pool.
+        as_user = config.bind_dn is None
 
-    def _accept(self, conn: Connection, entry: _Entry) -> PrimaryResult:
+        def bind(conn: Any) -> tuple[_Entry | None, set[str]]:
+            _user_bind(conn, user_dn, secret)
+            if not as_user:
+                return None, set()
+            own = self._read_entry(conn, user_dn)
+            return own, self._search_groups(conn, own.dn) if config.group_search else set()
+
+        try:
+            own, groups = pools.bind.run(bind)
+        except ldap.INVALID_CREDENTIALS as exc:
+            raise _RejectError(bind_reject_reason(INVALID_CREDENTIALS, _info(exc))) from None
+        if entry is None:
+            # Read with the service account's rights when there is one: users often may
+            # not read group entries, and the attributes must not depend on their ACLs.
+            entry = own or pools.service.run(lambda conn: self._read_entry(conn, user_dn))
+        found = entry
+        groups |= {first_rdn_value(dn) for dn in found.values(config.attributes.groups)}
+        if config.group_search is not None and not as_user:
+            groups |= pools.service.run(lambda conn: self._search_groups(conn, found.dn))
+        return self._accept(entry, groups)
+
+    def _accept(self, entry: _Entry, groups: set[str]) -> PrimaryResult:
         attributes = self._config.attributes
-        groups = {first_rdn_value(dn) for dn in entry.values(attributes.groups)}
-        if self._config.group_search is not None:
-            groups |= self._search_groups(conn, entry.dn)
         return PrimaryResult(
             outcome=PrimaryOutcome.ACCEPT,
             backend=self.name,
@@ -260,20 +285,29 @@ class LdapChecker:
             user_id=entry.dn,
         )
 
-    def _service_bind(self, conn: Connection) -> None:
+    def _service_bind(self, conn: Any) -> None:
+        """Bind a new service connection; raises _ServerError when it is refused."""
         config = self._config
         secret = config.bind_password.get_secret_value() if config.bind_password else ""
         if not config.bind_dn or not secret:
             # Same trap as RFC 4513 section 5.1.2: an empty password binds as nobody.
             raise _ServerError("service_bind_failed", "no bind_dn or bind_password")
-        if not _bind_as(conn, config.bind_dn, secret.encode()):
-            raise _ServerError("service_bind_failed", _result_name(conn))
+        try:
+            conn.simple_bind_s(config.bind_dn, secret.encode())
+        except (ldap.SERVER_DOWN, ldap.TIMEOUT):
+            raise
+        except ldap.LDAPError as exc:
+            raise _ServerError("service_bind_failed", _error_name(exc)) from None
 
-    def _find_user(self, conn: Connection, username: str) -> _Entry:
+    def _find_user(self, conn: Any, username: str) -> _Entry:
         # RFC 4515 section 3: escape the value so `*`, `(` and `)` are data, not syntax.
-        query = self._config.user_filter.replace("{username}", escape_filter_chars(username))
+        escaped = ldap.filter.escape_filter_chars(username)
+        query = self._config.user_filter.replace("{username}", escaped)
         # Two entries are enough to know the filter is ambiguous.
-        entries = self._search(conn, self._config.base_dn, query, SUBTREE, size_limit=2)
+        try:
+            entries = self._search(conn, self._config.base_dn, query, size_limit=2)
+        except ldap.SIZELIMIT_EXCEEDED:
+            entries = [_Entry(""), _Entry("")]
         if not entries:
             raise _RejectError("no_such_user")
         if len(entries) > 1:
@@ -281,17 +315,18 @@ class LdapChecker:
             raise _RejectError("ambiguous_user")
         return entries[0]
 
-    def _read_entry(self, conn: Connection, user_dn: str) -> _Entry:
-        entries = self._search(conn, user_dn, "(objectClass=*)", BASE, size_limit=1)
+    def _read_entry(self, conn: Any, user_dn: str) -> _Entry:
+        entries = self._search(conn, user_dn, "(objectClass=*)", ldap.SCOPE_BASE, size_limit=1)
         # Bound but unreadable (ACLs): accept with no attributes rather than guess.
         return entries[0] if entries else _Entry(user_dn)
 
-    def _search_groups(self, conn: Connection, user_dn: str) -> set[str]:
+    def _search_groups(self, conn: Any, user_dn: str) -> set[str]:
         group_search = self._config.group_search
         assert group_search is not None
-        query = group_search.filter.replace("{user_dn}", escape_filter_chars(user_dn))
+        escaped = ldap.filter.escape_filter_chars(user_dn)
+        query = group_search.filter.replace("{user_dn}", escaped)
         name = group_search.name_attribute
-        entries = self._search(conn, group_search.base_dn, query, SUBTREE, attributes=[name])
+        entries = self._search(conn, group_search.base_dn, query, attributes=[name])
         return {entry.first(name) or first_rdn_value(entry.dn) for entry in entries}
 
     @property
@@ -301,67 +336,70 @@ class LdapChecker:
 
     def _search(
         self,
-        conn: Connection,
+        conn: Any,
         base: str,
         query: str,
-        scope: str,
+        scope: int = ldap.SCOPE_SUBTREE,
         *,
         attributes: list[str] | None = None,
         size_limit: int = 0,
     ) -> list[_Entry]:
-        conn.search(
-            base,
-            query,
-            search_scope=scope,
-            attributes=self._attribute_names if attributes is None else attributes,
-            size_limit=size_limit,
-            time_limit=self._timeout,
-        )
-        code = (conn.result or {}).get("result")
-        if code not in (SUCCESS, SIZE_LIMIT_EXCEEDED, NO_SUCH_OBJECT):
-            raise _ServerError("search_failed", _result_name(conn))
-        # searchResRef (continuation references, common on AD) are not entries.
+        try:
+            found = conn.search_ext_s(
+                base,
+                scope,
+                query,
+                self._attribute_names if attributes is None else attributes,
+                timeout=self._config.timeout,
+                sizelimit=size_limit,
+            )
+        except ldap.NO_SUCH_OBJECT:
+            return []
+        except (ldap.SERVER_DOWN, ldap.TIMEOUT, ldap.SIZELIMIT_EXCEEDED):
+            raise
+        except ldap.LDAPError as exc:
+            raise _ServerError("search_failed", _error_name(exc)) from None
+        # Continuation references (common on AD) come back with no DN: not entries.
         return [
-            _Entry(item["dn"], dict(item.get("attributes") or {}))
-            for item in conn.response or []
-            if item.get("type") == "searchResEntry"
+            _Entry(dn, {name.lower(): values for name, values in attrs.items()})
+            for dn, attrs in found
+            if dn is not None and isinstance(attrs, dict)
         ]
 
 
 # ---------------------------------------------------------------------- helpers
 
 
-def _make_tls(config: LdapConfig) -> Tls:
-    validate = ssl.CERT_REQUIRED if config.verify_certificate else ssl.CERT_NONE
-    ca_file = str(config.ca_file) if config.ca_file is not None else None
-    try:
-        return Tls(validate=validate, ca_certs_file=ca_file)
-    except LDAPSSLConfigurationError as exc:
-        raise ConfigError([f"directory.ldap.ca_file: cannot use {ca_file}"]) from exc
-
-
-def _bind_as(conn: Connection, dn: str, secret: bytes) -> bool:
-    # Not Connection.rebind: it turns a receive timeout into a bare LDAPBindError, and a
-    # timeout must be told apart from other failures.
-    conn.user, conn.password, conn.authentication = dn, secret, SIMPLE
-    return bool(conn.bind(read_server_info=False))
-
-
-def _user_bind(conn: Connection, user_dn: str, password: str) -> None:
-    """Bind as the user; raise _RejectError or _ServerError unless the password is right."""
-    # Sent as the UTF-8 octets the user typed (RFC 4511 section 4.2): directories compare
-    # those with what they stored; ldap3's SASLprep of str passwords would refuse some.
-    try:
-        secret = password.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raise _RejectError("bad_password") from None
-    if _bind_as(conn, user_dn, secret):
+def _check_ca_file(config: LdapConfig) -> None:
+    """A CA file that cannot be read as certificates is a configuration error, found at
+    start rather than on the first login."""
+    if config.ca_file is None:
         return
-    result = conn.result or {}
-    code = result.get("result")
-    if code in SERVER_TROUBLE:
-        raise _ServerError("bind_failed", _result_name(conn))
-    raise _RejectError(bind_reject_reason(code, str(result.get("message") or "")))
+    try:
+        ssl.create_default_context(cafile=str(config.ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([f"directory.ldap.ca_file: cannot use {config.ca_file}"]) from exc
+
+
+def _info(exc: ldap.LDAPError) -> str:
+    detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return str(detail.get("info") or "")
+
+
+def _user_bind(conn: Any, user_dn: str, secret: bytes) -> None:
+    """Bind as the user. ldap.INVALID_CREDENTIALS passes through (the pool keeps the
+    connection: a refused bind says nothing about it); other refusals become
+    _RejectError or, when the server is in trouble, _ServerError."""
+    try:
+        conn.simple_bind_s(user_dn, secret)
+    except (ldap.INVALID_CREDENTIALS, ldap.SERVER_DOWN, ldap.TIMEOUT):
+        raise
+    except ldap.LDAPError as exc:
+        detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        code = detail.get("result")
+        if code in SERVER_TROUBLE:
+            raise _ServerError("bind_failed", _error_name(exc)) from None
+        raise _RejectError(bind_reject_reason(code, _info(exc))) from None
 
 
 def bind_reject_reason(code: object, message: str) -> str:
@@ -377,58 +415,17 @@ def bind_reject_reason(code: object, message: str) -> str:
 def first_rdn_value(dn: str) -> str:
     """`cn=VPN Users,ou=Groups,...` -> `VPN Users`, unescaped (RFC 4514 section 2.4)."""
     try:
-        rdns = parse_dn(dn)
-    except LDAPInvalidDnError:
+        rdns = ldap.dn.str2dn(dn)
+    except ldap.DECODING_ERROR:
         return dn
-    if not rdns:
+    if not rdns or not rdns[0]:
         return dn
-    value: str = rdns[0][1]
-    raw = bytearray()
-    position = 0
-    for match in _DN_ESCAPE.finditer(value):
-        raw += value[position : match.start()].encode()
-        token = match.group(1)
-        raw += bytes.fromhex(token) if len(token) == 2 else token.encode()
-        position = match.end()
-    raw += value[position:].encode()
-    return raw.decode("utf-8", errors="replace")
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """The exception and, when ldap3 tried several addresses, what each one raised."""
-    found = [exc]
-    if isinstance(exc, LDAPSocketOpenError) and len(exc.args) > 1:
-        history = exc.args[1] if isinstance(exc.args[1], list) else []
-        found += [item[0] for item in history if isinstance(item, tuple) and item]
-    return found
-
-
-def _classify(exc: BaseException) -> str:
-    causes = _causes(exc)
-    tls_errors = (ssl.SSLError, LDAPCertificateError, LDAPStartTLSError)
-    if any(isinstance(cause, tls_errors) for cause in causes):
-        return "tls_error"
-    if isinstance(exc, LDAPSocketOpenError):
-        return "unreachable"
-    if any(isinstance(cause, (TimeoutError, LDAPResponseTimeoutError)) for cause in causes):
-        return "timeout"
-    if isinstance(exc, LDAPCommunicationError):
-        return "unreachable"
-    return "server_error"
+    value: str = rdns[0][0][1]
+    return value
 
 
 def _error_name(exc: BaseException) -> str:
-    # ldap3 builds classes that inherit from its error and the socket/ssl error behind it.
-    outer, *inner = (cls.__name__ for cls in (type(exc), *type(exc).__bases__[1:]))
-    return f"{outer}({inner[0]})" if inner else outer
-
-
-def _result_name(conn: Connection) -> str:
-    result = conn.result or {}
-    return f"{result.get('description', 'unknown')}({result.get('result', '?')})"
-
-
-def _close_quietly(conn: Connection) -> None:
-    # The answer is already known; a failing unbind only means the socket is gone.
-    with contextlib.suppress(LDAPException):
-        conn.unbind()
+    """The exception class and result code: never its message, which may echo input."""
+    detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    code = detail.get("result")
+    return f"{type(exc).__name__}({code})" if code is not None else type(exc).__name__

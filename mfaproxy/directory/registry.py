@@ -1,7 +1,7 @@
 """The directory backends, keyed by their configuration name (`directory.backend`).
 
 Imports are inside the builders so a deployment that does not use LDAP never loads
-ldap3, and a backend's import cost is paid only when it is configured.
+python-ldap, and a backend's import cost is paid only when it is configured.
 """
 
 from __future__ import annotations

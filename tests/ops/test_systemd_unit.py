@@ -216,7 +216,7 @@ MDWE_PROBE = textwrap.dedent(
     import uvloop
     from argon2 import PasswordHasher
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-    import pyrad.packet, ldap3, pyotp, segno, aiosmtplib, maxminddb, structlog, yaml
+    import pyrad.packet, ldap, pyotp, segno, aiosmtplib, maxminddb, structlog, yaml
     import mfaproxy.observability.metrics
 
     PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash("pw")
