@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 import ldap
 
-from mfaproxy.config.schema import LdapConfig
+from mfaproxy.config.directory import LdapConfig
 
 IDLE_CHECK_SECONDS = 30.0
 Role = str  # "service" or "bind"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import structlog
 
-from mfaproxy.config.schema import LdapConfig
+from mfaproxy.config.directory import LdapConfig
 from mfaproxy.core.primary import PrimaryOutcome
 from mfaproxy.directory.ldap import LdapChecker
 from tests.support.slapd import (
