@@ -40,6 +40,7 @@ from mfaproxy.radius.duplicates import DuplicateTable
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.duplicates import Duplicates, LocalDuplicates, SharedDuplicates
 from mfaproxy.store.factory import master_key, open_state_store, open_user_store
+from mfaproxy.store.sealed import SealedStateStore
 from mfaproxy.store.state import StateStore
 
 log = structlog.get_logger(__name__)
@@ -62,9 +63,10 @@ class Shared:
 
 
 def open_shared(config: Config) -> Shared:
-    return Shared(
-        AsyncUserStore(open_user_store(config)), open_state_store(config), master_key(config)
-    )
+    key = master_key(config)
+    # Sealed on every backend, memory included: nothing read back is trusted unopened.
+    state = SealedStateStore(open_state_store(config), key)
+    return Shared(AsyncUserStore(open_user_store(config)), state, key)
 
 
 def duplicates_for(config: Config, shared: Shared) -> Duplicates:

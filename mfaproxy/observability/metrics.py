@@ -92,6 +92,13 @@ STORE_FAILMODE = Counter(
     ["action"],
     registry=REGISTRY,
 )
+STATE_REJECTED = Counter(
+    "mfaproxy_state_rejected",
+    "Values read back from the state store that failed authentication (edited, moved,"
+    " forged or replayed), by namespace and reason (malformed, unauthentic, expired).",
+    ["namespace", "reason"],
+    registry=REGISTRY,
+)
 CONFIG_RELOADS = Counter(
     "mfaproxy_config_reloads",
     "Configuration reloads by result.",

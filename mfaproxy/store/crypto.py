@@ -118,10 +118,12 @@ class SecretBox:
     introduced without old blobs being misread as new ones.
     """
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, info: bytes = _SEAL_INFO) -> None:
+        # `info` names the purpose (HKDF, RFC 5869 section 3.2): boxes made with
+        # different ones have independent keys, so a blob of one never opens in another.
         if len(key) != KEY_BYTES:
             raise ValueError(f"master key must be {KEY_BYTES} bytes")
-        self._aead = AESGCM(derive_key(key, _SEAL_INFO))
+        self._aead = AESGCM(derive_key(key, info))
 
     def seal(self, record_id: str, plaintext: bytes) -> bytes:
         nonce = secrets.token_bytes(_NONCE_BYTES)
@@ -143,4 +145,6 @@ class SecretBox:
 
 
 def _associated(version: bytes, record_id: str) -> bytes:
-    return version + record_id.encode("utf-8")
+    # surrogatepass: a record id may hold a name taken from a packet; for every valid
+    # string the bytes are plain UTF-8, so existing blobs keep opening.
+    return version + record_id.encode("utf-8", "surrogatepass")

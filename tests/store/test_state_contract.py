@@ -1,6 +1,7 @@
-"""One contract for every `StateStore`: the memory store and Redis (a real redis-server).
+"""One contract for every `StateStore`: the memory store and Redis (a real redis-server),
+each bare and sealed (store/sealed.py, what the daemon builds).
 
-Each contract test runs against both. Time is virtual: tests pass `now` and both stores
+Each contract test runs against all four. Time is virtual: tests pass `now` and both stores
 judge expiry and rate-limit windows by it (Redis keeps the expiry inside the value and
 scores events with `now`; its own PX/PEXPIRE is only a safety net, checked below).
 `make_store()` returns a store; for Redis each call is a separate client with its own
@@ -21,6 +22,7 @@ from mfaproxy.config.stores import RedisSettings
 from mfaproxy.errors import StateStoreUnavailable
 from mfaproxy.observability import metrics
 from mfaproxy.store.redis_state import EXPIRY_MARGIN, RedisStateStore
+from mfaproxy.store.sealed import SealedStateStore
 from mfaproxy.store.state import MemoryStateStore, StateStore
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisSentinel, RedisServer
@@ -39,21 +41,26 @@ def redis_store(url: str, **options: object) -> RedisStateStore:
     return RedisStateStore(RedisSettings.model_validate({"url": url, **options}))
 
 
-@pytest.fixture(params=["memory", "redis"])
+MASTER_KEY = bytes(range(32))
+
+
+@pytest.fixture(params=["memory", "redis", "sealed-memory", "sealed-redis"])
 async def make_store(
     request: pytest.FixtureRequest, redis_server: RedisServer
 ) -> AsyncIterator[StoreFactory]:
     created: list[StateStore] = []
     memory = MemoryStateStore()
+    sealed = str(request.param).startswith("sealed-")
 
     def make() -> StateStore:
-        if request.param == "memory":
-            return memory
-        store = redis_store(redis_server.url)
-        created.append(store)
-        return store
+        store: StateStore = memory
+        if str(request.param).endswith("redis"):
+            store = redis_store(redis_server.url)
+            created.append(store)
+        # Every instance of a cluster has the same master key.
+        return SealedStateStore(store, MASTER_KEY) if sealed else store
 
-    if request.param == "redis":
+    if str(request.param).endswith("redis"):
         redis_server.flush()
     yield make
     for store in [memory, *created]:
