@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 
 from mfaproxy.config.stores import RedisSettings
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
+from mfaproxy.core.second_factor import Stage
 from mfaproxy.core.session import Session, primary_to_json
 from mfaproxy.observability import metrics
 from mfaproxy.store.crypto import derive_key
@@ -41,7 +42,7 @@ SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 ATTACKER_SECRET = "KRSXG5CTMVRXEZLUKRSXG5CTMVRXEZLU"
 
 
-def session(stage: str = "enrol") -> dict[str, Any]:
+def session(stage: Stage = Stage.ENROL) -> dict[str, Any]:
     primary = PrimaryResult(
         PrimaryOutcome.ACCEPT, "local", "password_ok", groups=frozenset({"staff"}), user_id="alice"
     )
@@ -50,7 +51,7 @@ def session(stage: str = "enrol") -> dict[str, Any]:
         login_name="alice",
         client="vpn",
         nas="127.0.0.1",
-        stage=stage,  # type: ignore[arg-type]
+        stage=stage,
         method="totp",
         pending={"secret": SECRET},
         primary=primary_to_json(primary),
