@@ -11,6 +11,7 @@ test can fail.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import yaml
 from argon2 import PasswordHasher
 
 from mfaproxy.config.schema import load_config
+from mfaproxy.core.session import is_well_formed_state, session_key
 from mfaproxy.store.factory import open_user_store
 from mfaproxy.store.records import UserRepository
 from tests.store.test_sealed_state import blob_of, flip, with_blob
@@ -105,7 +107,14 @@ def answer(nas: UdpNas, user: str, state: bytes, text: str) -> Reply:
 
 
 def redis_key(state: bytes) -> str:
-    return f"sealed:challenge:v:{state.hex()}"
+    return f"sealed:challenge:v:{session_key(state)}"
+
+
+def made_up_state(fill: int) -> bytes:
+    """A State of the shape the daemon issues, that it never issued."""
+    state = base64.urlsafe_b64encode(bytes(32 * [fill])).rstrip(b"=")
+    assert is_well_formed_state(state)
+    return state
 
 
 def edit(setup: Setup, state: bytes, old: bytes, new: bytes, key: str | None = None) -> None:
@@ -177,7 +186,7 @@ def test_a_code_session_cannot_become_another_users(setup: Setup, nas: UdpNas) -
 def test_a_session_moved_to_another_state_is_rejected(setup: Setup, nas: UdpNas) -> None:
     first = first_round(nas, "erin")
     assert first.state is not None
-    other = bytes(24 * [0x41])
+    other = made_up_state(0x41)
     before = rejected(setup, "unauthentic")
     edit(setup, first.state, b'"stage":"code"', b'"stage":"code"', key=redis_key(other))
     final = answer(nas, "erin", other, pyotp.TOTP(setup.totp["erin"]).now())
@@ -188,7 +197,7 @@ def test_a_session_moved_to_another_state_is_rejected(setup: Setup, nas: UdpNas)
 def test_a_session_written_into_redis_is_rejected(setup: Setup, nas: UdpNas) -> None:
     """The finding as reported: a session made up in Redis, in the format the daemon
     used to store, enrolling the attacker's secret for alice with the admin group."""
-    state = bytes(24 * [0x42])
+    state = made_up_state(0x42)
     session = {
         "user": "alice",
         "login_name": "alice",
