@@ -61,6 +61,25 @@ class ReplyTooLarge(MfaproxyError):
     reason = "reply_too_large"
 
 
+class AccountingOnAuthPort(UnsupportedCode):
+    """An Accounting-Request sent to an authentication port (FreeRADIUS drops it too)."""
+
+    reason = "accounting_on_auth_port"
+
+
+class AccessOnAccountingPort(UnsupportedCode):
+    """An Access-Request sent to an accounting port (RFC 2866 section 3, port 1813)."""
+
+    reason = "access_on_accounting_port"
+
+
+class BadRequestAuthenticator(PeerError):
+    """An Accounting-Request whose Request Authenticator does not verify (RFC 2866
+    section 3): a wrong shared secret, or a forged or altered packet."""
+
+    reason = "bad_request_authenticator"
+
+
 class BadMessageAuthenticator(PeerError):
     """Message-Authenticator present but wrong (RFC 3579 section 3.2)."""
 
@@ -71,6 +90,13 @@ class MissingMessageAuthenticator(PeerError):
     """Message-Authenticator required but absent (BlastRADIUS, CVE-2024-3596)."""
 
     reason = "missing_message_authenticator"
+
+
+class UnsignedProxyState(MissingMessageAuthenticator):
+    """Access-Request with Proxy-State but no Message-Authenticator from a client with
+    `limit_proxy_state` (FreeRADIUS semantics): the carrier of the BlastRADIUS attack."""
+
+    reason = "proxy_state_without_message_authenticator"
 
 
 class BadPassword(PeerError):

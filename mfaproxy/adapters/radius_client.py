@@ -1,4 +1,5 @@
-"""An asyncio RADIUS client for Access-Request exchanges, on top of pyrad's codec.
+"""An asyncio RADIUS client for Access-Request and Accounting-Request exchanges, on top
+of pyrad's codec (access) and radius/accounting.py (accounting).
 
 pyrad's bundled clients block (or poll) in their own send loops; this module only borrows
 pyrad's packet encoding, password hiding and reply verification, and does the I/O with
@@ -31,7 +32,7 @@ import asyncio
 import ipaddress
 import secrets
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
 
@@ -40,11 +41,13 @@ from pyrad import packet as radpacket
 
 from mfaproxy.errors import UpstreamUnavailable
 from mfaproxy.observability import metrics
+from mfaproxy.radius import accounting
 from mfaproxy.radius.constants import (
     ACCESS_ACCEPT,
     ACCESS_CHALLENGE,
     ACCESS_REJECT,
     ACCESS_REQUEST,
+    ACCOUNTING_RESPONSE,
 )
 
 log = structlog.get_logger(__name__)
@@ -135,14 +138,13 @@ def _same_peer(addr: Any, server: RadiusServer) -> bool:
 
 
 class _Exchange(asyncio.DatagramProtocol):
-    """Receives on one exchange's socket; resolves `reply` with the first valid reply."""
+    """Receives on one exchange's socket; resolves `reply` with the first valid reply.
 
-    def __init__(
-        self, request: Any, server: RadiusServer, require_message_authenticator: bool
-    ) -> None:
-        self._request = request
+    `accept` turns a datagram into the verified reply, or None when it does not verify."""
+
+    def __init__(self, server: RadiusServer, accept: Callable[[bytes], Any | None]) -> None:
         self._server = server
-        self._require_ma = require_message_authenticator
+        self._accept = accept
         self.reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
@@ -152,17 +154,13 @@ class _Exchange(asyncio.DatagramProtocol):
             self._ignore("wrong_peer")
             return
         try:
-            reply = self._request.CreateReply(packet=data)
-            valid = self._request.VerifyReply(reply, data, enforce_ma=self._require_ma)
+            reply = self._accept(data)
         except _DECODE_ERRORS:
             self._ignore("malformed")
             return
-        if not valid:
+        if reply is None:
             self._ignore("verification_failed")
             return
-        # Salt-encrypted reply attributes (RFC 2868 3.5) decrypt with the request's
-        # authenticator, which pyrad only finds here.
-        reply.request_authenticator = self._request.authenticator
         self.reply.set_result(reply)
 
     def error_received(self, exc: Exception) -> None:
@@ -171,6 +169,22 @@ class _Exchange(asyncio.DatagramProtocol):
 
     def _ignore(self, reason: str) -> None:
         log.warning("radius_reply_ignored", server=self._server.label, reason=reason)
+
+
+def _access_reply(request: Any, require_ma: bool) -> Callable[[bytes], Any | None]:
+    """Accept a reply to an Access-Request: pyrad's `VerifyReply` (Identifier, Response
+    Authenticator, Message-Authenticator, no injected Proxy-State)."""
+
+    def accept(data: bytes) -> Any | None:
+        reply = request.CreateReply(packet=data)
+        if not request.VerifyReply(reply, data, enforce_ma=require_ma):
+            return None
+        # Salt-encrypted reply attributes (RFC 2868 3.5) decrypt with the request's
+        # authenticator, which pyrad only finds here.
+        reply.request_authenticator = request.authenticator
+        return reply
+
+    return accept
 
 
 def _decode_attributes(reply: Any) -> dict[str, tuple[AttributeValue, ...]]:
@@ -189,6 +203,18 @@ def _decode_attributes(reply: Any) -> dict[str, tuple[AttributeValue, ...]]:
         if kept:
             decoded[key] = kept
     return decoded
+
+
+def _accounting_reply(
+    identifier: int, authenticator: bytes, secret: bytes
+) -> Callable[[bytes], bytes | None]:
+    """Accept the Accounting-Response to one Accounting-Request (RFC 2866 section 3)."""
+
+    def accept(data: bytes) -> bytes | None:
+        valid = accounting.verify_response(data, identifier, authenticator, secret)
+        return data if valid else None
+
+    return accept
 
 
 class RadiusClient:
@@ -238,7 +264,7 @@ class RadiusClient:
         failed: list[RadiusServer] = []
         for server in self._servers:
             request, raw = self._build(server, attributes, password, state)
-            reply = await self._exchange(server, request, raw)
+            reply = await self._exchange(server, raw, _access_reply(request, self._require_ma))
             if reply is not None:
                 return RadiusReply(
                     code=int(reply.code),
@@ -283,12 +309,31 @@ class RadiusClient:
             raise ValueError(f"an attribute value does not fit its type: {exc}") from exc
         return request, raw
 
-    async def _exchange(self, server: RadiusServer, request: Any, raw: bytes) -> Any | None:
+    async def accounting_request(self, attributes: accounting.Attributes) -> RadiusReply:
+        """Forward an accounting record (raw attributes, in order) as an Accounting-Request
+        (RFC 2866) and return once a server acknowledged it with a verified
+        Accounting-Response. Each server gets a packet of its own (new Identifier, Request
+        Authenticator under its secret); retransmissions repeat it unchanged. Raises
+        UpstreamUnavailable when no server acknowledged."""
+        failed: list[RadiusServer] = []
+        for server in self._servers:
+            identifier = secrets.randbelow(256)
+            raw, authenticator = accounting.encode_request(identifier, attributes, server.secret)
+            accept = _accounting_reply(identifier, authenticator, server.secret)
+            if await self._exchange(server, raw, accept) is not None:
+                return RadiusReply(ACCOUNTING_RESPONSE, {}, server, tuple(failed))
+            failed.append(server)
+        labels = ", ".join(s.label for s in self._servers)
+        raise UpstreamUnavailable(f"no accounting server acknowledged: {labels}")
+
+    async def _exchange(
+        self, server: RadiusServer, raw: bytes, accept: Callable[[bytes], Any | None]
+    ) -> Any | None:
         """Send `raw` to one server, retransmitting it unchanged on timeout."""
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.create_datagram_endpoint(
-                lambda: _Exchange(request, server, self._require_ma),
+                lambda: _Exchange(server, accept),
                 remote_addr=(server.host, server.port),
             )
         except OSError as exc:

@@ -64,6 +64,30 @@ def take_secrets(data: Any, names: tuple[str, ...], info: ValidationInfo) -> Any
     return out
 
 
+def parse_host_port(value: str, default_port: int) -> tuple[str, int]:
+    """Parse `host:port`, `[v6]:port`, `host` or `[v6]`; the host must be an IP literal."""
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{value!r} is not [ipv6]:port")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: {host!r} is not an IP address") from exc
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{value!r}: port must be 1-65535")
+        port = int(port_text)
+    return host, port
+
+
 def _resolve_if_path(value: Any, info: ValidationInfo) -> Any:
     return resolve_path(value, info) if isinstance(value, str | Path) else value
 

@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from mfaproxy.config.base import ConfigPath, Strict, take_secrets
+from mfaproxy.config.accounting import AccountingConfig
+from mfaproxy.config.base import ConfigPath, Strict, parse_host_port, take_secrets
 from mfaproxy.config.directory import DirectoryConfig
 from mfaproxy.config.multifactor import MultifactorConfig, SmtpConfig
 from mfaproxy.config.policies import AccessPoliciesConfig
@@ -37,30 +38,6 @@ DEFAULT_CONFIG_PATH = Path("/etc/mfaproxy/mfaproxy.yaml")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # How the second factor reaches this NAS: Access-Challenge, or appended to the password.
 SecondFactorMode = Literal["challenge", "append"]
-
-
-def parse_host_port(value: str, default_port: int) -> tuple[str, int]:
-    """Parse `host:port`, `[v6]:port`, `host` or `[v6]`; the host must be an IP literal."""
-    text = value.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"{value!r} is not [ipv6]:port")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host, port_text = text, ""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError as exc:
-        raise ValueError(f"{value!r}: {host!r} is not an IP address") from exc
-    port = default_port
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"{value!r}: port must be 1-65535")
-        port = int(port_text)
-    return host, port
 
 
 # --------------------------------------------------------------------------- server
@@ -135,6 +112,8 @@ class ServerConfig(Strict):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
     # Extra FreeRADIUS-format dictionary files loaded after the shipped ones.
     dictionaries: list[ConfigPath] = Field(default_factory=list)
+    # RADIUS accounting listeners (RFC 2866) and where records are forwarded; off unless set.
+    accounting: AccountingConfig | None = None
 
     @field_validator("listen")
     @classmethod
@@ -149,6 +128,18 @@ class ServerConfig(Strict):
             raise ValueError("workers > 1 needs state_store backend redis (challenges are shared)")
         return self
 
+    @model_validator(mode="after")
+    def _ports_distinct(self) -> ServerConfig:
+        if self.accounting is not None:
+            shared = set(self.listen_addresses()) & set(self.accounting.listen_addresses())
+            if shared:
+                host, port = sorted(shared)[0]
+                raise ValueError(
+                    f"accounting.listen: {host} port {port} is also an authentication"
+                    " listener; accounting needs its own port (1813 by convention)"
+                )
+        return self
+
     def listen_addresses(self) -> list[tuple[str, int]]:
         return [parse_host_port(item, 1812) for item in self.listen]
 
@@ -161,6 +152,10 @@ class ClientConfig(Strict):
     address: list[IPNetwork] = Field(min_length=1)
     secret: SecretStr
     require_message_authenticator: bool = True
+    # FreeRADIUS's BlastRADIUS fallback for a NAS that cannot sign: an Access-Request
+    # without Message-Authenticator may not carry Proxy-State. Unset: on exactly when
+    # Message-Authenticator is not required (with it required the check is moot).
+    limit_proxy_state: bool | None = None
     second_factor: SecondFactorMode = "challenge"
     append_delimiter: str = Field(default=",", min_length=1, max_length=4)
 
@@ -183,6 +178,13 @@ class ClientConfig(Strict):
         if not value.get_secret_value():
             raise ValueError("the shared secret must not be empty (RFC 2865 section 3)")
         return value
+
+    @property
+    def limits_proxy_state(self) -> bool:
+        """Whether unsigned Access-Requests carrying Proxy-State are dropped."""
+        if self.limit_proxy_state is None:
+            return not self.require_message_authenticator
+        return self.limit_proxy_state
 
 
 # --------------------------------------------------------------------------- replies

@@ -159,6 +159,7 @@ class Dispatcher:
                 client.secret.get_secret_value().encode(),
                 runtime.dictionary,
                 client.require_message_authenticator,
+                client.limits_proxy_state,
             )
         except PeerError as exc:
             metrics.PACKETS_DROPPED.labels(reason=exc.reason).inc()

@@ -24,7 +24,9 @@ from mfaproxy.adapters.status_http import StatusServer
 from mfaproxy.adapters.udp import open_listener
 from mfaproxy.auth.engine import Engine
 from mfaproxy.auth.second_factor import CHALLENGES
-from mfaproxy.config.schema import Config, load_config, parse_host_port
+from mfaproxy.config.base import parse_host_port
+from mfaproxy.config.schema import Config, load_config
+from mfaproxy.daemon.accounting import open_accounting, reload_accounting
 from mfaproxy.daemon.preflight import check
 from mfaproxy.daemon.runtime import Dispatcher, Runtime
 from mfaproxy.daemon.supervisor import report_ready, worker_index
@@ -105,6 +107,7 @@ class Server:
             queue_size=config.server.intake_queue,
             workers=config.server.concurrency,
         )
+        self.accounting = open_accounting(config, self.shared.state)  # None when off
         self._transports: list[asyncio.DatagramTransport] = []
         self._status: StatusServer | None = None
         self._stop = asyncio.Event()
@@ -121,6 +124,8 @@ class Server:
             )
             self._transports.append(transport)
             self.bound.append((host, bound_port))
+        if self.accounting is not None:
+            await self.accounting.start(reuse_port=worker is not None)
         if self.config.server.metrics is not None:
             host, port = parse_host_port(self.config.server.metrics.listen, 9812)
             # Each worker has its own registry: worker i serves metrics on port + i.
@@ -133,6 +138,7 @@ class Server:
         log.info(
             "listening",
             addresses=[f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.bound],
+            accounting=self.accounting.addresses if self.accounting else None,
             metrics=self._status.port if self._status else None,
             clients=len(self.config.clients),
             backend=self.config.directory.backend,
@@ -192,6 +198,7 @@ class Server:
             log.warning("reload_listen_unchanged", detail="listen addresses change on restart only")
         old = self.dispatcher.runtime
         self.dispatcher.runtime = new_runtime  # new requests only; in-flight keep theirs
+        reload_accounting(self.accounting, new_config)
         self.config = new_config
         apply_log_config(new_config.server.log)
         self.spawn(self._retire(old))
@@ -223,6 +230,8 @@ class Server:
     async def shutdown(self) -> None:
         """Stop intake, let requests in flight finish within the grace period, close."""
         grace = self.config.server.shutdown_grace_seconds
+        # Accounting drains beside the authentication dispatcher, within the same grace.
+        accounting = self.accounting and asyncio.ensure_future(self.accounting.shutdown(grace))
         for transport in self._transports:
             transport.close()
         try:
@@ -230,6 +239,8 @@ class Server:
         except TimeoutError:
             log.warning("shutdown_grace_expired", grace_seconds=grace)
         await self.dispatcher.stop()
+        if accounting:
+            await accounting
         for task in list(self._tasks):
             task.cancel()
         if self._status is not None:

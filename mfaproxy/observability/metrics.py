@@ -110,3 +110,24 @@ CONFIG_LAST_RELOAD = Gauge(
     "Unix time of the last successful configuration load.",
     registry=REGISTRY,
 )
+ACCOUNTING_RECORDS = Counter(
+    "mfaproxy_accounting_records",
+    "Accounting-Requests accepted for processing (retransmissions excluded), by client and"
+    " Acct-Status-Type (start, stop, interim_update, accounting_on, accounting_off, failed,"
+    " other).",
+    ["client", "status_type"],
+    registry=REGISTRY,
+)
+ACCOUNTING_OUTCOMES = Counter(
+    "mfaproxy_accounting_outcomes",
+    "What became of each accounting record, by Acct-Status-Type and outcome: recorded (logged,"
+    " no upstream), forwarded (an upstream acknowledged it), upstream_unavailable (no upstream"
+    " answered), forward_queue_full (answered and logged, not forwarded).",
+    ["status_type", "outcome"],
+    registry=REGISTRY,
+)
+ACCOUNTING_FORWARDS_PENDING = Gauge(
+    "mfaproxy_accounting_forwards_pending",
+    "Accounting records being forwarded in the background (answer: at_once).",
+    registry=REGISTRY,
+)

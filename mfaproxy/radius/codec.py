@@ -19,16 +19,19 @@ from pyrad import packet as pyrad_packet
 from pyrad.dictionary import Dictionary
 
 from mfaproxy.errors import (
+    AccountingOnAuthPort,
     BadMessageAuthenticator,
     BadPassword,
     MalformedPacket,
     MissingMessageAuthenticator,
     ReplyTooLarge,
     TooMuchProxyState,
+    UnsignedProxyState,
     UnsupportedCode,
 )
 from mfaproxy.radius.constants import (
     ACCESS_REQUEST,
+    ACCOUNTING_REQUEST,
     ATTR_CALLING_STATION_ID,
     ATTR_CHAP_PASSWORD,
     ATTR_EAP_MESSAGE,
@@ -156,11 +159,21 @@ def _address(values: list[bytes] | None) -> str | None:
 
 
 def decode_request(
-    data: bytes, secret: bytes, dictionary: Dictionary, require_message_authenticator: bool
+    data: bytes,
+    secret: bytes,
+    dictionary: Dictionary,
+    require_message_authenticator: bool,
+    limit_proxy_state: bool = True,
 ) -> RadiusRequest:
-    """Decode and verify one Access-Request or Status-Server datagram."""
+    """Decode and verify one Access-Request or Status-Server datagram.
+
+    `limit_proxy_state` (FreeRADIUS's client setting of that name) drops an unsigned
+    Access-Request that carries Proxy-State; it matters only for a client exempted from
+    `require_message_authenticator`."""
     header = read_header(data)
     raw = data[: header.length]  # RFC 2865 section 3: octets past Length are padding
+    if header.code == ACCOUNTING_REQUEST:
+        raise AccountingOnAuthPort("Accounting-Request sent to an authentication port")
     if header.code not in (ACCESS_REQUEST, STATUS_SERVER):
         raise UnsupportedCode(f"code {header.code} is not served")
     attrs: dict[int, list[bytes]] = {}
@@ -174,10 +187,11 @@ def decode_request(
         raise MissingMessageAuthenticator("Status-Server without Message-Authenticator")
     elif require_message_authenticator:
         raise MissingMessageAuthenticator("Access-Request without Message-Authenticator")
-    elif ATTR_PROXY_STATE in attrs:
-        # BlastRADIUS mitigation (FreeRADIUS limit_proxy_state): a client exempted from
-        # Message-Authenticator must not send Proxy-State, the attack's carrier.
-        raise MissingMessageAuthenticator("Proxy-State without Message-Authenticator")
+    elif limit_proxy_state and ATTR_PROXY_STATE in attrs:
+        # BlastRADIUS (CVE-2024-3596) fallback for clients that cannot sign: the forged
+        # reply is built around an attacker-chosen Proxy-State, so an unsigned request
+        # may not carry one (FreeRADIUS 3.2.5 `limit_proxy_state`).
+        raise UnsignedProxyState("Proxy-State without Message-Authenticator")
 
     proxy_state_octets = sum(len(v) + 2 for v in attrs.get(ATTR_PROXY_STATE, []))
     if proxy_state_octets > MAX_PROXY_STATE_OCTETS:

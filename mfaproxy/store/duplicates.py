@@ -17,6 +17,11 @@ class Duplicates(Protocol):
 
     async def finish(self, key: RequestKey, reply: bytes | None, now: float) -> None: ...
 
+    async def forget(self, key: RequestKey) -> None:
+        """Drop the entry: the next copy of the request is processed as new (a request
+        left unanswered on purpose, e.g. an accounting record no upstream took)."""
+        ...
+
 
 class LocalDuplicates:
     """One process: the pure table, no I/O."""
@@ -30,12 +35,18 @@ class LocalDuplicates:
     async def finish(self, key: RequestKey, reply: bytes | None, now: float) -> None:
         self.table.finish(key, reply, now)
 
+    async def forget(self, key: RequestKey) -> None:
+        self.table.forget(key)
+
 
 class SharedDuplicates:
     """A cluster: one atomic put-if-absent per request in the shared store."""
 
-    def __init__(self, state: StateStore, reply_ttl: float, in_flight_ttl: float):
+    def __init__(
+        self, state: StateStore, reply_ttl: float, in_flight_ttl: float, namespace: str = NAMESPACE
+    ):
         self.state = state
+        self.namespace = namespace
         self.reply_ttl = reply_ttl
         # Longer than the longest hold (a pending push), shorter than forever: an
         # instance that dies mid-request must not silence retransmissions for long.
@@ -48,7 +59,7 @@ class SharedDuplicates:
 
     async def begin(self, key: RequestKey, now: float) -> Lookup:
         entry = await self.state.put_if_absent(
-            NAMESPACE, self._key(key), {"done": False}, self.in_flight_ttl, now
+            self.namespace, self._key(key), {"done": False}, self.in_flight_ttl, now
         )
         if entry is None:
             return Lookup(Seen.NEW)
@@ -59,4 +70,7 @@ class SharedDuplicates:
 
     async def finish(self, key: RequestKey, reply: bytes | None, now: float) -> None:
         value = {"done": True, "reply": reply.hex() if reply is not None else None}
-        await self.state.put(NAMESPACE, self._key(key), value, self.reply_ttl, now)
+        await self.state.put(self.namespace, self._key(key), value, self.reply_ttl, now)
+
+    async def forget(self, key: RequestKey) -> None:
+        await self.state.delete(self.namespace, self._key(key))

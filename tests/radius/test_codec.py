@@ -11,10 +11,12 @@ import pytest
 from pyrad import packet as pyrad_packet
 
 from mfaproxy.errors import (
+    AccountingOnAuthPort,
     BadMessageAuthenticator,
     BadPassword,
     MalformedPacket,
     MissingMessageAuthenticator,
+    UnsignedProxyState,
     UnsupportedCode,
 )
 from mfaproxy.radius.codec import (
@@ -48,8 +50,10 @@ def sign(packet: bytes, secret: bytes) -> bytes:
     return header + body[:-16] + mac
 
 
-def decode(data: bytes, secret: bytes = RFC_71_SECRET, require: bool = True) -> RadiusRequest:
-    return decode_request(data, secret, DICTIONARY, require)
+def decode(
+    data: bytes, secret: bytes = RFC_71_SECRET, require: bool = True, limit: bool = True
+) -> RadiusRequest:
+    return decode_request(data, secret, DICTIONARY, require, limit)
 
 
 def test_rfc2865_71_request_decodes_with_password() -> None:
@@ -113,11 +117,36 @@ def test_two_message_authenticators_are_refused() -> None:
         decode(doubled)
 
 
-def test_proxy_state_without_message_authenticator_is_refused_even_when_exempt() -> None:
-    body = RFC_71_REQUEST[20:] + b"\x21\x06abcd"
-    packet = RFC_71_REQUEST[:2] + struct.pack("!H", 20 + len(body)) + RFC_71_REQUEST[4:20] + body
-    with pytest.raises(MissingMessageAuthenticator):
-        decode(packet, require=False)
+def with_proxy_state(packet: bytes, *values: bytes) -> bytes:
+    body = packet[20:] + b"".join(bytes([33, len(v) + 2]) + v for v in values)
+    return packet[:2] + struct.pack("!H", 20 + len(body)) + packet[4:20] + body
+
+
+def test_limit_proxy_state_drops_unsigned_proxy_state_under_its_own_reason() -> None:
+    packet = with_proxy_state(RFC_71_REQUEST, b"abcd")
+    with pytest.raises(UnsignedProxyState) as caught:
+        decode(packet, require=False, limit=True)
+    assert caught.value.reason == "proxy_state_without_message_authenticator"
+
+
+def test_limit_proxy_state_off_lets_unsigned_proxy_state_through() -> None:
+    request = decode(with_proxy_state(RFC_71_REQUEST, b"abcd"), require=False, limit=False)
+    assert request.proxy_states == (b"abcd",)
+
+
+def test_limit_proxy_state_leaves_unsigned_requests_without_proxy_state_alone() -> None:
+    assert decode(RFC_71_REQUEST, require=False, limit=True).user_name == "nemo"
+
+
+def test_limit_proxy_state_accepts_signed_proxy_state() -> None:
+    signed = sign(with_proxy_state(RFC_71_REQUEST, b"abcd"), RFC_71_SECRET)
+    assert decode(signed, require=False, limit=True).proxy_states == (b"abcd",)
+
+
+def test_accounting_request_on_the_auth_port_has_its_own_reason() -> None:
+    with pytest.raises(AccountingOnAuthPort) as caught:
+        decode(bytes([4]) + RFC_71_REQUEST[1:], require=False)
+    assert caught.value.reason == "accounting_on_auth_port"
 
 
 def test_status_server_requires_message_authenticator() -> None:

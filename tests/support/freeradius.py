@@ -40,6 +40,11 @@ startup_timeout=10.0)`:
   those older versions.
 - `port=None` picks a free port, and retries with another one if FreeRADIUS loses the
   race for it. `debug=True` runs with `-xx` (per-request debug in the log).
+- `accounting=True` adds an accounting listener (`acct_port`, free unless given) whose
+  `detail` module writes every Accounting-Request to a file before the server answers:
+  `detail_records()` returns them, oldest first, as attribute -> value (radclient's text
+  form, quotes removed). `stop()` then `start()` on a server built with fixed ports
+  brings the same server back (an upstream outage and its end).
 
 `rfc_dictionary()` returns a pyrad Dictionary with the RFC 2865 and RFC 2869 attributes,
 for tests that need one before the shipped dictionaries are loaded.
@@ -218,6 +223,32 @@ _LDAP_AUTHENTICATE = """
 \t\t}"""
 
 
+def _accounting_blocks(
+    root: Path, family: str, host: str, acct_port: int | None
+) -> tuple[str, str]:
+    """The accounting listener and sections, and the detail module (or nothing)."""
+    if acct_port is None:
+        return "", ""
+    module = f"""
+\tdetail {{
+\t\tfilename = {root}/detail
+\t\tescape_filenames = no
+\t\tpermissions = 0600
+\t\theader = "%t"
+\t\tlocking = no
+\t}}"""
+    server = f"""
+\tlisten {{
+\t\ttype = acct
+\t\t{family} = {host}
+\t\tport = {acct_port}
+\t}}
+\taccounting {{
+\t\tdetail
+\t}}"""
+    return module, server
+
+
 def radiusd_conf(
     root: Path,
     host: str,
@@ -228,6 +259,7 @@ def radiusd_conf(
     sign: bool,
     threads: int,
     ldap: LdapBackend | None = None,
+    acct_port: int | None = None,
 ) -> str:
     """A self-contained radiusd.conf: no user/group, so it runs as whoever starts it."""
     family = "ipv6addr" if ":" in host else "ipaddr"
@@ -235,6 +267,7 @@ def radiusd_conf(
     ldap_module = _ldap_module(ldap) if ldap is not None else ""
     ldap_authorize = _LDAP_AUTHORIZE if ldap is not None else ""
     ldap_authenticate = _LDAP_AUTHENTICATE if ldap is not None else ""
+    acct_module, acct_server = _accounting_blocks(root, family, host, acct_port)
     return f"""
 prefix = /usr
 exec_prefix = /usr
@@ -282,14 +315,14 @@ modules {{
 \t}}
 \tfiles {{
 \t\tfilename = {root}/users
-\t}}{ldap_module}
+\t}}{ldap_module}{acct_module}
 }}
 server default {{
 \tlisten {{
 \t\ttype = auth
 \t\t{family} = {host}
 \t\tport = {port}
-\t}}
+\t}}{acct_server}
 \tauthorize {{
 \t\tfiles{ldap_authorize}
 \t\tpap
@@ -355,6 +388,8 @@ class FreeRadiusServer(ManagedServer):
         debug: bool = False,
         startup_timeout: float = 10.0,
         ldap: LdapBackend | None = None,
+        accounting: bool = False,
+        acct_port: int | None = None,
     ) -> None:
         self.users = dict(users)
         self._ldap = ldap
@@ -367,6 +402,9 @@ class FreeRadiusServer(ManagedServer):
         self._threads = threads
         self._debug = debug
         self._startup_timeout = startup_timeout
+        self._accounting = accounting or acct_port is not None
+        self.acct_port = acct_port or 0
+        self._fixed_acct_port = acct_port is not None
         self._root: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -385,6 +423,8 @@ class FreeRadiusServer(ManagedServer):
         for attempt in range(attempts):
             if not self._fixed_port:
                 self.port = free_udp_port(self.host)
+            if self._accounting and not self._fixed_acct_port:
+                self.acct_port = free_udp_port(self.host)
             if self._launch():
                 return
             if attempt + 1 < attempts and "Address already in use" in self.log_text():
@@ -407,6 +447,19 @@ class FreeRadiusServer(ManagedServer):
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
 
+    def detail_records(self) -> list[dict[str, str]]:
+        """The accounting records the detail module wrote, oldest first."""
+        path = self._root / "detail" if self._root else None
+        if path is None or not path.exists():
+            return []
+        records: list[dict[str, str]] = []
+        for block in path.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+            pairs = [line.strip().partition(" = ") for line in block.splitlines()[1:]]
+            record = {name: value.strip('"') for name, _, value in pairs if name}
+            if record:
+                records.append(record)
+        return records
+
     def log_text(self) -> str:
         path = self._root / "radiusd.log" if self._root else None
         if path is None or not path.exists():
@@ -425,6 +478,7 @@ class FreeRadiusServer(ManagedServer):
             sign=self._sign,
             threads=self._threads,
             ldap=self._ldap,
+            acct_port=self.acct_port if self._accounting else None,
         )
         (self._root / "radiusd.conf").write_text(conf, encoding="utf-8")
         argv = [FREERADIUS, "-f", "-d", str(self._root), "-D", str(DICTDIR), "-l", "stdout"]

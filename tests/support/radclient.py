@@ -7,13 +7,13 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-RECEIVED = re.compile(r"Received (Access-\w+) Id (\d+)")
+RECEIVED = re.compile(r"Received ((?:Access|Accounting)-\w+) Id (\d+)")
 ATTRIBUTE = re.compile(r"^\s+([\w-]+) = (.*)$")
 
 
 @dataclass
 class RadclientResult:
-    code: str | None  # "Access-Accept", "Access-Reject", "Access-Challenge" or None
+    code: str | None  # "Access-Accept", "Access-Challenge", "Accounting-Response"... or None
     attributes: list[tuple[str, str]] = field(default_factory=list)
     output: str = ""
 
