@@ -55,7 +55,9 @@ class RequestContext:
     # Filled in as the request is processed; written as one audit event at the end.
     audit: dict[str, Any] = field(default_factory=dict)
     # Set once the password and the login policy have passed: what the store failmode
-    # `safe` may accept on when a store is down.
+    # `safe` may accept on when a store is down. Cleared again as soon as the user has
+    # given a second factor (appended, or a response being judged) or a factor said no:
+    # from then on a store failure rejects, whatever the failmode.
     admitted: PrimaryResult | None = None
 
 
@@ -215,7 +217,9 @@ class Engine:
         ctx.audit.update(login_decision.log_fields())
         if login_decision.action == "access_denied":
             return self._reject("login_policy_denied")
-        ctx.admitted = primary
+        # Failmodes are for outages, never for answers: a request that carries its
+        # second factor (append mode) is never accepted with that factor unchecked.
+        ctx.admitted = primary if appended is None else None
         if not record_read:
             record = await self.mfa.user_record(user)  # raises again if the store is down
         mfa_decision = evaluate(self.config.access_policies.mfa, full, at)
@@ -240,7 +244,12 @@ class Engine:
         )
         # The mfa target's policies and default only produce MfaAction values.
         action = cast(MfaAction, mfa_decision.action)
-        return await self.mfa.after_primary(login, action, ctx.client.second_factor, appended)
+        try:
+            return await self.mfa.after_primary(login, action, ctx.client.second_factor, appended)
+        except UpstreamError:
+            if login.responded:
+                ctx.admitted = None  # a response was being judged: the failmode rejects
+            raise
 
     async def _resume(self, ctx: RequestContext, request: RadiusRequest, now: float) -> Answer:
         assert request.state is not None and request.user_name is not None

@@ -62,6 +62,9 @@ class Login:
     now: float
     client_ip: str | None
     audit: dict[str, Any] = field(default_factory=dict)
+    # True once the user's response is being judged or a factor has said no: a store
+    # failure after that is never turned into an Accept by `store_failmode: safe`.
+    responded: bool = False
 
     def factor_request(self) -> FactorRequest:
         return FactorRequest(self.user, self.client, self.client_ip, self.now)
@@ -212,6 +215,7 @@ class SecondFactorStage:
         return await self._judge(login, Round(Stage.CODE, plan.method, None), result)
 
     async def _append(self, login: Login, factor: Factor, appended: str | None) -> Answer:
+        login.responded = True  # the request is the response (or asks for a push)
         if appended is None and not factor.keywords:
             return self._reject("code_missing", rules.MSG_APPEND)
         response = appended or ""
@@ -227,12 +231,14 @@ class SecondFactorStage:
             return await self._ask_backup_code(login, "", BACKUP_CODES, None)
         if appended is None:
             return self._reject("code_missing", rules.MSG_APPEND)
+        login.responded = True
         return await self._check_backup_code(login, appended, BACKUP_CODES, None)
 
     # ------------------------------------------------------------------ later rounds
 
     async def resume(self, login: Login, session: Session, response: str) -> Answer:
         """A response to one of our challenges (the session is already taken)."""
+        login.responded = True
         blocked = await self._blocked(login)
         if blocked is not None:
             return self._reject(blocked.reason, blocked.message)
@@ -293,6 +299,7 @@ class SecondFactorStage:
         `previous` is the session being answered (None on a first round)."""
         login.audit.update(method=at.method, mfa_result=result.reason)
         if result.verdict not in (Verdict.ACCEPT, Verdict.CHALLENGE):
+            login.responded = True  # a no (or an outage) is never undone by a failmode
             metrics.SECOND_FACTOR_ATTEMPTS.labels(method=at.method, result=result.reason).inc()
         if result.verdict is Verdict.UNAVAILABLE:
             log.warning("factor_unavailable", method=at.method, reason=result.reason)
