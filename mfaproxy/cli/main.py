@@ -19,8 +19,8 @@ from mfaproxy import __version__
 from mfaproxy.cli import policy as cli_policy
 from mfaproxy.cli import radtest as cli_radtest
 from mfaproxy.cli import users as cli_users
-from mfaproxy.config.schema import DEFAULT_CONFIG_PATH, Config, load_config
-from mfaproxy.daemon.preflight import check
+from mfaproxy.config.schema import DEFAULT_CONFIG_PATH
+from mfaproxy.daemon import preflight
 from mfaproxy.errors import (
     EXIT_INVALID,
     EXIT_OK,
@@ -31,21 +31,16 @@ from mfaproxy.errors import (
     UpstreamError,
 )
 from mfaproxy.observability.logging import apply_log_config
-from mfaproxy.radius.codec import load_dictionary
-
-
-def _load(path: Path) -> Config:
-    config = load_config(path)
-    check(config, load_dictionary(config.server.dictionaries))
-    return config
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = load_config(args.config)  # the server runs the remaining checks as it builds
+    config = preflight.load(args.config)  # the same checks as check-config
     apply_log_config(config.server.log)
     from mfaproxy.daemon.server import serve
     from mfaproxy.daemon.supervisor import Supervisor, worker_index
 
+    if worker_index() is None:  # once, not once per worker
+        preflight.log_warnings(config)
     # Several workers: this process supervises; each worker runs `serve` itself.
     supervise = config.server.workers > 1 and worker_index() is None
     main_coro = Supervisor(config, args.config).run() if supervise else serve(config)
@@ -66,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = preflight.load(args.config)
     print(f"configuration {args.config} is valid")
     print(f"  listen: {', '.join(config.server.listen)}")
     for client in config.clients:
@@ -91,7 +86,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"  stores: state {server.state_store.backend}, users {server.user_store.backend}; "
         f"failmode {server.store_failmode}; workers {server.workers}"
     )
-    return EXIT_OK
+    found = preflight.warning_lines(config)
+    count = sum(1 for line in found if not line.startswith("  "))
+    print(f"{count} warning(s)" + (":" if count else ""))
+    for line in found:
+        print(f"  {line}")
+    return EXIT_INVALID if count and args.strict else EXIT_OK
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
@@ -128,9 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", parents=[common], help="run the daemon in the foreground").set_defaults(
         func=cmd_serve
     )
-    sub.add_parser(
+    check_config = sub.add_parser(
         "check-config", parents=[common], help="validate the configuration and summarise it"
-    ).set_defaults(func=cmd_check_config)
+    )
+    check_config.add_argument(
+        "--strict", action="store_true", help="exit 1 when there are warnings too"
+    )
+    check_config.set_defaults(func=cmd_check_config)
     users = cli_users.register(sub, common)
     hashing = users.add_parser(
         "hash-password", parents=[common], help="read a password on stdin, print its argon2id hash"

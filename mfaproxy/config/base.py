@@ -1,6 +1,6 @@
 """Building blocks shared by every configuration section: strict models, paths resolved
 against the configuration file's folder, and secrets read inline, from a file or from
-the environment. No mfaproxy imports here, so any section module can use it."""
+the environment. Only radius/ (below config/) is imported, so any section module can use it."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.functional_validators import BeforeValidator
+from pydantic.functional_validators import AfterValidator, BeforeValidator
+
+from mfaproxy.radius.constants import MAX_STRING_OCTETS
 
 
 class Strict(BaseModel):
@@ -94,6 +96,21 @@ def _resolve_if_path(value: Any, info: ValidationInfo) -> Any:
 
 # A path in the configuration: relative ones are relative to the configuration file.
 ConfigPath = Annotated[Path, BeforeValidator(_resolve_if_path)]
+
+
+def _fits_one_attribute(value: str) -> str:
+    # RFC 2865 section 5: a string attribute holds at most 253 octets (UTF-8 here).
+    size = len(value.encode("utf-8"))
+    if size > MAX_STRING_OCTETS:
+        raise ValueError(
+            f"is {size} octets; a RADIUS attribute holds at most {MAX_STRING_OCTETS}"
+            " (RFC 2865 section 5)"
+        )
+    return value
+
+
+# A value sent as one RADIUS string attribute (NAS-Identifier, RFC 2865 section 5.32).
+AttributeString = Annotated[str, AfterValidator(_fits_one_attribute)]
 
 
 class RadiusServerConfig(Strict):

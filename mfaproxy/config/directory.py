@@ -7,7 +7,13 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from mfaproxy.config.base import ConfigPath, RadiusServerConfig, Strict, take_secrets
+from mfaproxy.config.base import (
+    AttributeString,
+    ConfigPath,
+    RadiusServerConfig,
+    Strict,
+    take_secrets,
+)
 
 
 class LocalDirectoryConfig(Strict):
@@ -74,7 +80,7 @@ class RadiusDirectoryConfig(Strict):
     servers: list[RadiusServerConfig] = Field(min_length=1)
     timeout: float = Field(default=3.0, gt=0, le=60)
     retries: int = Field(default=2, ge=0, le=10)
-    nas_identifier: str | None = None
+    nas_identifier: AttributeString | None = None
     # Attributes of the upstream Access-Accept copied into our Access-Accept.
     pass_through_attributes: list[str] = Field(default_factory=list)
     # Refuse upstream replies that lack a Message-Authenticator (BlastRADIUS).

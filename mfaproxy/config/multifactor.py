@@ -6,11 +6,20 @@ Secrets accept the `<name>_file` / `<name>_env` forms, as everywhere in the sche
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+import base64
+import binascii
+import string
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, SecretStr, ValidationInfo, model_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationInfo, model_validator
 
-from mfaproxy.config.base import ConfigPath, RadiusServerConfig, Strict, take_secrets
+from mfaproxy.config.base import (
+    AttributeString,
+    ConfigPath,
+    RadiusServerConfig,
+    Strict,
+    take_secrets,
+)
 from mfaproxy.otp.backup_codes import BackupCodeSettings
 from mfaproxy.otp.totp import TotpSettings
 
@@ -26,6 +35,35 @@ YUBICLOUD_URLS = [
     "https://api4.yubico.com/wsapi/2.0/verify",
     "https://api5.yubico.com/wsapi/2.0/verify",
 ]
+
+
+# The placeholders a code message may use: no attribute or index access, so an
+# operator's template cannot reach into Python objects through str.format.
+TEMPLATE_FIELDS = frozenset({"code", "minutes"})
+
+
+def template_problem(template: str) -> str | None:
+    """Why a code message template would fail at send time or never show the code."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        return f"not a valid template: {exc}"
+    unknown = sorted(fields - TEMPLATE_FIELDS)
+    if unknown:
+        return f"unknown placeholder(s) {unknown}; use {{code}}, {{minutes}}"
+    if "code" not in fields:
+        return "the template must contain {code}"
+    return None
+
+
+def _check_template(template: str) -> str:
+    problem = template_problem(template)
+    if problem is not None:
+        raise ValueError(problem)
+    return template
+
+
+CodeTemplate = Annotated[str, AfterValidator(_check_template)]
 
 
 class SmtpConfig(Strict):
@@ -58,7 +96,7 @@ class CodeDelivery(Strict):
 
 class EmailMethodConfig(CodeDelivery):
     subject: str = "Your sign-in code"
-    body: str = "Your sign-in code is {code}. It expires in {minutes} minutes."
+    body: CodeTemplate = "Your sign-in code is {code}. It expires in {minutes} minutes."
 
 
 class TwilioConfig(Strict):
@@ -90,7 +128,7 @@ class SmsMethodConfig(CodeDelivery):
     provider: Literal["twilio", "email_gateway"]
     twilio: TwilioConfig | None = None
     email_gateway: EmailGatewayConfig | None = None
-    message: str = "Your sign-in code is {code}"
+    message: CodeTemplate = "Your sign-in code is {code}"
 
     @model_validator(mode="after")
     def _provider_present(self) -> SmsMethodConfig:
@@ -117,6 +155,13 @@ class YubikeyMethodConfig(Strict):
     def _cloud_credentials(self) -> YubikeyMethodConfig:
         if self.validation == "yubicloud" and (self.client_id is None or self.api_key is None):
             raise ValueError("yubicloud validation needs client_id and api_key")
+        if self.api_key is not None:
+            try:
+                base64.b64decode(self.api_key.get_secret_value(), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(
+                    "api_key is not base64 (copy it from the Yubico API key page)"
+                ) from None
         return self
 
 
@@ -166,7 +211,7 @@ class RadiusMethodConfig(Strict):
     failover: OtpRadiusServer | None = None
     timeout: float = Field(default=5.0, gt=0, le=60)
     retries: int = Field(default=2, ge=0, le=10)
-    nas_identifier: str | None = None
+    nas_identifier: AttributeString | None = None
     strip_domain: bool = False
     require_message_authenticator: bool = True
 

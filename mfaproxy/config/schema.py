@@ -9,8 +9,9 @@ the YAML itself can stay world-readable.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ import yaml
 from pydantic import (
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -29,6 +31,7 @@ from mfaproxy.config.base import ConfigPath, Strict, parse_host_port, take_secre
 from mfaproxy.config.directory import DirectoryConfig
 from mfaproxy.config.multifactor import MultifactorConfig, SmtpConfig
 from mfaproxy.config.policies import AccessPoliciesConfig
+from mfaproxy.config.problems import LineMap, render_all, schema_problems, yaml_line_map
 from mfaproxy.config.stores import MemoryStateStoreConfig, StateStoreConfig, UserStoreConfig
 from mfaproxy.errors import ConfigError
 from mfaproxy.radius.text import fits_reply_message
@@ -158,6 +161,9 @@ class ClientConfig(Strict):
     limit_proxy_state: bool | None = None
     second_factor: SecondFactorMode = "challenge"
     append_delimiter: str = Field(default=",", min_length=1, max_length=4)
+    # How long this NAS waits for an answer before it gives up (its timeout x (retries
+    # + 1)). Only checked against the methods' waits (check-config warns); not enforced.
+    nas_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
 
     @model_validator(mode="before")
     @classmethod
@@ -251,50 +257,20 @@ class Config(Strict):
 # --------------------------------------------------------------------------- loading
 
 
-def yaml_line_map(text: str) -> dict[tuple[str | int, ...], int]:
-    """Map each dotted location in the YAML document to its 1-based line number."""
-    lines: dict[tuple[str | int, ...], int] = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return lines
+@dataclass(frozen=True)
+class Document:
+    """A configuration file read and parsed as YAML, not yet validated."""
 
-    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> Iterator[None]:
-        lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                name = key.value
-                lines[(*path, name)] = key.start_mark.line + 1
-                yield from walk(value, (*path, name))
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                yield from walk(item, (*path, index))
-        yield None
+    path: Path | None
+    text: str
+    data: dict[str, Any]
 
-    if root is not None:
-        for _ in walk(root, ()):
-            pass
-    return lines
+    @functools.cached_property
+    def lines(self) -> LineMap:
+        return yaml_line_map(self.text)
 
 
-def validation_problems(exc: ValidationError, lines: dict[tuple[str | int, ...], int]) -> list[str]:
-    problems = []
-    for error in exc.errors(include_url=False):
-        loc = tuple(error["loc"])
-        dotted = ".".join(str(part) for part in loc) or "(top level)"
-        line = None
-        for cut in range(len(loc), -1, -1):
-            line = lines.get(loc[:cut])
-            if line is not None:
-                break
-        where = f" (line {line})" if line else ""
-        message = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{dotted}{where}: {message}")
-    return problems
-
-
-def parse_config(text: str, path: Path | None = None) -> Config:
-    """Validate configuration text; raise ConfigError listing every problem."""
+def parse_document(text: str, path: Path | None = None) -> Document:
     where = str(path) if path else "<config>"
     try:
         data = yaml.safe_load(text)
@@ -304,17 +280,60 @@ def parse_config(text: str, path: Path | None = None) -> Config:
         raise ConfigError([f"{where}{line}: not valid YAML: {exc}"]) from exc
     if not isinstance(data, dict):
         raise ConfigError([f"{where}: the top level must be a mapping"])
-    base_dir = path.resolve().parent if path else Path.cwd()
-    try:
-        config = Config.model_validate(data, context={"base_dir": base_dir})
-    except ValidationError as exc:
-        raise ConfigError(validation_problems(exc, yaml_line_map(text))) from exc
-    return config.model_copy(update={"source": path})
+    return Document(path, text, data)
 
 
-def load_config(path: Path) -> Config:
+def read_document(path: Path) -> Document:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
-    return parse_config(text, path)
+    return parse_document(text, path)
+
+
+def _context(path: Path | None) -> dict[str, Path]:
+    return {"base_dir": path.resolve().parent if path else Path.cwd()}
+
+
+def validate_document(document: Document) -> Config:
+    """The whole document as a Config; raises pydantic's ValidationError."""
+    config = Config.model_validate(document.data, context=_context(document.path))
+    return config.model_copy(update={"source": document.path})
+
+
+def valid_sections(document: Document) -> dict[str, Any]:
+    """Each top-level section that is valid on its own (an absent one gets its default),
+    so that the deeper checks of the valid sections still run when others are broken:
+    every problem is then reported in one pass."""
+    found: dict[str, Any] = {}
+    for name, info in Config.model_fields.items():
+        if info.exclude:
+            continue
+        if name not in document.data or info.annotation is None:
+            if not info.is_required():
+                found[name] = info.get_default(call_default_factory=True)
+            continue
+        try:
+            found[name] = TypeAdapter(info.annotation).validate_python(
+                document.data[name], context=_context(document.path)
+            )
+        except ValidationError:
+            continue
+    return found
+
+
+def config_from(document: Document) -> Config:
+    """Validate a document; raise ConfigError listing every schema problem
+    (daemon/preflight.py adds the checks that read files or build backends)."""
+    try:
+        return validate_document(document)
+    except ValidationError as exc:
+        raise ConfigError(render_all(schema_problems(exc, Config), document.lines)) from exc
+
+
+def parse_config(text: str, path: Path | None = None) -> Config:
+    return config_from(parse_document(text, path))
+
+
+def load_config(path: Path) -> Config:
+    return config_from(read_document(path))

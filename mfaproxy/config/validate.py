@@ -8,18 +8,23 @@ from typing import Any
 
 from pyrad.dictionary import Dictionary
 
-from mfaproxy.config.schema import AttributeValue, Config
+from mfaproxy.config.directory import RadiusDirectoryConfig
+from mfaproxy.config.problems import Loc, Problem
+from mfaproxy.config.schema import AttributeValue, RepliesConfig
 
 
 def _attribute_problems(
-    where: str, attributes: dict[str, AttributeValue], dictionary: Dictionary
-) -> list[str]:
+    where: Loc, attributes: dict[str, AttributeValue], dictionary: Dictionary
+) -> list[Problem]:
     problems = []
     for name, value in attributes.items():
-        if not dictionary.has_key(name.partition(":")[0]):
-            problems.append(f"{where}.{name}: unknown RADIUS attribute (not in the dictionaries)")
+        base = name.partition(":")[0]  # `Name:tag` for tagged attributes (RFC 2868)
+        if not dictionary.has_key(base):
+            problems.append(
+                Problem((*where, name), "unknown RADIUS attribute (not in the dictionaries)")
+            )
             continue
-        attr = dictionary.attributes[name.partition(":")[0]]
+        attr = dictionary.attributes[base]
         values: list[Any] = value if isinstance(value, list) else [value]
         for item in values:
             if (
@@ -27,19 +32,27 @@ def _attribute_problems(
                 and not isinstance(item, int)
                 and not attr.values.HasForward(item)
             ):
-                problems.append(f"{where}.{name}: {item!r} is not an integer or a named value")
+                problems.append(
+                    Problem((*where, name), f"{item!r} is not an integer or a named value")
+                )
     return problems
 
 
-def semantic_problems(config: Config, dictionary: Dictionary) -> list[str]:
-    problems = _attribute_problems("replies.attributes", config.replies.attributes, dictionary)
-    for index, mapping in enumerate(config.replies.groups):
-        problems += _attribute_problems(
-            f"replies.groups.{index}.attributes", mapping.attributes, dictionary
+def reply_problems(replies: RepliesConfig, dictionary: Dictionary) -> list[Problem]:
+    """Every reply attribute (for all users and per group) is known and well typed."""
+    problems = _attribute_problems(("replies", "attributes"), replies.attributes, dictionary)
+    for index, mapping in enumerate(replies.groups):
+        where = ("replies", "groups", index, "attributes")
+        problems += _attribute_problems(where, mapping.attributes, dictionary)
+    return problems
+
+
+def pass_through_problems(radius: RadiusDirectoryConfig, dictionary: Dictionary) -> list[Problem]:
+    return [
+        Problem(
+            ("directory", "radius", "pass_through_attributes", index),
+            f"unknown RADIUS attribute {name!r}",
         )
-    if config.directory.radius is not None:
-        for index, name in enumerate(config.directory.radius.pass_through_attributes):
-            if not dictionary.has_key(name):
-                where = f"directory.radius.pass_through_attributes.{index}"
-                problems.append(f"{where}: unknown RADIUS attribute {name!r}")
-    return problems
+        for index, name in enumerate(radius.pass_through_attributes)
+        if not dictionary.has_key(name)
+    ]

@@ -25,9 +25,9 @@ from mfaproxy.adapters.udp import open_listener
 from mfaproxy.auth.engine import Engine
 from mfaproxy.auth.second_factor import CHALLENGES
 from mfaproxy.config.base import parse_host_port
-from mfaproxy.config.schema import Config, load_config
+from mfaproxy.config.schema import Config
+from mfaproxy.daemon import preflight
 from mfaproxy.daemon.accounting import open_accounting, reload_accounting
-from mfaproxy.daemon.preflight import check
 from mfaproxy.daemon.runtime import Dispatcher, Runtime
 from mfaproxy.daemon.supervisor import report_ready, worker_index
 from mfaproxy.directory.registry import build_checker
@@ -86,7 +86,7 @@ def duplicates_for(config: Config, shared: Shared) -> Duplicates:
 
 def build_runtime(config: Config, shared: Shared) -> Runtime:
     dictionary = load_dictionary(config.server.dictionaries)
-    check(config, dictionary)
+    preflight.check(config, dictionary)
     geoip = GeoIpDatabases.open_for(config.access_policies)
     mail = SmtpSender(config.smtp) if config.smtp is not None else None
     services = FactorServices(shared.users, shared.state, mail, dictionary, shared.master_key)
@@ -186,7 +186,7 @@ class Server:
         try:
             if path is None:
                 raise ConfigError(["the configuration was not read from a file"])
-            new_config = load_config(path)
+            new_config = preflight.load(path)
             new_runtime = build_runtime(new_config, self.shared)
         except (ConfigError, OSError) as exc:
             problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]

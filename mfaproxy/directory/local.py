@@ -17,6 +17,8 @@ operator can raise the cost (`users hash-password --cost`) user by user.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +32,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from pydantic import Field, ValidationError, field_validator
 
 from mfaproxy.config.base import Strict
-from mfaproxy.config.schema import validation_problems, yaml_line_map
+from mfaproxy.config.problems import render_all, schema_problems, yaml_line_map
 from mfaproxy.core.identity import name_problem, normalise
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.errors import ConfigError
@@ -101,6 +103,52 @@ def cost_of(stored_hash: str) -> HashCost | None:
 # for hashing.
 HASHER = hasher_for(DEFAULT_COST)
 
+# libargon2's limits (argon2.h: ARGON2_MIN_SALT_LENGTH, ARGON2_MIN_OUTLEN, and at least
+# 8 KiB of memory per lane): a hash outside them can never verify.
+MIN_SALT_OCTETS = 8
+MIN_HASH_OCTETS = 4
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+")
+_HASH_ADVICE = "make one with `mfaproxy users hash-password`"
+
+
+def _unpadded_base64(text: str) -> bytes | None:
+    """The PHC string format's base64 (no padding, RFC 4648 alphabet); None if not."""
+    if not _BASE64.fullmatch(text) or len(text) % 4 == 1:
+        return None
+    try:
+        decoded = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    # libargon2 refuses a last character with unused bits set (a non-canonical form).
+    return decoded if base64.b64encode(decoded).rstrip(b"=").decode() == text else None
+
+
+def hash_problem(value: str) -> str | None:
+    """Why `value` is not a usable argon2 hash, or None when it is one.
+
+    argon2-cffi's parameter extraction reads the type, version and costs; the salt and
+    the hash themselves are decoded here, since a hash libargon2 cannot decode is
+    refused at verification in microseconds: the right password would be rejected as
+    a wrong one, and faster than a wrong one, which tells an attacker the user exists.
+    """
+    try:
+        params = extract_parameters(value)
+    except InvalidHashError:
+        return f"not an argon2 hash ($argon2id$v=19$m=...,t=...,p=...$salt$hash); {_HASH_ADVICE}"
+    salt_text, hash_text = value.split("$")[-2:]
+    salt, digest = _unpadded_base64(salt_text), _unpadded_base64(hash_text)
+    if salt is None or digest is None:
+        return f"the salt or hash part is not base64; {_HASH_ADVICE}"
+    if len(salt) < MIN_SALT_OCTETS or len(digest) < MIN_HASH_OCTETS:
+        return f"the salt or hash part is too short (truncated?); {_HASH_ADVICE}"
+    if params.version not in (0x10, 0x13):
+        return f"argon2 version {params.version} is unknown (19 is current)"
+    if params.time_cost < 1 or not 1 <= params.parallelism < 2**24:
+        return "t must be at least 1 and p between 1 and 16777215"
+    if params.memory_cost < 8 * params.parallelism:
+        return "m must be at least 8 KiB per lane (8 x p)"
+    return None
+
 
 class LocalUser(Strict):
     password_hash: str = Field(min_length=1)
@@ -111,8 +159,9 @@ class LocalUser(Strict):
     @field_validator("password_hash")
     @classmethod
     def _argon2(cls, value: str) -> str:
-        if not value.startswith("$argon2"):
-            raise ValueError("must be an argon2 hash from `mfaproxy users hash-password`")
+        problem = hash_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 
@@ -133,9 +182,8 @@ def load_users_file(path: Path) -> dict[str, LocalUser]:
     try:
         parsed = UsersFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(
-            [f"{path}: {p}" for p in validation_problems(exc, yaml_line_map(text))]
-        ) from exc
+        found = render_all(schema_problems(exc, UsersFile), yaml_line_map(text))
+        raise ConfigError([f"{path}: {p}" for p in found]) from exc
     users: dict[str, LocalUser] = {}
     first: dict[str, str] = {}
     problems: list[str] = []

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from mfaproxy.config.multifactor import CodeDelivery, Method
+from mfaproxy.config.multifactor import CodeDelivery, Method, template_problem
 from mfaproxy.errors import ConfigError
 from mfaproxy.factors.base import FactorRequest, FactorResult, FactorServices, FactorUser, Verdict
 from mfaproxy.otp.codes import digit_code
@@ -37,7 +37,6 @@ FLOOD_NAMESPACE = "delivery"
 ISSUED_NAMESPACE = "delivery_issued"
 _SALT_BYTES = 16
 _KEY_INFO = b"mfaproxy delivered codes v1"
-_TEMPLATE_FIELDS = frozenset({"code", "minutes"})
 
 
 class DeliveryFailed(Exception):
@@ -75,20 +74,11 @@ def mask_number(number: str) -> str:
 
 
 def check_template(template: str, where: str) -> None:
-    """Refuse a message template that would fail at send time or never show the code.
-
-    Only `{code}` and `{minutes}` are offered, without attribute or index access, so an
-    operator's template cannot reach into Python objects through str.format.
-    """
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as exc:
-        raise ConfigError([f"{where}: {exc}"]) from exc
-    unknown = sorted(fields - _TEMPLATE_FIELDS)
-    if unknown:
-        raise ConfigError([f"{where}: unknown placeholder(s) {unknown}; use {{code}}, {{minutes}}"])
-    if "code" not in fields:
-        raise ConfigError([f"{where}: the template must contain {{code}}"])
+    """Refuse a message template that would fail at send time or never show the code
+    (the schema already refuses one in a configuration file: config/multifactor.py)."""
+    problem = template_problem(template)
+    if problem is not None:
+        raise ConfigError([f"{where}: {problem}"])
 
 
 def render(template: str, code: str, settings: CodeDelivery) -> str:

@@ -43,6 +43,19 @@ def load_or_create_key(path: str | os.PathLike[str]) -> bytes:
     return _read_key_file(key_path)
 
 
+def key_file_problem(path: str | os.PathLike[str]) -> str | None:
+    """What would stop `load_or_create_key` at start, without creating anything: an
+    existing file that is unusable. An absent file is fine (it is created then)."""
+    key_path = Path(path)
+    if not key_path.exists():
+        return None
+    try:
+        _read_key_file(key_path)
+    except KeyFileError as exc:
+        return exc.problems[0]
+    return None
+
+
 def _create_key_file(path: Path) -> None:
     # The parent may hold the SQLite store too: keep it private when we create it.
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from mfaproxy.config.schema import load_config, parse_config
-from mfaproxy.config.validate import semantic_problems
+from mfaproxy.config.schema import parse_config
+from mfaproxy.config.validate import reply_problems
 from mfaproxy.daemon import preflight
 from mfaproxy.errors import ConfigError
 from mfaproxy.radius.codec import load_dictionary
 from tests.support.daemon import REPO
+from tests.support.slapd import CertificateAuthority
 
 MINIMAL = """
 clients:
@@ -117,7 +119,7 @@ def test_duplicate_client_names_are_refused() -> None:
 def test_unknown_reply_attribute_is_reported_with_its_path(tmp_path: Path) -> None:
     text = MINIMAL + "replies:\n  groups:\n    - {group: g, attributes: {Filter-Idd: x}}\n"
     config = parse_config(text, REPO / "config" / "x.yaml")
-    found = semantic_problems(config, load_dictionary())
+    found = [p.render({}) for p in reply_problems(config.replies, load_dictionary())]
     assert found == [
         "replies.groups.0.attributes.Filter-Idd: unknown RADIUS attribute (not in the dictionaries)"
     ]
@@ -128,11 +130,33 @@ def test_yaml_syntax_error_has_a_line() -> None:
     assert "line" in found[0]
 
 
-@pytest.mark.parametrize(
-    "path", sorted((REPO / "config").glob("mfaproxy*.yaml")), ids=lambda p: p.name
-)
-def test_every_shipped_config_loads(path: Path) -> None:
-    config = load_config(path)
+EXAMPLES = sorted(p for p in (REPO / "config").glob("*.yaml") if p.name != "users.yaml")
+INSTALLED = re.compile(r"/(?:etc|var/lib)/mfaproxy/[\w./-]+")
+
+
+def installed_copy(example: Path, root: Path) -> Path:
+    """The example as installed under a fake root: each file it names below
+    /etc/mfaproxy or /var/lib/mfaproxy exists there (a CA for .pem, else a secret)."""
+    text = example.read_text()
+    for absolute in sorted(set(INSTALLED.findall(text))):
+        target = root / absolute.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.suffix == ".pem":
+            CertificateAuthority.create().write(target)
+        elif target.suffix not in (".key", ".sqlite3") and "." in target.name:
+            target.write_text("a-long-random-secret-of-the-operator\n")
+    text = INSTALLED.sub(lambda m: str(root) + m.group(0), text)
+    copy = root / "etc" / "mfaproxy" / example.name
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(text)
+    for sibling in ("users.yaml",):
+        (copy.parent / sibling).write_text((example.parent / sibling).read_text())
+    return copy
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path, tmp_path: Path) -> None:
+    config = preflight.load(installed_copy(path, tmp_path))
     assert preflight.problems(config, load_dictionary(config.server.dictionaries)) == []
 
 

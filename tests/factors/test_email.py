@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import structlog
+from pydantic import ValidationError
 
 from mfaproxy.adapters.smtp import SmtpSender
 from mfaproxy.config.multifactor import MultifactorConfig, SmtpConfig
@@ -358,6 +359,7 @@ def test_bad_templates_are_refused(template: str) -> None:
         check_template(template, "multifactor.email.body")
 
 
-async def test_build_checks_the_body_template(env: Env) -> None:
-    with pytest.raises(ConfigError, match=r"multifactor\.email\.body"):
+async def test_the_schema_refuses_a_bad_body_template(env: Env) -> None:
+    # A schema rule, so check-config reports it with the other problems (preflight).
+    with pytest.raises(ValidationError, match=r"email\.body[\s\S]*unknown placeholder"):
         factor(env.services(None), body="Your code: {secret}")
