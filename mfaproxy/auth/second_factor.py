@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from mfaproxy.auth.attempts import CLIENT_FAILURES, NAS_WINDOW, Attempt, AttemptGate
 from mfaproxy.config.policies import MfaAction
 from mfaproxy.config.schema import Config, SecondFactorMode
 from mfaproxy.core import replies
@@ -43,7 +44,6 @@ from mfaproxy.store.records import UserRecord
 log = structlog.get_logger(__name__)
 
 CHALLENGES = "challenge"
-CLIENT_FAILURES = "client_failures"
 
 MSG_UNAVAILABLE = rules.MSG_UNAVAILABLE
 PROMPT_BACKUP = "Enter one of your backup codes"
@@ -84,6 +84,7 @@ class SecondFactorStage:
         self.mfa = config.multifactor
         self.factors = factors
         self.services = services
+        self.gate = AttemptGate(config.multifactor, services)
         # One handler per `Action` of the machine.
         self._handlers: Mapping[Action, Handler] = {
             Action.CHECK: self._check,
@@ -107,10 +108,21 @@ class SecondFactorStage:
         return replies.reject(self.config.replies, reason, message)
 
     async def _challenge(self, login: Login, session: Session, prompt: str, reason: str) -> Answer:
+        """Store the session under a new State; the user's oldest open session beyond
+        `challenge.max_open_per_user` is retired (its State becomes unknown)."""
         state = state_from_random(secrets.token_bytes(STATE_RANDOM_BYTES))
-        ttl = self.mfa.challenge.timeout_seconds
-        key = session_key(state)
-        await self.services.state.put(CHALLENGES, key, session.to_json(), ttl, login.now)
+        challenge = self.mfa.challenge
+        retired = await self.services.state.put_bounded(
+            CHALLENGES,
+            session_key(state),
+            session.to_json(),
+            challenge.timeout_seconds,
+            login.now,
+            group=login.user.name,
+            limit=challenge.max_open_per_user,
+        )
+        if retired:
+            metrics.CHALLENGES_RETIRED.inc(len(retired))
         return Answer(Outcome.CHALLENGE, reason, reply_message=reply_message(prompt), state=state)
 
     def _session(
@@ -153,26 +165,30 @@ class SecondFactorStage:
         if lock.locked:
             return rules.blocked(locked=True, throttled=False)
         limit = self.mfa.lockout.client_failures_per_minute
-        failures = await self.services.state.count(CLIENT_FAILURES, login.client, now, 60)
+        failures = await self.services.state.count(CLIENT_FAILURES, login.client, now, NAS_WINDOW)
         return rules.blocked(locked=False, throttled=failures >= limit)
 
-    async def _count_failure(self, login: Login) -> bool:
-        """Count one second-factor failure; True when the user is now locked out."""
-        user, now, lockout = login.user.name, login.now, self.mfa.lockout
-        limit = lockout.client_failures_per_minute
-        await self.services.state.rate_limit(
-            CLIENT_FAILURES, login.client, now, max_events=limit + 1, window=60
-        )
-        state = await self.services.users.run(
-            lambda s: s.record_failure(user, now, lockout.max_failures, lockout.lockout_seconds)
-        )
-        return state.locked
-
     async def _succeeded(self, login: Login, method: str, step: Step) -> Answer:
-        user = login.user.name
-        await self.services.users.run(lambda s: s.reset_failures(user))
         metrics.SECOND_FACTOR_ATTEMPTS.labels(method=method, result="accepted").inc()
         return self._accept(login, step.reason)
+
+    async def _attempt(
+        self,
+        login: Login,
+        at: Round,
+        previous: Session | None,
+        check: Callable[[], Awaitable[FactorResult]],
+    ) -> Answer:
+        """Run one check of what the user typed as an atomic attempt (auth/attempts.py):
+        under the user's lease, with the attempt reserved before and settled after."""
+        opened = await self.gate.open(login.user.name, login.client, login.now)
+        if isinstance(opened, Step):
+            return self._reject(opened.reason, opened.message)
+        try:
+            result = await check()
+            return await self._judge(login, at, result, previous, opened)
+        finally:
+            await self.gate.close(opened)
 
     # ------------------------------------------------------------------ first round
 
@@ -256,8 +272,10 @@ class SecondFactorStage:
         if factor is None:  # the method was disabled by a reload since the challenge
             return self._reject("method_disabled")
         pending = previous.pending if previous is not None else {}
-        result = await factor.check(login.factor_request(), response, pending)
-        return await self._judge(login, _round(Stage.CODE, method, previous), result, previous)
+        at = _round(Stage.CODE, method, previous)
+        return await self._attempt(
+            login, at, previous, lambda: factor.check(login.factor_request(), response, pending)
+        )
 
     async def _finish_enrolment(
         self, login: Login, response: str, method: str, previous: Session | None
@@ -266,17 +284,29 @@ class SecondFactorStage:
         if factor is None:
             return self._reject("method_disabled")
         pending = previous.pending if previous is not None else {}
-        result = await factor.finish_enrolment(login.factor_request(), response, pending)
-        return await self._judge(login, _round(Stage.ENROL, method, previous), result, previous)
+        at = _round(Stage.ENROL, method, previous)
+        return await self._attempt(
+            login,
+            at,
+            previous,
+            lambda: factor.finish_enrolment(login.factor_request(), response, pending),
+        )
 
     async def _check_backup_code(
         self, login: Login, response: str, method: str, previous: Session | None
     ) -> Answer:
         user, now = login.user.name, login.now
-        used = await self.services.users.run(lambda s: s.consume_backup_code(user, response, now))
-        result = FactorResult.accept("backup_code_ok") if used else FactorResult.reject("bad_code")
+
+        async def consume() -> FactorResult:
+            used = await self.services.users.run(
+                lambda s: s.consume_backup_code(user, response, now)
+            )
+            return (
+                FactorResult.accept("backup_code_ok") if used else FactorResult.reject("bad_code")
+            )
+
         at = _round(Stage.BACKUP, BACKUP_CODES, previous)
-        return await self._judge(login, at, result, previous)
+        return await self._attempt(login, at, previous, consume)
 
     async def _ask_backup_code(
         self, login: Login, response: str, method: str, previous: Session | None
@@ -293,17 +323,23 @@ class SecondFactorStage:
     # ------------------------------------------------------------------ steps
 
     async def _judge(
-        self, login: Login, at: Round, result: FactorResult, previous: Session | None = None
+        self,
+        login: Login,
+        at: Round,
+        result: FactorResult,
+        previous: Session | None = None,
+        attempt: Attempt | None = None,
     ) -> Answer:
-        """Count what `result` costs, ask the machine for the next step, perform it.
-        `previous` is the session being answered (None on a first round)."""
+        """Settle what `result` costs, ask the machine for the next step, perform it.
+        `previous` is the session being answered (None on a first round); `attempt` the
+        reservation the result was checked under (None for a factor's `begin`)."""
         login.audit.update(method=at.method, mfa_result=result.reason)
         if result.verdict not in (Verdict.ACCEPT, Verdict.CHALLENGE):
             login.responded = True  # a no (or an outage) is never undone by a failmode
             metrics.SECOND_FACTOR_ATTEMPTS.labels(method=at.method, result=result.reason).inc()
         if result.verdict is Verdict.UNAVAILABLE:
             log.warning("factor_unavailable", method=at.method, reason=result.reason)
-        locked = result.is_failure and await self._count_failure(login)
+        locked = await self._settle(login, result, attempt)
         step = rules.decide(result, at, self.mfa.challenge.attempts, locked)
         if step.kind is StepKind.ACCEPT:
             return await self._succeeded(login, at.method, step)
@@ -319,6 +355,18 @@ class SecondFactorStage:
             retry = self._retry_session(login, step, at, previous)
             return await self._challenge(login, retry, retry_prompt(retry.prompt), step.reason)
         return self._reject(step.reason, step.message)
+
+    async def _settle(self, login: Login, result: FactorResult, attempt: Attempt | None) -> bool:
+        """Count or give back what `result` cost; True when a failure locked the user."""
+        if attempt is not None:
+            await self.gate.settle(attempt, result, login.now)
+            return result.is_failure and attempt.reservation.last
+        user = login.user.name
+        if result.verdict is Verdict.ACCEPT:
+            await self.services.users.run(lambda s: s.reset_failures(user))
+        if not result.is_failure:
+            return False
+        return await self.gate.count_failure(user, login.client, login.now)
 
     def _retry_session(
         self, login: Login, step: Step, at: Round, previous: Session | None

@@ -228,6 +228,9 @@ class ChallengeConfig(Strict):
     timeout_seconds: int = Field(default=120, ge=10, le=900)
     # Wrong answers allowed inside one login before Access-Reject.
     attempts: int = Field(default=3, ge=1, le=10)
+    # Open challenge sessions one user may have; a new one retires the oldest, so a
+    # password holder cannot stock up States to answer all at once.
+    max_open_per_user: int = Field(default=3, ge=1, le=100)
 
 
 class LockoutConfig(Strict):
@@ -235,6 +238,10 @@ class LockoutConfig(Strict):
     lockout_seconds: int = Field(default=900, ge=1, le=86400)
     # Second-factor failures accepted from one NAS per minute before it is throttled.
     client_failures_per_minute: int = Field(default=60, ge=1, le=100000)
+    # How long one user's second-factor check may hold that user's lease (checks for
+    # one user run one at a time, across nodes). Unset: derived from the longest
+    # method wait (Duo `timeout`, the RADIUS method's timeout and retries) plus margin.
+    check_lease_seconds: int | None = Field(default=None, ge=5, le=900)
 
 
 class MultifactorConfig(Strict):
@@ -268,6 +275,17 @@ class MultifactorConfig(Strict):
         if self.send_reset_email_to == "specific_email" and not self.specific_email:
             raise ValueError("send_reset_email_to is specific_email but specific_email is unset")
         return self
+
+    def check_lease(self) -> float:
+        """Seconds a second-factor check holds its user's lease (see LockoutConfig)."""
+        if self.lockout.check_lease_seconds is not None:
+            return float(self.lockout.check_lease_seconds)
+        waits = [15.0]
+        if self.duo is not None:
+            waits.append(self.duo.timeout + 10.0)
+        if self.radius is not None:
+            waits.append(self.radius.timeout * (self.radius.retries + 1) + 5.0)
+        return max(waits)
 
     def email_settings(self) -> EmailMethodConfig:
         """Email codes work with defaults (as a method or as an alternate way)."""

@@ -81,6 +81,12 @@ CHALLENGES_PENDING = Gauge(
     "Access-Challenge sessions waiting for an answer.",
     registry=REGISTRY,
 )
+CHALLENGES_RETIRED = Counter(
+    "mfaproxy_challenges_retired_total",
+    "Open challenge sessions retired because their user opened more than"
+    " multifactor.challenge.max_open_per_user.",
+    registry=REGISTRY,
+)
 IN_FLIGHT = Gauge(
     "mfaproxy_requests_in_flight",
     "Requests being processed now.",

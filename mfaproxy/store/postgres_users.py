@@ -58,7 +58,17 @@ from mfaproxy.otp.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
 from mfaproxy.store.pg_connections import PgConnections
 from mfaproxy.store.pg_schema import MIGRATIONS
-from mfaproxy.store.records import LockState, ResetRequest, ResetStatus, UserRecord, lock_view
+from mfaproxy.store.records import (
+    LockState,
+    Reservation,
+    ResetRequest,
+    ResetStatus,
+    UserRecord,
+    check_lockout_arguments,
+    lock_view,
+    released,
+    reserved,
+)
 from mfaproxy.store.rekey import POSTGRES, Rekey, rekey_identities
 
 log = structlog.get_logger(__name__)
@@ -529,8 +539,7 @@ class PostgresUserStore:
         extend it), an expired one restarts the count, and reaching `max_failures`
         starts a lockout. The SET expressions all read the row as it was.
         """
-        if max_failures < 1 or lockout_seconds < 0:
-            raise ValueError("max_failures must be >= 1 and lockout_seconds >= 0")
+        check_lockout_arguments(max_failures, lockout_seconds)
         row = self._one(
             "INSERT INTO users AS u (name, created_at, updated_at, failures, locked_until)"
             " VALUES (%(name)s, %(now)s, %(now)s, 1, CASE WHEN 1 >= %(max)s"
@@ -557,3 +566,45 @@ class PostgresUserStore:
             "UPDATE users SET failures = 0, locked_until = NULL WHERE name = %s",
             (identity_key(user),),
         )
+
+    def reserve_attempt(
+        self, user: str, now: float, max_failures: int, lockout_seconds: float
+    ) -> Reservation:
+        """May `user` try a code now? Answered and counted in one transaction that holds
+        the user's row lock from its first statement (records.reserved is the rule, the
+        same as SQLite's), so reservations from every daemon are serialised."""
+        check_lockout_arguments(max_failures, lockout_seconds)
+        name = identity_key(user)
+
+        def reserve(conn: Connection) -> Reservation:
+            conn.execute(_LOCK_USER, (name, now, now))
+            row = conn.execute(
+                "SELECT failures, locked_until FROM users WHERE name = %s", (name,)
+            ).fetchone()
+            assert row is not None  # created and locked just above
+            reservation = reserved(row[0], row[1], now, max_failures, lockout_seconds)
+            if reservation.granted:
+                conn.execute(
+                    "UPDATE users SET failures = %s, locked_until = %s WHERE name = %s",
+                    (reservation.lock.failures, reservation.lock.locked_until, name),
+                )
+            return reservation
+
+        return self._transaction(reserve)
+
+    def release_attempt(self, user: str, now: float, max_failures: int) -> None:
+        """Give back a reserved attempt whose result was not the user's fault."""
+        name = identity_key(user)
+
+        def release(conn: Connection) -> None:
+            row = conn.execute(
+                "SELECT failures, locked_until FROM users WHERE name = %s FOR UPDATE", (name,)
+            ).fetchone()
+            after = None if row is None else released(row[0], row[1], now, max_failures)
+            if after is not None:
+                conn.execute(
+                    "UPDATE users SET failures = %s, locked_until = %s WHERE name = %s",
+                    (after.failures, after.locked_until, name),
+                )
+
+        self._transaction(release)

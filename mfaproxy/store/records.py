@@ -34,6 +34,19 @@ class LockState:
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """The answer to "may this user try a code now?", given and counted in one step."""
+
+    granted: bool  # False: a lockout is in force, nothing was counted
+    lock: LockState  # as left by the reservation (as found, when refused)
+
+    @property
+    def last(self) -> bool:
+        """A failure of this attempt leaves the user locked out (it took the last try)."""
+        return self.granted and self.lock.locked
+
+
+@dataclass(frozen=True)
 class UserRecord:
     """What `users show` prints; secrets are never part of it."""
 
@@ -84,6 +97,10 @@ class UserRepository(Protocol):
         self, user: str, now: float, max_failures: int, lockout_seconds: float
     ) -> LockState: ...
     def reset_failures(self, user: str) -> None: ...
+    def reserve_attempt(
+        self, user: str, now: float, max_failures: int, lockout_seconds: float
+    ) -> Reservation: ...
+    def release_attempt(self, user: str, now: float, max_failures: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -92,3 +109,45 @@ def lock_view(failures: int, locked_until: float | None, now: float) -> LockStat
     if locked_until is not None and now >= locked_until:
         return LockState(0, None, False)
     return LockState(failures, locked_until, locked_until is not None)
+
+
+def check_lockout_arguments(max_failures: int, lockout_seconds: float) -> None:
+    if max_failures < 1 or lockout_seconds < 0:
+        raise ValueError("max_failures must be >= 1 and lockout_seconds >= 0")
+
+
+def reserved(
+    failures: int,
+    locked_until: float | None,
+    now: float,
+    max_failures: int,
+    lockout_seconds: float,
+) -> Reservation:
+    """Reserve one attempt on a row holding (`failures`, `locked_until`).
+
+    Refused while a lockout is in force. Otherwise the attempt is counted now, before
+    any code is looked at, and the lockout starts with the attempt that reaches
+    `max_failures` (so at most `max_failures` attempts are in flight or spent per
+    lockout period, however many arrive at once). `release_attempt` gives back an
+    attempt whose result was not the user's fault; a success resets the count.
+    """
+    view = lock_view(failures, locked_until, now)
+    if view.locked:
+        return Reservation(False, view)
+    count, until = view.failures + 1, None
+    if count >= max_failures and lockout_seconds > 0:
+        until = now + lockout_seconds
+    return Reservation(True, LockState(count, until, until is not None))
+
+
+def released(
+    failures: int, locked_until: float | None, now: float, max_failures: int
+) -> LockState | None:
+    """The row after giving back one reserved attempt; None when there is nothing to
+    give back (no count, or the lockout it belonged to is over)."""
+    view = lock_view(failures, locked_until, now)
+    if view.failures == 0:
+        return None
+    count = view.failures - 1
+    until = view.locked_until if count >= max_failures else None
+    return LockState(count, until, until is not None)

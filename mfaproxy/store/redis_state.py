@@ -15,10 +15,13 @@ shared store, `now` must be wall-clock time (`time.time()`), never a per-process
 monotonic clock. The margin covers clock skew between instances.
 
 Keys: `{key_prefix}:{namespace}:v:{key}` holds a value, `{key_prefix}:{namespace}:e:{key}`
-the events of a rate limit (a sorted set scored by time), `{key_prefix}:{namespace}:index`
-the live values of a namespace scored by expiry (for `size`). `:` and `%` in a namespace
-are percent-encoded so that no two (namespace, key) pairs share a Redis key. The keys of
-one call are not in one hash slot: Redis Cluster is not supported (Sentinel is).
+the events of a rate limit or reservation (a sorted set scored by time),
+`{key_prefix}:{namespace}:index` the live values of a namespace scored by expiry (for
+`size`, and for `put_bounded` to tell live members), `{key_prefix}:{namespace}:g:{group}`
+the members of a `put_bounded` group in creation order and `...:s:{group}` its sequence.
+`:` and `%` in a namespace are percent-encoded so that no two (namespace, key) pairs
+share a Redis key. The keys of one call are not in one hash slot: Redis Cluster is not
+supported (Sentinel is).
 
 Failures: when Redis cannot be reached or answers with an error, every method raises
 `StateStoreUnavailable` after at most about two socket timeouts (one transparent retry
@@ -122,6 +125,48 @@ return 1
 """
 
 
+# KEYS: value, index, group, group sequence. ARGV: payload, px, member, expires, now,
+# limit, value-key prefix. Stores the value (as PUT), appends the member to its group
+# in creation order (a sequence number, so equal clocks keep the order), forgets the
+# members that are no longer live (taken: gone from the index; expired: scored at or
+# before now) and deletes the oldest beyond the limit. Returns the deleted members.
+# The value keys of the other members are built from the prefix: like the rest of
+# this store, not for Redis Cluster.
+PUT_BOUNDED = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+local seq = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[3], seq, ARGV[3])
+for _, key in ipairs({KEYS[3], KEYS[4]}) do
+  if redis.call('PTTL', key) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', key, ARGV[2])
+  end
+end
+local live = {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  local expires = redis.call('ZSCORE', KEYS[2], member)
+  if expires and tonumber(expires) > tonumber(ARGV[5]) then
+    table.insert(live, member)
+  else
+    redis.call('ZREM', KEYS[3], member)
+  end
+end
+local retired = {}
+for i = 1, #live - tonumber(ARGV[6]) do
+  local member = live[i]
+  redis.call('DEL', ARGV[7] .. member)
+  redis.call('ZREM', KEYS[2], member)
+  redis.call('ZREM', KEYS[3], member)
+  table.insert(retired, member)
+end
+return retired
+"""
+
+
 def _px(seconds: float) -> int:
     """Milliseconds Redis keeps a key: the logical lifetime plus the safety margin."""
     total = seconds + EXPIRY_MARGIN
@@ -151,6 +196,7 @@ class RedisStateStore:
         self._take = self._client.register_script(TAKE)
         self._put_if_absent = self._client.register_script(PUT_IF_ABSENT)
         self._rate_limit = self._client.register_script(RATE_LIMIT)
+        self._put_bounded = self._client.register_script(PUT_BOUNDED)
 
     def _connect(self, settings: RedisSettings) -> Redis:
         # Retry once, at once, on a broken connection (a restarted server): redis-py
@@ -277,6 +323,44 @@ class RedisStateStore:
         keys = [self._key(namespace, "e", key)]
         recorded = await self._call("rate_limit", self._rate_limit(keys, args))
         return bool(recorded)
+
+    async def reserve(
+        self, namespace: str, key: str, now: float, *, max_events: int, window: float
+    ) -> str | None:
+        member = f"{now!r}:{secrets.token_hex(8)}"
+        args: list[EncodableT] = [repr(now), repr(now - window), max_events]
+        args += ["0", member, _px(window)]
+        keys = [self._key(namespace, "e", key)]
+        recorded = await self._call("reserve", self._rate_limit(keys, args))
+        return member if recorded else None
+
+    async def release(self, namespace: str, key: str, token: str) -> None:
+        events = self._key(namespace, "e", key)
+        await self._call("release", self._client.zrem(events, token))
+
+    async def put_bounded(
+        self,
+        namespace: str,
+        key: str,
+        value: JsonDict,
+        ttl: float,
+        now: float,
+        *,
+        group: str,
+        limit: int,
+    ) -> list[str]:
+        expires = now + ttl
+        payload = json.dumps({"expires": expires, "value": value}, separators=(",", ":"))
+        keys = [
+            self._key(namespace, "v", key),
+            self._key(namespace, "index"),
+            self._key(namespace, "g", group),
+            self._key(namespace, "s", group),
+        ]
+        args: list[EncodableT] = [payload, _px(ttl), _encode(key), repr(expires), repr(now)]
+        args += [limit, self._key(namespace, "v", "")]
+        retired = await self._call("put_bounded", self._put_bounded(keys, args))
+        return [m.decode("utf-8", "surrogatepass") if isinstance(m, bytes) else m for m in retired]
 
     async def count(self, namespace: str, key: str, now: float, window: float) -> int:
         key_name = self._key(namespace, "e", key)

@@ -3,12 +3,16 @@
 `StateStore` is the contract; `MemoryStateStore` keeps everything in this process (one
 instance, the default). Every operation that checks and changes state is one call, so a
 shared implementation (Redis) can make it atomic across instances: `take` pops a
-session so a State is used once, `rate_limit` checks and records in one step.
+session so a State is used once, `rate_limit` and `reserve` check and record in one
+step (`reserve` hands back a token so `release` can take that one event back: a
+per-NAS failure budget, or a short lease when the limit is one), `put_bounded` stores
+a value and retires the oldest of its group beyond a limit (open challenges per user).
 Values are JSON-compatible dicts so that a shared store can serialise them.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from typing import Any, Protocol
 
@@ -50,8 +54,35 @@ class StateStore(Protocol):
         and nothing is recorded)."""
         ...
 
+    async def reserve(
+        self, namespace: str, key: str, now: float, *, max_events: int, window: float
+    ) -> str | None:
+        """`rate_limit` that names the event it records: a token for `release`, or None
+        (nothing recorded) when `max_events` already happened in the last `window`."""
+        ...
+
+    async def release(self, namespace: str, key: str, token: str) -> None:
+        """Take back the event `reserve` recorded as `token` (gone already: no-op)."""
+        ...
+
     async def count(self, namespace: str, key: str, now: float, window: float) -> int:
-        """Events recorded by `rate_limit` in the last `window` seconds."""
+        """Events recorded by `rate_limit` or `reserve` in the last `window` seconds."""
+        ...
+
+    async def put_bounded(
+        self,
+        namespace: str,
+        key: str,
+        value: JsonDict,
+        ttl: float,
+        now: float,
+        *,
+        group: str,
+        limit: int,
+    ) -> list[str]:
+        """`put`, and make `key` the newest member of `group`; when more than `limit`
+        members are live (not taken, not expired), delete the oldest. Returns the keys
+        deleted. Atomic: concurrent callers never leave more than `limit` live."""
         ...
 
     async def size(self, namespace: str, now: float) -> int:
@@ -66,15 +97,23 @@ class MemoryStateStore:
 
     def __init__(self, max_entries: int = 1_000_000):
         self._values: dict[tuple[str, str], tuple[float, JsonDict]] = {}
-        self._events: dict[tuple[str, str], deque[float]] = {}
+        # Events as (time, token), oldest first; the token is "" unless `reserve`d.
+        self._events: dict[tuple[str, str], deque[tuple[float, str]]] = {}
+        # Members of a `put_bounded` group, oldest first (dicts keep insertion order).
+        self._groups: dict[tuple[str, str], dict[str, None]] = {}
         self._max_entries = max_entries
 
     def _prune(self, now: float) -> None:
-        if len(self._values) + len(self._events) < self._max_entries:
+        if len(self._values) + len(self._events) + len(self._groups) < self._max_entries:
             return
         self._values = {k: v for k, v in self._values.items() if v[0] > now}
         # Windows are at most a day long in practice; drop event keys idle that long.
-        self._events = {k: v for k, v in self._events.items() if v and v[-1] > now - 86400}
+        self._events = {k: v for k, v in self._events.items() if v and v[-1][0] > now - 86400}
+        self._groups = {
+            (ns, g): members
+            for (ns, g), members in self._groups.items()
+            if any((ns, key) in self._values for key in members)
+        }
 
     async def put(self, namespace: str, key: str, value: JsonDict, ttl: float, now: float) -> None:
         self._prune(now)
@@ -104,9 +143,11 @@ class MemoryStateStore:
     async def delete(self, namespace: str, key: str) -> None:
         self._values.pop((namespace, key), None)
 
-    def _window(self, namespace: str, key: str, now: float, window: float) -> deque[float]:
+    def _window(
+        self, namespace: str, key: str, now: float, window: float
+    ) -> deque[tuple[float, str]]:
         events = self._events.setdefault((namespace, key), deque())
-        while events and events[0] <= now - window:
+        while events and events[0][0] <= now - window:
             events.popleft()
         return events
 
@@ -122,10 +163,56 @@ class MemoryStateStore:
     ) -> bool:
         self._prune(now)
         events = self._window(namespace, key, now, window)
-        if len(events) >= max_events or (events and now - events[-1] < min_interval):
+        if len(events) >= max_events or (events and now - events[-1][0] < min_interval):
             return False
-        events.append(now)
+        events.append((now, ""))
         return True
+
+    async def reserve(
+        self, namespace: str, key: str, now: float, *, max_events: int, window: float
+    ) -> str | None:
+        self._prune(now)
+        events = self._window(namespace, key, now, window)
+        if len(events) >= max_events:
+            return None
+        token = secrets.token_hex(8)
+        events.append((now, token))
+        return token
+
+    async def release(self, namespace: str, key: str, token: str) -> None:
+        events = self._events.get((namespace, key))
+        if events is None:
+            return
+        for event in events:
+            if event[1] == token:
+                events.remove(event)
+                return
+
+    async def put_bounded(
+        self,
+        namespace: str,
+        key: str,
+        value: JsonDict,
+        ttl: float,
+        now: float,
+        *,
+        group: str,
+        limit: int,
+    ) -> list[str]:
+        await self.put(namespace, key, value, ttl, now)
+        members = self._groups.setdefault((namespace, group), {})
+        members.pop(key, None)
+        members[key] = None
+        for member in list(members):
+            if await self.get(namespace, member, now) is None:
+                del members[member]
+        retired: list[str] = []
+        while len(members) > limit:
+            oldest = next(iter(members))
+            del members[oldest]
+            self._values.pop((namespace, oldest), None)
+            retired.append(oldest)
+        return retired
 
     async def count(self, namespace: str, key: str, now: float, window: float) -> int:
         return len(self._window(namespace, key, now, window))
@@ -138,3 +225,4 @@ class MemoryStateStore:
     async def close(self) -> None:
         self._values.clear()
         self._events.clear()
+        self._groups.clear()

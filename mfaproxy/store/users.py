@@ -36,7 +36,17 @@ from mfaproxy.core.identity import identity_key
 from mfaproxy.errors import StoreError
 from mfaproxy.otp.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
-from mfaproxy.store.records import LockState, ResetRequest, ResetStatus, UserRecord, lock_view
+from mfaproxy.store.records import (
+    LockState,
+    Reservation,
+    ResetRequest,
+    ResetStatus,
+    UserRecord,
+    check_lockout_arguments,
+    lock_view,
+    released,
+    reserved,
+)
 from mfaproxy.store.rekey import REKEY, SQLITE, Rekey, rekey_identities
 
 # Ordered: version N is MIGRATIONS[N - 1]. Append, never edit a shipped entry: each is
@@ -538,8 +548,7 @@ class UserStore:
         locked longer than one period per `max_failures` attempts); once it has expired
         the count starts again from zero.
         """
-        if max_failures < 1 or lockout_seconds < 0:
-            raise ValueError("max_failures must be >= 1 and lockout_seconds >= 0")
+        check_lockout_arguments(max_failures, lockout_seconds)
         name = identity_key(user)
         with self._write() as conn:
             self._ensure(conn, name, now)
@@ -562,3 +571,40 @@ class UserStore:
             "UPDATE users SET failures = 0, locked_until = NULL WHERE name = ?",
             (identity_key(user),),
         )
+
+    def reserve_attempt(
+        self, user: str, now: float, max_failures: int, lockout_seconds: float
+    ) -> Reservation:
+        """May `user` try a code now? Answered and counted in one step (records.reserved).
+
+        BEGIN IMMEDIATE takes SQLite's write lock before the read, so concurrent
+        reservations (threads, or another process on the file) are strictly serialised.
+        """
+        check_lockout_arguments(max_failures, lockout_seconds)
+        name = identity_key(user)
+        with self._write() as conn:
+            self._ensure(conn, name, now)
+            row = conn.execute(
+                "SELECT failures, locked_until FROM users WHERE name = ?", (name,)
+            ).fetchone()
+            reservation = reserved(row[0], row[1], now, max_failures, lockout_seconds)
+            if reservation.granted:
+                conn.execute(
+                    "UPDATE users SET failures = ?, locked_until = ? WHERE name = ?",
+                    (reservation.lock.failures, reservation.lock.locked_until, name),
+                )
+        return reservation
+
+    def release_attempt(self, user: str, now: float, max_failures: int) -> None:
+        """Give back a reserved attempt whose result was not the user's fault."""
+        name = identity_key(user)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT failures, locked_until FROM users WHERE name = ?", (name,)
+            ).fetchone()
+            after = None if row is None else released(row[0], row[1], now, max_failures)
+            if after is not None:
+                conn.execute(
+                    "UPDATE users SET failures = ?, locked_until = ? WHERE name = ?",
+                    (after.failures, after.locked_until, name),
+                )

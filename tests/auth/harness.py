@@ -2,10 +2,11 @@
 
 `Harness` builds a real `Engine` from a configuration dict (validated by the real
 schema) with the local users file, a SQLite user store and the master key in
-`tmp_path`, the memory state store (or any `StateStore` given), the real factors, and
-a virtual clock. Requests are real RADIUS packets (pyrad, signed, User-Password hidden)
-decoded by the daemon's own codec, so the engine sees exactly what the runtime would
-hand it. Use it as `async with Harness(tmp_path, overrides) as h: await h.login(...)`.
+`tmp_path`, the memory state store (or the stores given: Redis, PostgreSQL), the real
+factors, and a virtual clock. Requests are real RADIUS packets (pyrad, signed,
+User-Password hidden) decoded by the daemon's own codec, so the engine sees exactly
+what the runtime would hand it. Use it as
+`async with Harness(tmp_path, overrides) as h: await h.login(...)`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from mfaproxy.factors.registry import build_factors
 from mfaproxy.radius.codec import RadiusRequest, decode_request
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.crypto import load_or_create_key
+from mfaproxy.store.records import UserRepository
 from mfaproxy.store.state import MemoryStateStore, StateStore
 from mfaproxy.store.users import UserStore
 from tests.support.nas import DICTIONARY, access_request
@@ -109,6 +111,7 @@ class Harness:
         overrides: Mapping[str, Any] | None = None,
         *,
         state: StateStore | None = None,
+        open_store: Callable[[bytes], UserRepository] | None = None,
         users: Mapping[str, dict[str, Any]] = USERS,
     ) -> None:
         self.tmp = tmp_path
@@ -124,7 +127,10 @@ class Harness:
             yaml.safe_dump(merge(data, overrides or {})), tmp_path / "mfaproxy.yaml"
         )
         key = load_or_create_key(self.config.key_file)
-        self.store = UserStore(tmp_path / "state" / "users.sqlite3", key)
+        # Several harnesses on one tmp_path share the SQLite file: several daemons.
+        # `open_store(master_key)`: another backend (PostgreSQL)
+        path = tmp_path / "state" / "users.sqlite3"
+        self.store = open_store(key) if open_store else UserStore(path, key)
         self.state: StateStore = state or MemoryStateStore()
         mail = SmtpSender(self.config.smtp) if self.config.smtp is not None else None
         self.services = FactorServices(

@@ -21,7 +21,7 @@ from mfaproxy.otp.backup_codes import generate_codes
 from mfaproxy.store.factory import open_user_store
 from mfaproxy.store.records import UserRepository
 from tests.support.daemon import Daemon
-from tests.support.nas import UdpNas, access_request, as_c_string, exchange, login
+from tests.support.nas import Reply, UdpNas, access_request, as_c_string, exchange, login
 from tests.support.ports import free_port
 from tests.support.smtp import SmtpServer
 
@@ -41,6 +41,7 @@ USERS: dict[str, dict[str, Any]] = {
     "heidi": {"groups": ["vpn-users"]},
     "ivan": {"groups": ["vpn-users"]},
     "judy": {"groups": ["vpn-users"]},
+    "kate": {"groups": ["vpn-users"]},
     "mallory": {"groups": ["blocked"]},
 }
 
@@ -111,6 +112,7 @@ def config(tmp: Path, smtp_port: int) -> dict[str, Any]:
             "alternate": ["backup_codes"],
             "administrators": {"group": "mfa-admins", "emails": ["security@example.com"]},
             "lockout": {"max_failures": 3, "lockout_seconds": 600},
+            "challenge": {"max_open_per_user": 20},
         },
         "smtp": {"host": "127.0.0.1", "port": smtp_port, "from": "mfaproxy@example.com"},
     }
@@ -123,7 +125,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         daemon = Daemon(tmp, config(tmp, smtp.port))
         store = open_user_store(load_config(daemon.config_path))
         secrets: dict[str, str] = {}
-        for user in ("alice", "bob", "carol", "erin", "frank", "grace", "ivan", "judy", "mallory"):
+        for user in (
+            "alice",
+            "bob",
+            "carol",
+            "erin",
+            "frank",
+            "grace",
+            "ivan",
+            "judy",
+            "kate",
+            "mallory",
+        ):
             secrets[user] = pyotp.random_base32()
             store.set_totp_secret(user, secrets[user], 0)
             store.set_method(user, "totp", 0)
@@ -268,6 +281,48 @@ def test_a_nas_that_trims_the_state_is_refused(setup: Setup, nas: UdpNas) -> Non
     )
     assert trimmed.rejected
     setup.daemon.wait_audit(user="judy", reason="malformed_state")
+
+
+CHECKED = {"bad_code", "code_ok", "replayed", "malformed_code"}
+
+
+def test_finding_3_a_burst_of_answers_gets_no_more_checks_than_the_limit(setup: Setup) -> None:
+    # 20 challenges opened one by one, then 19 wrong codes and the right one at once,
+    # each from its own socket: at most max_failures (3) codes are looked at.
+    sockets = [UdpNas(setup.daemon.port) for _ in range(20)]
+    try:
+        challenges = [login(nas, SECRET, "kate", password("kate")) for nas in sockets]
+        assert all(c.challenged and c.state is not None for c in challenges)
+        responses = [f"{i:06d}" for i in range(100_001, 100_020)] + [code(setup, "kate")]
+        requests = []
+        for challenge, response in zip(challenges, responses, strict=True):
+            request = access_request(SECRET, "kate", response, sign=False)
+            assert challenge.state is not None
+            request.AddAttribute("State", challenge.state)
+            request.add_message_authenticator()
+            requests.append(request)
+        datagrams = [r.RequestPacket() for r in requests]
+        for nas, data in zip(sockets, datagrams, strict=True):
+            nas.send(data)
+        replies = [Reply(nas.receive(), SECRET) for nas in sockets]
+    finally:
+        for nas in sockets:
+            nas.close()
+    answered = setup.daemon.wait_for(
+        lambda _: len(setup.daemon.audit(user="kate", stage="code")) >= 20
+    )
+    assert answered
+    audits = setup.daemon.audit(user="kate", stage="code")
+    checked = [a for a in audits if a.get("mfa_result") in CHECKED]
+    assert len(checked) <= 3
+    assert sum(1 for r in replies if r.accepted) <= 1
+    assert {a["reason"] for a in audits} - {"retry", "mfa_code_ok", "totp_bad_code"} <= {
+        "user_busy",
+        "locked_out",
+    }
+    record = setup.store.get_user("kate")
+    assert record is not None and record.failures <= 3
+    setup.store.reset_failures("kate")
 
 
 def test_retransmitted_answer_counts_once(setup: Setup, nas: UdpNas) -> None:

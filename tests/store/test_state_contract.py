@@ -255,6 +255,104 @@ async def test_rate_limit_is_atomic_across_instances(make_store: StoreFactory) -
     assert await first.count("fail", "alice", NOW, 60.0) == 5
 
 
+# --------------------------------------------------------------------------- reservations
+
+
+async def test_reserve_admits_max_events_and_release_gives_one_back(store: StateStore) -> None:
+    tokens = [await store.reserve("nas", "vpn", NOW, max_events=3, window=60) for _ in range(4)]
+    assert tokens[3] is None and all(tokens[:3]) and len(set(tokens[:3])) == 3
+    assert await store.count("nas", "vpn", NOW, 60) == 3
+    first = tokens[0]
+    assert first is not None
+    await store.release("nas", "vpn", first)
+    await store.release("nas", "vpn", first)  # twice: the second is a no-op
+    assert await store.count("nas", "vpn", NOW, 60) == 2
+    assert await store.reserve("nas", "vpn", NOW, max_events=3, window=60) is not None
+    assert await store.reserve("nas", "vpn", NOW, max_events=3, window=60) is None
+    # the window slides by the caller's clock
+    assert await store.reserve("nas", "vpn", NOW + 61, max_events=3, window=60) is not None
+    await store.release("nas", "never-used", "no-such-token")
+
+
+async def test_reserve_is_atomic_across_instances(make_store: StoreFactory) -> None:
+    first, second = make_store(), make_store()
+    calls = [
+        (first if i % 2 else second).reserve("nas", "vpn", NOW, max_events=5, window=60.0)
+        for i in range(60)
+    ]
+    granted = [t for t in await asyncio.gather(*calls) if t is not None]
+    assert len(granted) == 5
+    # releases and new reservations racing: never more than the limit held at once
+    calls = [first.release("nas", "vpn", t) for t in granted[:2]]
+    calls += [second.reserve("nas", "vpn", NOW, max_events=5, window=60.0) for _ in range(20)]
+    await asyncio.gather(*calls)
+    assert await first.count("nas", "vpn", NOW, 60.0) <= 5
+
+
+async def test_a_lease_is_a_reservation_of_one(make_store: StoreFactory) -> None:
+    first, second = make_store(), make_store()
+    callers = [first if i % 2 else second for i in range(30)]
+    holders = await asyncio.gather(
+        *(s.reserve("lease", "alice", NOW, max_events=1, window=30) for s in callers)
+    )
+    held = [h for h in holders if h is not None]
+    assert len(held) == 1
+    assert await second.reserve("lease", "alice", NOW + 1, max_events=1, window=30) is None
+    await first.release("lease", "alice", held[0])
+    assert await second.reserve("lease", "alice", NOW + 1, max_events=1, window=30) is not None
+    # a holder that vanished without releasing is timed out by the window
+    assert await first.reserve("lease", "bob", NOW, max_events=1, window=30) is not None
+    assert await first.reserve("lease", "bob", NOW + 30, max_events=1, window=30) is not None
+
+
+# --------------------------------------------------------------------------- bounded groups
+
+
+async def test_put_bounded_retires_the_oldest(store: StateStore) -> None:
+    retired: list[str] = []
+    for i in range(5):
+        retired += await store.put_bounded(
+            "sessions", f"s{i}", {"i": i}, ttl=120, now=NOW, group="alice", limit=3
+        )
+    assert retired == ["s0", "s1"]
+    assert [await store.get("sessions", f"s{i}", NOW) for i in range(5)] == [
+        None,
+        None,
+        {"i": 2},
+        {"i": 3},
+        {"i": 4},
+    ]
+    assert await store.size("sessions", NOW) == 3
+    # another group is not affected
+    assert await store.put_bounded("sessions", "b0", {}, 120, NOW, group="bob", limit=3) == []
+
+
+async def test_put_bounded_counts_only_live_members(store: StateStore) -> None:
+    for i in range(3):
+        await store.put_bounded("sessions", f"s{i}", {}, ttl=60, now=NOW, group="u", limit=3)
+    assert await store.take("sessions", "s1", NOW) == {}  # answered: no longer counts
+    assert await store.put_bounded("sessions", "s3", {}, ttl=60, now=NOW, group="u", limit=3) == []
+    # expired by the caller's clock: no longer counts either
+    later = NOW + 61
+    for i in range(4, 7):
+        assert await store.put_bounded("sessions", f"s{i}", {}, 60, later, group="u", limit=3) == []
+    assert await store.put_bounded("sessions", "s7", {}, 60, later, group="u", limit=3) == ["s4"]
+
+
+async def test_put_bounded_is_atomic_across_instances(make_store: StoreFactory) -> None:
+    first, second = make_store(), make_store()
+    calls = [
+        (first if i % 2 else second).put_bounded(
+            "sessions", f"s{i}", {"i": i}, ttl=120, now=NOW, group="alice", limit=3
+        )
+        for i in range(40)
+    ]
+    retired = [key for keys in await asyncio.gather(*calls) for key in keys]
+    assert len(retired) == 37 and len(set(retired)) == 37
+    live = [await first.get("sessions", f"s{i}", NOW) for i in range(40)]
+    assert sum(1 for value in live if value is not None) == 3
+
+
 # --------------------------------------------------------------------------- Redis only
 
 

@@ -35,7 +35,7 @@ from mfaproxy.otp.backup_codes import generate_codes
 from mfaproxy.otp.totp import TotpSettings, new_secret
 from mfaproxy.store import postgres_users, users
 from mfaproxy.store.postgres_users import PostgresUserStore
-from mfaproxy.store.records import LockState, UserRepository
+from mfaproxy.store.records import LockState, Reservation, UserRepository
 from mfaproxy.store.users import UserStore
 from tests.support.ports import free_port
 from tests.support.postgres_server import PostgresServer
@@ -757,6 +757,71 @@ def test_failure_arguments_are_checked(store: VersionedStore) -> None:
         store.record_failure("alice", T0, max_failures=0, lockout_seconds=60)
     with pytest.raises(ValueError):
         store.record_failure("alice", T0, max_failures=1, lockout_seconds=-1)
+
+
+# ----------------------------------------------------------------- attempt reservations
+
+
+def test_reservations_count_before_the_check_and_lock_at_the_last(store: VersionedStore) -> None:
+    def reserve(at: float) -> Reservation:
+        return store.reserve_attempt("alice", at, max_failures=3, lockout_seconds=300)
+
+    first, second, third = reserve(T0), reserve(T0), reserve(T0)
+    assert [r.granted for r in (first, second, third)] == [True, True, True]
+    assert (first.last, second.last, third.last) == (False, False, True)
+    assert store.lock_state("alice", T0) == LockState(3, T0 + 300, True)
+    refused = reserve(T0 + 1)
+    assert not refused.granted and refused.lock.locked
+    assert store.lock_state("alice", T0 + 1).failures == 3  # a refusal counts nothing
+    # after the lockout the count starts again
+    assert reserve(T0 + 300) == Reservation(True, LockState(1, None, False))
+
+
+def test_a_released_attempt_is_given_back(store: VersionedStore) -> None:
+    for _ in range(3):
+        store.reserve_attempt("alice", T0, 3, 300)
+    assert store.lock_state("alice", T0).locked
+    store.release_attempt("alice", T0, 3)  # e.g. the factor was unavailable
+    assert store.lock_state("alice", T0) == LockState(2, None, False)
+    assert store.reserve_attempt("alice", T0, 3, 300).last
+    store.release_attempt("nobody", T0, 3)  # nothing to give back: no row, no error
+    store.reset_failures("bob")
+    store.release_attempt("bob", T0, 3)
+    assert store.lock_state("bob", T0) == LockState(0, None, False)
+
+
+def test_a_release_after_the_lockout_ended_gives_nothing_back(store: VersionedStore) -> None:
+    store.reserve_attempt("alice", T0, 1, 60)
+    store.release_attempt("alice", T0 + 60, 1)  # that lockout is over: the row is left alone
+    assert store.reserve_attempt("alice", T0 + 61, 1, 60).granted
+
+
+def test_concurrent_reservations_never_exceed_the_limit(
+    backend: Backend, store: VersionedStore
+) -> None:
+    # 40 racers on two store objects (two daemons) against a limit of 5
+    stores = [backend.open(), backend.open()]
+    granted = race(40, lambda i: stores[i % 2].reserve_attempt("alice", T0, 5, 600).granted)
+    assert granted.count(True) == 5
+    assert store.lock_state("alice", T0) == LockState(5, T0 + 600, True)
+
+
+def test_concurrent_reservations_and_releases_keep_the_budget(
+    backend: Backend, store: VersionedStore
+) -> None:
+    stores = [backend.open(), backend.open()]
+
+    def attempt(i: int) -> bool:
+        chosen = stores[i % 2]
+        reservation = chosen.reserve_attempt("alice", T0, 5, 600)
+        if reservation.granted and i % 4 == 0:  # not the user's fault: given back
+            chosen.release_attempt("alice", T0, 5)
+        return reservation.granted and i % 4 != 0
+
+    kept = race(40, attempt)
+    # the attempts that were kept (counted) never exceed the limit
+    assert kept.count(True) <= 5
+    assert store.lock_state("alice", T0).failures == kept.count(True)
 
 
 # ----------------------------------------------------------------- PostgreSQL only
