@@ -146,8 +146,32 @@ class SealedStateStore:
             namespace, key, now, max_events=max_events, window=window, min_interval=min_interval
         )
 
+    async def reserve(
+        self, namespace: str, key: str, now: float, *, max_events: int, window: float
+    ) -> str | None:
+        return await self.inner.reserve(namespace, key, now, max_events=max_events, window=window)
+
+    async def release(self, namespace: str, key: str, token: str) -> None:
+        await self.inner.release(namespace, key, token)
+
     async def count(self, namespace: str, key: str, now: float, window: float) -> int:
         return await self.inner.count(namespace, key, now, window)
+
+    async def put_bounded(
+        self,
+        namespace: str,
+        key: str,
+        value: JsonDict,
+        ttl: float,
+        now: float,
+        *,
+        group: str,
+        limit: int,
+    ) -> list[str]:
+        sealed = self.seal(namespace, key, value, now + ttl)
+        return await self.inner.put_bounded(
+            namespace, key, sealed, ttl, now, group=group, limit=limit
+        )
 
     async def size(self, namespace: str, now: float) -> int:
         return await self.inner.size(namespace, now)

@@ -33,6 +33,7 @@ from mfaproxy.radius.codec import RadiusRequest, decode_request
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.crypto import load_or_create_key
 from mfaproxy.store.records import UserRepository
+from mfaproxy.store.sealed import SealedStateStore
 from mfaproxy.store.state import MemoryStateStore, StateStore
 from mfaproxy.store.users import UserStore
 from tests.support.nas import DICTIONARY, access_request
@@ -131,7 +132,8 @@ class Harness:
         # `open_store(master_key)`: another backend (PostgreSQL)
         path = tmp_path / "state" / "users.sqlite3"
         self.store = open_store(key) if open_store else UserStore(path, key)
-        self.state: StateStore = state or MemoryStateStore()
+        # Sealed, as the daemon does it (daemon/server.open_shared).
+        self.state: StateStore = SealedStateStore(state or MemoryStateStore(), key)
         mail = SmtpSender(self.config.smtp) if self.config.smtp is not None else None
         self.services = FactorServices(
             AsyncUserStore(self.store), self.state, mail, DICTIONARY, key
