@@ -114,6 +114,32 @@ class FaultyState:
         self._check("count")
         return await self.inner.count(namespace, key, now, window)
 
+    async def reserve(
+        self, namespace: str, key: str, now: float, *, max_events: int, window: float
+    ) -> str | None:
+        self._check("reserve")
+        return await self.inner.reserve(namespace, key, now, max_events=max_events, window=window)
+
+    async def release(self, namespace: str, key: str, token: str) -> None:
+        self._check("release")
+        await self.inner.release(namespace, key, token)
+
+    async def put_bounded(
+        self,
+        namespace: str,
+        key: str,
+        value: JsonDict,
+        ttl: float,
+        now: float,
+        *,
+        group: str,
+        limit: int,
+    ) -> list[str]:
+        self._check("put_bounded")
+        return await self.inner.put_bounded(
+            namespace, key, value, ttl, now, group=group, limit=limit
+        )
+
     async def size(self, namespace: str, now: float) -> int:
         return await self.inner.size(namespace, now)
 
