@@ -188,7 +188,12 @@ def _mfaproxy(
     stack: contextlib.ExitStack, workdir: Path, config: dict[str, Any], args: Any
 ) -> servers.Mfaproxy:
     if args.workers:
-        config.setdefault("server", {})["workers"] = args.workers
+        server = config.setdefault("server", {})
+        server["workers"] = args.workers
+    if args.state_store != "memory" or args.workers > 1:
+        # The workers of one host share challenges, replay marks and the duplicate
+        # table through one SQLite file.
+        config.setdefault("server", {})["state_store"] = {"backend": "sqlite"}
     proxy = servers.Mfaproxy(workdir, config, args.log_level)
     stack.enter_context(proxy)
     return proxy
@@ -564,6 +569,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers", type=int, default=0, help="mfaproxy server.workers (0: default)"
+    )
+    parser.add_argument(
+        "--state-store",
+        choices=["memory", "sqlite"],
+        default="memory",
+        help="mfaproxy state_store backend (sqlite whenever --workers > 1)",
     )
     parser.add_argument(
         "--workloads",

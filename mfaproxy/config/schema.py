@@ -102,7 +102,8 @@ class ServerConfig(Strict):
     # the primary check alone (logged and metered), like Duo's failmode.
     store_failmode: Literal["secure", "safe"] = "secure"
     # Processes serving the same UDP ports (SO_REUSEPORT); more than one needs a shared
-    # state store, since a NAS may send the answer to a challenge to any of them.
+    # state store (sqlite on one host, redis), since a NAS may send the answer to a
+    # challenge to any of them.
     workers: int = Field(default=1, ge=1, le=64)
     # RFC 5080 section 2.2.2: keep replies long enough to answer every retransmission a
     # NAS can send (its timeout x retries); 30 s is what FreeRADIUS and Duo use.
@@ -128,7 +129,10 @@ class ServerConfig(Strict):
     @model_validator(mode="after")
     def _workers_share_state(self) -> ServerConfig:
         if self.workers > 1 and self.state_store.backend == "memory":
-            raise ValueError("workers > 1 needs state_store backend redis (challenges are shared)")
+            raise ValueError(
+                "workers > 1 needs a shared state_store: backend sqlite (one host) or "
+                "redis (challenges are shared)"
+            )
         return self
 
     @model_validator(mode="after")

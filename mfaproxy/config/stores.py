@@ -93,7 +93,20 @@ class MemoryStateStoreConfig(Strict):
     backend: Literal["memory"] = "memory"
 
 
-StateStoreConfig = Annotated[MemoryStateStoreConfig | RedisSettings, Field(discriminator="backend")]
+class SqliteStateStoreConfig(Strict):
+    """Challenges and counters in one SQLite file shared by the `server.workers`
+    processes of one host (store/sqlite_state.py); not for several hosts."""
+
+    backend: Literal["sqlite"] = "sqlite"
+    # Default: state_dir/shared-state.sqlite3. A tmpfs (/run) path is fine: it is
+    # never fsynced, and nothing in it needs to outlive a reboot.
+    path: ConfigPath | None = None
+
+
+StateStoreConfig = Annotated[
+    MemoryStateStoreConfig | SqliteStateStoreConfig | RedisSettings,
+    Field(discriminator="backend"),
+]
 
 
 class UserStoreConfig(Strict):

@@ -9,6 +9,7 @@ exception anywhere) ends in a counted drop, never in a crash of the daemon.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 from collections.abc import Callable
@@ -37,6 +38,17 @@ REPLY_CODES = {
     Outcome.CHALLENGE: ACCESS_CHALLENGE,
 }
 Address = tuple[Any, ...]
+
+# Request ids only tell log lines apart: a random per-process prefix (workers differ)
+# and a counter, instead of reading the kernel's random pool for every request (that
+# syscall was 6 % of the CPU of a PAP request in the profile).
+_ID_PREFIX = secrets.token_hex(4)
+_ID_COUNTER = itertools.count()
+
+
+def next_request_id() -> str:
+    """16 hex digits, unique within this process for 2**32 requests."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFF:08x}"
 
 
 @dataclass(eq=False)
@@ -194,7 +206,7 @@ class Dispatcher:
         )
         reply: bytes | None = None
         try:
-            ctx = RequestContext(secrets.token_hex(8), client, source_ip, source_port)
+            ctx = RequestContext(next_request_id(), client, source_ip, source_port)
             answer = await runtime.engine.handle(ctx, request)
             try:
                 reply = self._encode(request, answer)

@@ -37,10 +37,20 @@ def open_user_store(config: Config, *, migrate_to: int | None = None) -> UserRep
     return UserStore(path, master_key(config), migrate_to=migrate_to)
 
 
+def state_store_path(config: Config) -> Path:
+    settings = config.server.state_store
+    path = settings.path if settings.backend == "sqlite" else None
+    return path or config.server.state_dir / "shared-state.sqlite3"
+
+
 def open_state_store(config: Config) -> StateStore:
     settings = config.server.state_store
     if settings.backend == "redis":
         from mfaproxy.store.redis_state import RedisStateStore
 
         return RedisStateStore(settings)
+    if settings.backend == "sqlite":
+        from mfaproxy.store.sqlite_state import SqliteStateStore
+
+        return SqliteStateStore(state_store_path(config))
     return MemoryStateStore()

@@ -197,3 +197,15 @@ def test_hash_password_reads_stdin_and_verifies() -> None:
     )
     assert proc.returncode == 0
     assert PasswordHasher().verify(proc.stdout.strip(), "hunter2")
+
+
+def test_workers_need_a_shared_state_store(tmp_path: Path) -> None:
+    found = problems(MINIMAL + "server:\n  workers: 2\n")
+    assert any(p.startswith("server") and "shared state_store" in p for p in found), found
+    config = parse_config(
+        MINIMAL + "server:\n  workers: 2\n  state_store: {backend: sqlite, path: run/s.db}\n",
+        tmp_path / "mfaproxy.yaml",
+    )
+    assert config.server.state_store.backend == "sqlite"
+    assert config.server.state_store.path == tmp_path / "run" / "s.db"
+    assert problems(MINIMAL + "server:\n  state_store: {backend: sqlite, url: x}\n")

@@ -41,6 +41,7 @@ from tests.support.redis_server import RedisServer
 pytestmark = pytest.mark.e2e
 
 USERS = ["erin", "frank", "gina", "hank", "ivan", "jack", "w1", "w2", "w3", "w4"]
+USERS += ["s1", "s2", "s3", "s4"]  # the workers test on the host's SQLite state file
 REJECTED = "mfaproxy_store_failmode_total{action=rejected}"
 ACCEPTED = "mfaproxy_store_failmode_total{action=accepted}"
 REQUESTS = "mfaproxy_requests_total"
@@ -267,10 +268,20 @@ def cross_worker_login(cluster: Cluster, workers: Workers, user: str, first: int
     assert replies[-1].accepted, replies[-1].message
 
 
-def test_two_workers_on_one_port_share_challenges_reload_and_stop(cluster: Cluster) -> None:
+@pytest.mark.parametrize(("backend", "prefix"), [("redis", "w"), ("sqlite", "s")])
+def test_two_workers_on_one_port_share_challenges_reload_and_stop(
+    cluster: Cluster, backend: str, prefix: str
+) -> None:
+    # sqlite: the workers of one host share a state file instead of Redis.
+    state = (
+        {"backend": "sqlite"} if backend == "sqlite" else cluster.config()["server"]["state_store"]
+    )
     metrics = free_port_pair()
     daemon: Daemon = cluster.daemon(
-        "workers", workers=2, metrics={"listen": f"127.0.0.1:{metrics}"}
+        f"workers-{backend}",
+        workers=2,
+        metrics={"listen": f"127.0.0.1:{metrics}"},
+        state_store=state,
     )
     daemon.start()  # returns on the first worker's `listening`
     workers: Workers | None = None
@@ -278,16 +289,17 @@ def test_two_workers_on_one_port_share_challenges_reload_and_stop(cluster: Clust
         daemon.wait_for(lambda e: e.get("event") == "workers_ready" and e.get("workers") == 2)
         count_events(daemon, "listening", 2)  # both workers log to the one stream
         workers = Workers(daemon.port, metrics)
-        cross_worker_login(cluster, workers, "w1", first=0)
-        cross_worker_login(cluster, workers, "w2", first=1)
-        whole = login(workers.nas[0], SECRET, "w3", password("w3"), cluster.code("w3"))
+        cross_worker_login(cluster, workers, f"{prefix}1", first=0)
+        cross_worker_login(cluster, workers, f"{prefix}2", first=1)
+        user = f"{prefix}3"
+        whole = login(workers.nas[0], SECRET, user, password(user), cluster.code(user))
         assert whole.accepted, whole.message
 
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGHUP)
         daemon.wait_for(lambda e: e.get("event") == "reload_forwarded")
         count_events(daemon, "reloaded", 2)
-        cross_worker_login(cluster, workers, "w4", first=0)  # still served after reload
+        cross_worker_login(cluster, workers, f"{prefix}4", first=0)  # served after reload
     finally:
         if workers is not None:
             workers.close()

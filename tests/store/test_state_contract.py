@@ -1,12 +1,14 @@
-"""One contract for every `StateStore`: the memory store and Redis (a real redis-server),
-each bare and sealed (store/sealed.py, what the daemon builds).
+"""One contract for every `StateStore`: the memory store, the SQLite file the workers of
+one host share, and Redis (a real redis-server); memory and Redis each bare and sealed
+(store/sealed.py, what the daemon builds).
 
-Each contract test runs against all four. Time is virtual: tests pass `now` and both stores
+Each contract test runs against all five. Time is virtual: tests pass `now` and the stores
 judge expiry and rate-limit windows by it (Redis keeps the expiry inside the value and
 scores events with `now`; its own PX/PEXPIRE is only a safety net, checked below).
 `make_store()` returns a store; for Redis each call is a separate client with its own
 connection pool, standing for a separate mfaproxy instance, while the memory store is
-one process so every call returns the same instance.
+one process so every call returns the same instance. For SQLite each call opens the same
+file again, as each worker process does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -23,6 +26,7 @@ from mfaproxy.errors import StateStoreUnavailable
 from mfaproxy.observability import metrics
 from mfaproxy.store.redis_state import EXPIRY_MARGIN, RedisStateStore
 from mfaproxy.store.sealed import SealedStateStore
+from mfaproxy.store.sqlite_state import SqliteStateStore
 from mfaproxy.store.state import MemoryStateStore, StateStore
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisSentinel, RedisServer
@@ -44,9 +48,9 @@ def redis_store(url: str, **options: object) -> RedisStateStore:
 MASTER_KEY = bytes(range(32))
 
 
-@pytest.fixture(params=["memory", "redis", "sealed-memory", "sealed-redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "sealed-memory", "sealed-redis"])
 async def make_store(
-    request: pytest.FixtureRequest, redis_server: RedisServer
+    request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path: Path
 ) -> AsyncIterator[StoreFactory]:
     created: list[StateStore] = []
     memory = MemoryStateStore()
@@ -54,6 +58,9 @@ async def make_store(
 
     def make() -> StateStore:
         store: StateStore = memory
+        if request.param == "sqlite":
+            store = SqliteStateStore(tmp_path / "shared-state.sqlite3")
+            created.append(store)
         if str(request.param).endswith("redis"):
             store = redis_store(redis_server.url)
             created.append(store)
