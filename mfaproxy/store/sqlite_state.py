@@ -18,9 +18,9 @@ no thread hop, like the memory store. When another worker holds the write lock (
 microseconds), the call retries at once instead of SQLite's millisecond sleeps, up to
 LOCK_WAIT_SECONDS; then it raises StateStoreUnavailable and the store failmode decides.
 
-The file holds challenge sessions (no secrets beyond what a State unlocks: the
-primary result, pending codes' hashes) and is created 0600 in a 0700 directory owned
-by the service user, the same trust boundary as the SQLite user store beside it.
+The file is created 0600 in a 0700 directory owned by the service user, and what the
+daemon writes into it is sealed first (store/sealed.py wraps every state store), so a
+value read back is authenticated before it is trusted, as with Redis.
 """
 
 from __future__ import annotations
