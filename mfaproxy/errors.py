@@ -16,6 +16,7 @@ EXIT_INVALID = 1  # the configuration or an input is invalid; radtest: Access-Re
 EXIT_USAGE = 2  # bad command line (argparse's own code)
 EXIT_RUNTIME = 3  # could not run: address in use, store or server unreachable; no answer
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: a second signal during the drain
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of our output went away (`| head`)
 
 
 class MfaproxyError(Exception):
@@ -120,6 +121,11 @@ class UpstreamError(MfaproxyError):
 
 class UpstreamUnavailable(UpstreamError):
     """Every configured server of an upstream was unreachable or timed out."""
+
+
+class UpstreamUnsigned(UpstreamUnavailable):
+    """An upstream RADIUS server answered, but without the Message-Authenticator that is
+    required of its replies (BlastRADIUS): a configuration mismatch, not an outage."""
 
 
 # --------------------------------------------------------------------------- stores

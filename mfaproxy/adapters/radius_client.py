@@ -39,7 +39,7 @@ from typing import Any, TypeAlias, cast
 import structlog
 from pyrad import packet as radpacket
 
-from mfaproxy.errors import UpstreamUnavailable
+from mfaproxy.errors import UpstreamUnavailable, UpstreamUnsigned
 from mfaproxy.observability import metrics
 from mfaproxy.radius import accounting
 from mfaproxy.radius.constants import (
@@ -48,6 +48,7 @@ from mfaproxy.radius.constants import (
     ACCESS_REJECT,
     ACCESS_REQUEST,
     ACCOUNTING_RESPONSE,
+    ATTR_MESSAGE_AUTHENTICATOR,
 )
 
 log = structlog.get_logger(__name__)
@@ -59,6 +60,14 @@ RequestAttributes: TypeAlias = Mapping[str, AttributeValue | Sequence[AttributeV
 
 # RFC 2865 section 5.2: User-Password is at most 128 octets.
 MAX_PASSWORD_OCTETS = 128
+# Where an operator turns off the Message-Authenticator requirement on replies; each
+# caller names its own configuration key.
+DEFAULT_SETTING = "require_message_authenticator: false"
+
+
+class UnsignedReply(Exception):
+    """A reply that verifies except that it carries no Message-Authenticator."""
+
 
 # Errors a hostile or broken reply can make pyrad's decoders raise.
 _DECODE_ERRORS = (
@@ -142,8 +151,16 @@ class _Exchange(asyncio.DatagramProtocol):
 
     `accept` turns a datagram into the verified reply, or None when it does not verify."""
 
-    def __init__(self, server: RadiusServer, accept: Callable[[bytes], Any | None]) -> None:
+    def __init__(
+        self,
+        server: RadiusServer,
+        accept: Callable[[bytes], Any | None],
+        setting: str = DEFAULT_SETTING,
+    ) -> None:
         self._server = server
+        self._setting = setting
+        # A reply came that was right in all but its missing Message-Authenticator.
+        self.unsigned = False
         self._accept = accept
         self.reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
@@ -155,6 +172,18 @@ class _Exchange(asyncio.DatagramProtocol):
             return
         try:
             reply = self._accept(data)
+        except UnsignedReply:
+            self.unsigned = True
+            log.error(
+                "radius_reply_unsigned",
+                server=self._server.label,
+                detail="the server answers without Message-Authenticator, so its reply is"
+                " refused (BlastRADIUS, CVE-2024-3596); FreeRADIUS before 3.2.5 and NPS"
+                " before the July 2024 update do not sign replies",
+                fix=f"make the server sign its replies, or set {self._setting}"
+                " (and accept the risk)",
+            )
+            return
         except _DECODE_ERRORS:
             self._ignore("malformed")
             return
@@ -178,6 +207,9 @@ def _access_reply(request: Any, require_ma: bool) -> Callable[[bytes], Any | Non
     def accept(data: bytes) -> Any | None:
         reply = request.CreateReply(packet=data)
         if not request.VerifyReply(reply, data, enforce_ma=require_ma):
+            unsigned = require_ma and ATTR_MESSAGE_AUTHENTICATOR not in reply
+            if unsigned and request.VerifyReply(reply, data, enforce_ma=False):
+                raise UnsignedReply  # authentic by its Response Authenticator, not signed
             return None
         # Salt-encrypted reply attributes (RFC 2868 3.5) decrypt with the request's
         # authenticator, which pyrad only finds here.
@@ -229,6 +261,7 @@ class RadiusClient:
         timeout: float = 3.0,
         retries: int = 2,
         require_message_authenticator: bool = True,
+        setting: str = DEFAULT_SETTING,
     ) -> None:
         if not servers:
             raise ValueError("at least one RADIUS server is needed")
@@ -239,6 +272,8 @@ class RadiusClient:
         self._timeout = timeout
         self._retries = retries
         self._require_ma = require_message_authenticator
+        # The configuration key that accepts unsigned replies, named in the log.
+        self._setting = setting
 
     @property
     def servers(self) -> tuple[RadiusServer, ...]:
@@ -262,9 +297,11 @@ class RadiusClient:
         if password is not None and len(password.encode()) > MAX_PASSWORD_OCTETS:
             raise ValueError("User-Password is limited to 128 octets (RFC 2865 section 5.2)")
         failed: list[RadiusServer] = []
+        unsigned: list[RadiusServer] = []
         for server in self._servers:
             request, raw = self._build(server, attributes, password, state)
-            reply = await self._exchange(server, raw, _access_reply(request, self._require_ma))
+            accept = _access_reply(request, self._require_ma)
+            reply = await self._exchange(server, raw, accept, unsigned)
             if reply is not None:
                 return RadiusReply(
                     code=int(reply.code),
@@ -274,6 +311,9 @@ class RadiusClient:
                 )
             failed.append(server)
         labels = ", ".join(s.label for s in self._servers)
+        if unsigned:
+            names = ", ".join(s.label for s in unsigned)
+            raise UpstreamUnsigned(f"RADIUS servers {names} answered without Message-Authenticator")
         raise UpstreamUnavailable(f"no valid answer from RADIUS servers {labels}")
 
     def _build(
@@ -327,13 +367,18 @@ class RadiusClient:
         raise UpstreamUnavailable(f"no accounting server acknowledged: {labels}")
 
     async def _exchange(
-        self, server: RadiusServer, raw: bytes, accept: Callable[[bytes], Any | None]
+        self,
+        server: RadiusServer,
+        raw: bytes,
+        accept: Callable[[bytes], Any | None],
+        unsigned: list[RadiusServer] | None = None,
     ) -> Any | None:
-        """Send `raw` to one server, retransmitting it unchanged on timeout."""
+        """Send `raw` to one server, retransmitting it unchanged on timeout; `server` is
+        added to `unsigned` when it answered, but without a Message-Authenticator."""
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.create_datagram_endpoint(
-                lambda: _Exchange(server, accept),
+                lambda: _Exchange(server, accept, self._setting),
                 remote_addr=(server.host, server.port),
             )
         except OSError as exc:
@@ -350,6 +395,8 @@ class RadiusClient:
         finally:
             transport.close()
             protocol.reply.cancel()
+            if protocol.unsigned and unsigned is not None:
+                unsigned.append(server)
 
 
 def observe_exchange(

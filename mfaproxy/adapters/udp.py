@@ -48,6 +48,12 @@ async def open_listener(
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        # The kernel's message names no address; with several listeners, say which.
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise OSError(exc.errno, f"UDP {where}: {exc.strerror}") from exc
     transport, _ = await loop.create_datagram_endpoint(lambda: RadiusProtocol(submit), sock=sock)
     return transport, int(sock.getsockname()[1])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from mfaproxy.cli import users as cli_users
 from mfaproxy.config.schema import DEFAULT_CONFIG_PATH
 from mfaproxy.daemon import preflight
 from mfaproxy.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_INVALID,
     EXIT_OK,
     EXIT_RUNTIME,
@@ -120,9 +122,17 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mfaproxy", description="RADIUS MFA proxy")
     parser.add_argument("--version", action="version", version=f"mfaproxy {__version__}")
+    # `mfaproxy --config F check-config` and `mfaproxy check-config --config F` both work:
+    # the subcommand's option leaves the value alone unless it is given (SUPPRESS).
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (YAML)"
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (YAML)"
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"configuration file (YAML; default {DEFAULT_CONFIG_PATH})",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", parents=[common], help="run the daemon in the foreground").set_defaults(
@@ -152,11 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reader_went_away() -> int:
+    """Standard output is a pipe whose reader exited (`check-config | head`): not our
+    failure. Point stdout at /dev/null so the interpreter's final flush is quiet too,
+    and exit like a program killed by SIGPIPE, as `yes | head` does."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+    except BrokenPipeError:
+        return _reader_went_away()
     except ConfigError as exc:
         print(f"mfaproxy: {args.config}: invalid configuration", file=sys.stderr)
         for problem in exc.problems:

@@ -118,8 +118,16 @@ def _text(value: AttributeValue) -> str:
 
 
 def _shown(value: AttributeValue) -> str:
+    """Text in quotes when it is printable (Class is octets, but nearly always text,
+    as radclient shows it); hex otherwise."""
     if isinstance(value, bytes):
-        return "0x" + value.hex()
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return "0x" + value.hex()
+        if not text or not text.isprintable():
+            return "0x" + value.hex()
+        return json.dumps(text, ensure_ascii=False)
     if isinstance(value, int):
         return str(value)
     return json.dumps(value, ensure_ascii=False)  # quoted, control characters escaped
@@ -168,6 +176,7 @@ def cmd_radtest(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             retries=args.retries,
             require_message_authenticator=args.require_message_authenticator,
+            setting="--no-require-message-authenticator",
         )
         return _walk(client, args, _password(args))
     except InputProblem as exc:

@@ -26,7 +26,13 @@ from mfaproxy.errors import PeerError, ReplyTooLarge, UpstreamError
 from mfaproxy.observability import metrics
 from mfaproxy.radius.clients import ClientTable
 from mfaproxy.radius.codec import RadiusRequest, decode_request, encode_reply
-from mfaproxy.radius.constants import ACCESS_ACCEPT, ACCESS_CHALLENGE, ACCESS_REJECT, CODE_LABELS
+from mfaproxy.radius.constants import (
+    ACCESS_ACCEPT,
+    ACCESS_CHALLENGE,
+    ACCESS_REJECT,
+    CODE_LABELS,
+    CODE_TITLES,
+)
 from mfaproxy.radius.duplicates import Lookup, RequestKey, Seen
 from mfaproxy.store.duplicates import Duplicates
 
@@ -198,7 +204,8 @@ class Dispatcher:
             "request_received",
             client=client.name,
             source=source_ip,
-            code=code_name,
+            # Not `code`: the redactor blanks that key (it would hold an OTP code).
+            packet_type=CODE_TITLES.get(request.code, str(request.code)),
             identifier=request.identifier,
             user=request.user_name,
             has_state=request.state is not None,

@@ -99,7 +99,7 @@ class Supervisor:
         code = await process.wait()
         if self._stopping or self.workers.get(index) is not process:
             return
-        log.error("worker_exited", worker=index, code=code)
+        log.error("worker_exited", worker=index, exit_code=code)
         await asyncio.sleep(RESTART_DELAY)  # no busy loop if it dies at once again
         if not self._stopping:
             try:

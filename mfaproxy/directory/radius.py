@@ -35,7 +35,7 @@ from mfaproxy.adapters.radius_client import (
 )
 from mfaproxy.config.directory import RadiusDirectoryConfig
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult, ReplyAttribute
-from mfaproxy.errors import UpstreamUnavailable
+from mfaproxy.errors import UpstreamUnavailable, UpstreamUnsigned
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +69,7 @@ class RadiusChecker:
             timeout=config.timeout,
             retries=config.retries,
             require_message_authenticator=config.require_message_authenticator,
+            setting="directory.radius.require_message_authenticator: false",
         )
 
     async def authenticate(self, username: str, password: str) -> PrimaryResult:
@@ -81,10 +82,12 @@ class RadiusChecker:
         started = asyncio.get_running_loop().time()
         try:
             reply = await self._client.access_request(attributes, password=password)
-        except UpstreamUnavailable:
+        except UpstreamUnavailable as exc:
             observe_exchange(SERVICE, started, "unavailable", (), self._client.servers)
-            log.warning("radius_primary_unavailable", user=username)
-            return self._result(PrimaryOutcome.UNAVAILABLE, "unreachable")
+            # Unsigned replies are a configuration mismatch, logged as such by the client.
+            reason = "upstream_unsigned" if isinstance(exc, UpstreamUnsigned) else "unreachable"
+            log.warning("radius_primary_unavailable", user=username, reason=reason)
+            return self._result(PrimaryOutcome.UNAVAILABLE, reason)
         result = self._interpret(reply, username)
         observe_exchange(
             SERVICE, started, result.outcome.value, (reply.server,), reply.failed_servers

@@ -223,5 +223,6 @@ def build(config: MultifactorConfig, services: FactorServices) -> Factor:
         timeout=settings.timeout,
         retries=settings.retries,
         require_message_authenticator=settings.require_message_authenticator,
+        setting="multifactor.radius.require_message_authenticator: false",
     )
     return RadiusFactor(settings, client)

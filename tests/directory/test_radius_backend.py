@@ -172,3 +172,22 @@ async def test_works_with_the_shipped_dictionary(freeradius: FreeRadiusServer) -
     backend = RadiusChecker(config, load_dictionary())
     result = await backend.authenticate("alice", "alice-pw")
     assert result.reply_attributes == (ReplyAttribute("Class", b"vpn-users"),)
+
+
+async def test_an_unsigned_upstream_is_named_as_such() -> None:
+    # FreeRADIUS before 3.2.5 (Debian 12 ships 3.2.1) and older NPS do not sign their
+    # replies: the log must say exactly that, with the setting, not "verification failed".
+    with FreeRadiusServer(USERS, secret=SECRET, sign_replies=False) as unsigned:
+        backend = checker([server(unsigned.port)], retries=0, timeout=1.0)
+        with capture_logs() as logs:
+            result = await backend.authenticate("alice", "alice-pw")
+        assert result.outcome is PrimaryOutcome.UNAVAILABLE
+        assert result.reason == "upstream_unsigned"
+        events = [e for e in logs if e["event"] == "radius_reply_unsigned"]
+        assert events and events[0]["server"] == f"127.0.0.1:{unsigned.port}"
+        assert "directory.radius.require_message_authenticator: false" in events[0]["fix"]
+        assert "Message-Authenticator" in events[0]["detail"]
+        assert not any(e.get("reason") == "verification_failed" for e in logs)
+        # With the setting the warning names, the same server works.
+        relaxed = checker([server(unsigned.port)], require_message_authenticator=False)
+        assert (await relaxed.authenticate("alice", "alice-pw")).accepted
