@@ -28,7 +28,7 @@ from mfaproxy.config.policies import MfaAction
 from mfaproxy.config.schema import ClientConfig, Config
 from mfaproxy.core import replies
 from mfaproxy.core.answer import Answer, Outcome
-from mfaproxy.core.identity import name_problem, normalise
+from mfaproxy.core.identity import LoginName, check_login_name
 from mfaproxy.core.policy import CountryLookup, PolicyContext, early_login_denial, evaluate
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.core.responses import split_append
@@ -59,6 +59,11 @@ class RequestContext:
     # given a second factor (appended, or a response being judged) or a factor said no:
     # from then on a store failure rejects, whatever the failmode.
     admitted: PrimaryResult | None = None
+    # The typed User-Name read through the realm rules, once it passed the checks.
+    login: LoginName | None = None
+    # Who the user is (core/identity.py), once the directory (or the challenge session)
+    # said so: the audit event's `user`, and the key of everything user-keyed.
+    identity: str | None = None
 
 
 class Engine:
@@ -128,24 +133,24 @@ class Engine:
             return self._reject("unsupported_authentication")
         if request.user_name is None:
             return self._reject("missing_user_name")
-        problem = name_problem(request.user_name)
-        if problem is not None:
+        login = check_login_name(request.user_name, self.config.directory.realms)
+        if isinstance(login, str):
             # Blank, padded, control characters, undecodable, not NFKC: an alias attempt
             # or a broken NAS, either way never a name to look up (core/identity.py).
-            return self._reject(problem)
+            return self._reject(login)
+        ctx.login = login
         if request.state is not None:
-            return await self._resume(ctx, request, now)
+            return await self._resume(ctx, request, login, now)
         if request.password is None:
             return self._reject("missing_password")
-        return await self._first_round(ctx, request, request.user_name, request.password, now)
+        return await self._first_round(ctx, request, login, request.password, now)
 
-    def _policy_context(
-        self, ctx: RequestContext, request: RadiusRequest, user: str
-    ) -> PolicyContext:
+    def _policy_context(self, ctx: RequestContext, request: RadiusRequest) -> PolicyContext:
+        """The request's facts before the password check: no identity, no groups yet."""
         address = parse_ip(ctx.source_ip)
         assert address is not None  # the transport only hands over datagrams from an IP
         return PolicyContext(
-            user=user,
+            user=None,
             client=ctx.client.name,
             client_address=address,
             nas_ip_address=parse_ip(request.nas_ip_address),
@@ -177,23 +182,31 @@ class Engine:
             factor.looks_like_code,
         )
 
+    async def _split_appended(
+        self, ctx: RequestContext, login: LoginName, typed: str
+    ) -> tuple[str, str | None]:
+        """Append mode: the password and the appended answer. Which code shape to split
+        on comes from the method of the record stored under the typed name's key: a
+        guess before the directory says who the user is, used for nothing else."""
+        if ctx.client.second_factor != "append":
+            return typed, None
+        try:
+            record = await self.mfa.user_record(login.key)
+        except UpstreamError:
+            record = None  # the store is asked again, by identity, after the password
+        return self._split(ctx, typed, record)
+
     async def _first_round(
-        self, ctx: RequestContext, request: RadiusRequest, user: str, typed: str, now: float
+        self, ctx: RequestContext, request: RadiusRequest, login: LoginName, typed: str, now: float
     ) -> Answer:
         at = datetime.fromtimestamp(now, UTC)
-        policy_ctx = self._policy_context(ctx, request, user)
+        policy_ctx = self._policy_context(ctx, request)
         early = early_login_denial(self.config.access_policies.login, policy_ctx, at)
         if early is not None:
             ctx.audit.update(early.log_fields())
             return self._reject("login_policy_denied")
-        record: UserRecord | None = None
-        record_read = True
-        try:
-            record = await self.mfa.user_record(user)
-        except UpstreamError:
-            record_read = False  # decided below, once the password is known to be right
-        password, appended = self._split(ctx, typed, record)
-        primary = await self.checker.authenticate(user, password)
+        password, appended = await self._split_appended(ctx, login, typed)
+        primary = await self.checker.authenticate(login.directory_name, password)
         ctx.audit.update(backend=primary.backend)
         log.debug(
             "primary_checked",
@@ -207,8 +220,12 @@ class Engine:
             return self._reject("directory_unavailable")
         if primary.outcome is PrimaryOutcome.REJECT:
             return self._reject(primary.reason or "bad_password")
+        if not primary.identity:
+            return self._reject("no_identity")  # a directory bug; never key on the typed name
+        identity = ctx.identity = primary.identity
         full = replace(
             policy_ctx,
+            user=identity,
             groups=primary.groups,
             backend=primary.backend,
             is_administrator=self._is_administrator(primary),
@@ -220,19 +237,19 @@ class Engine:
         # Failmodes are for outages, never for answers: a request that carries its
         # second factor (append mode) is never accepted with that factor unchecked.
         ctx.admitted = primary if appended is None else None
-        if not record_read:
-            record = await self.mfa.user_record(user)  # raises again if the store is down
+        record = await self.mfa.user_record(identity)
         mfa_decision = evaluate(self.config.access_policies.mfa, full, at)
         ctx.audit.update(mfa_decision.log_fields())
         factor_user = FactorUser(
-            name=normalise(user),
-            login_name=user,
+            name=identity,
+            login_name=login.typed,
             email=primary.email,
             mobile=primary.mobile,
             groups=primary.groups,
             record=record,
+            login_key=login.key,
         )
-        login = Login(
+        second = Login(
             ctx.request_id,
             ctx.client.name,
             ctx.source_ip,
@@ -245,14 +262,16 @@ class Engine:
         # The mfa target's policies and default only produce MfaAction values.
         action = cast(MfaAction, mfa_decision.action)
         try:
-            return await self.mfa.after_primary(login, action, ctx.client.second_factor, appended)
+            return await self.mfa.after_primary(second, action, ctx.client.second_factor, appended)
         except UpstreamError:
-            if login.responded:
+            if second.responded:
                 ctx.admitted = None  # a response was being judged: the failmode rejects
             raise
 
-    async def _resume(self, ctx: RequestContext, request: RadiusRequest, now: float) -> Answer:
-        assert request.state is not None and request.user_name is not None
+    async def _resume(
+        self, ctx: RequestContext, request: RadiusRequest, login: LoginName, now: float
+    ) -> Answer:
+        assert request.state is not None
         if not is_well_formed_state(request.state):
             # Not one we issued, or one a client cut short: never matched by prefix.
             return self._reject("malformed_state")
@@ -261,14 +280,18 @@ class Engine:
         if data is None:
             return self._reject("unknown_state")
         session = Session.from_json(data)
-        bound = (session.user, session.client, session.nas)
-        if bound != (normalise(request.user_name), ctx.client.name, ctx.source_ip):
-            # Bound to user, NAS entry and NAS address: a State is no bearer token.
+        bound = (session.login_key, session.client, session.nas)
+        if not session.login_key or bound != (login.key, ctx.client.name, ctx.source_ip):
+            # Bound to the name typed in the first round (any spelling of it), the NAS
+            # entry and the NAS address: a State is no bearer token.
             return self._reject("state_mismatch")
-        record = await self.mfa.user_record(request.user_name)
-        login = login_from_session(session, ctx.request_id, request.calling_station_id, now, record)
-        login.audit = ctx.audit
-        return await self.mfa.resume(login, session, request.password or "")
+        ctx.identity = session.user
+        record = await self.mfa.user_record(session.user)
+        second = login_from_session(
+            session, ctx.request_id, request.calling_station_id, now, record
+        )
+        second.audit = ctx.audit
+        return await self.mfa.resume(second, session, request.password or "")
 
     def _audit(
         self,
@@ -292,7 +315,10 @@ class Engine:
             nas_ip_address=request.nas_ip_address,
             nas_identifier=request.nas_identifier,
             calling_station_id=request.calling_station_id,
-            user=request.user_name,
+            # Who the user is once known (null before: a wrong password, an unknown
+            # user); the User-Name as typed, always.
+            user=ctx.identity,
+            login_name=request.user_name,
             outcome=outcome,
             reason=reason,
             latency_ms=round(elapsed * 1000, 2),

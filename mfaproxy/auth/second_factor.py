@@ -23,7 +23,6 @@ from mfaproxy.core import replies
 from mfaproxy.core import second_factor as rules
 from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.core.factor_result import FactorResult, Verdict
-from mfaproxy.core.identity import normalise
 from mfaproxy.core.primary import PrimaryResult
 from mfaproxy.core.responses import IntentKind, classify_response, retry_prompt, with_options
 from mfaproxy.core.second_factor import Action, Round, Stage, Step, StepKind
@@ -97,9 +96,8 @@ class SecondFactorStage:
 
     # ------------------------------------------------------------------ helpers
 
-    async def user_record(self, login_name: str) -> UserRecord | None:
-        name = normalise(login_name)
-        return await self.services.users.run(lambda s: s.get_user(name))
+    async def user_record(self, identity: str) -> UserRecord | None:
+        return await self.services.users.run(lambda s: s.get_user(identity))
 
     def _accept(self, login: Login, reason: str) -> Answer:
         return replies.accept(self.config.replies, login.primary, reason)
@@ -141,6 +139,7 @@ class SecondFactorStage:
             email=login.user.email,
             mobile=login.user.mobile,
             prompt=prompt,
+            login_key=login.user.login_key,
         )
 
     def _alternates(self, login: Login) -> list[str]:
@@ -438,5 +437,6 @@ def login_from_session(
         mobile=session.mobile,
         groups=primary.groups,
         record=record,
+        login_key=session.login_key,
     )
     return Login(request_id, session.client, session.nas, user, primary, now, client_ip)

@@ -19,7 +19,7 @@ from typing import TypeAlias
 
 from mfaproxy.adapters.geoip import GeoIpDatabases
 from mfaproxy.config.schema import ClientConfig, Config, load_config
-from mfaproxy.core.identity import normalise
+from mfaproxy.core.identity import normalise, read_login_name
 from mfaproxy.core.policy import PolicyContext
 from mfaproxy.core.policy_explain import explain
 from mfaproxy.directory.local import load_users_file
@@ -60,13 +60,19 @@ def _source_address(client: ClientConfig) -> IPAddress:
     return ipaddress.ip_address(str(next(iter(network.hosts()), network.network_address)))
 
 
+def _identity(config: Config, user: str) -> str:
+    """Who `user` is after the password check, as far as the CLI can tell without a
+    password: the realm removed and normalised, as the engine keys the login."""
+    return normalise(read_login_name(user, config.directory.realms).user)
+
+
 def _directory_groups(config: Config, user: str, backend: str) -> frozenset[str] | None:
     """The user's groups from the local users file; None (unknown) when not readable."""
     local = config.directory.local
     if backend != "local" or local is None:
         _note(f"groups are not read from the {backend} directory; pass --groups to set them")
         return None
-    entry = load_users_file(local.users_file).get(normalise(user))
+    entry = load_users_file(local.users_file).get(user)
     if entry is None:
         _note(f"{user} is not in {local.users_file}: groups unknown (login would fail)")
         return None
@@ -86,11 +92,14 @@ def _is_admin(config: Config, groups: frozenset[str] | None, given: bool | None)
 
 def _context(config: Config, client: ClientConfig, args: argparse.Namespace) -> PolicyContext:
     backend = args.backend or config.directory.backend
+    user = _identity(config, args.user)
+    if user != args.user:
+        _note(f"{args.user!r} is the user {user!r} once the directory has answered")
     groups = args.groups
     if groups is None:
-        groups = _directory_groups(config, args.user, backend)
+        groups = _directory_groups(config, user, backend)
     return PolicyContext(
-        user=args.user,
+        user=user,
         client=client.name,
         client_address=args.source or _source_address(client),
         nas_ip_address=args.nas_ip_address,

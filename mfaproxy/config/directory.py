@@ -3,6 +3,7 @@ file, LDAP / Active Directory, an upstream RADIUS server)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
@@ -34,6 +35,21 @@ class LdapAttributesConfig(Strict):
     groups: str = "memberOf"
 
 
+# One assertion of an RFC 4515 filter: `(attr=value)`, `(attr~=value)`, `(attr:rule:=v)`.
+_ASSERTION = re.compile(
+    r"\(\s*([A-Za-z0-9][A-Za-z0-9.-]*)(?:;[^=()]*)?(?::[^=()]*)?[~<>]?=([^()]*)\)"
+)
+
+
+def username_attributes(user_filter: str) -> list[str]:
+    """The attributes `user_filter` compares with `{username}`, in order, once each."""
+    named: dict[str, str] = {}  # attribute names are case-insensitive (RFC 4512 2.5)
+    for match in _ASSERTION.finditer(user_filter):
+        if "{username}" in match.group(2):
+            named.setdefault(match.group(1).casefold(), match.group(1))
+    return list(named.values())
+
+
 class LdapConfig(Strict):
     servers: list[str] = Field(min_length=1)
     base_dn: str = ""
@@ -51,6 +67,11 @@ class LdapConfig(Strict):
     pool_size: int = Field(default=8, ge=1, le=256)
     attributes: LdapAttributesConfig = LdapAttributesConfig()
     group_search: LdapGroupSearchConfig | None = None
+    # The attribute of the user's entry that is their identity (the key of their MFA
+    # record): `uid`, `sAMAccountName`... Default: the attribute user_filter (or the
+    # first RDN of user_dn_template) compares with {username}; required when the filter
+    # compares several. An entry without it is known by its DN.
+    identity_attribute: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -73,7 +94,27 @@ class LdapConfig(Strict):
             raise ValueError("user_dn_template must contain {username}")
         if "{username}" not in self.user_filter:
             raise ValueError("user_filter must contain {username}")
+        if self.identity_attribute is None:
+            object.__setattr__(self, "identity_attribute", self._default_identity())
         return self
+
+    def _default_identity(self) -> str:
+        if self.user_dn_template is not None:
+            return self.user_dn_template.partition("=")[0].strip()
+        named = username_attributes(self.user_filter)
+        if len(named) == 1:
+            return named[0]
+        # Two attributes (uid and mail, sAMAccountName and userPrincipalName) are two
+        # spellings of one user: which one is the identity must be said, not guessed.
+        raise ValueError(
+            f"user_filter compares {{username}} with {', '.join(named) or 'no attribute'}:"
+            " set identity_attribute to the attribute whose value is the user's identity"
+        )
+
+    @property
+    def identity(self) -> str:
+        assert self.identity_attribute is not None  # set by the validator
+        return self.identity_attribute
 
 
 class RadiusDirectoryConfig(Strict):
@@ -124,6 +165,8 @@ class RealmRule(Strict):
 
 class DirectoryConfig(Strict):
     backend: Literal["local", "ldap", "radius"] = "local"
+    # Realm forms that name the same user (see RealmRule); the first that matches applies.
+    realms: list[RealmRule] = Field(default_factory=list)
     local: LocalDirectoryConfig | None = None
     ldap: LdapConfig | None = None
     radius: RadiusDirectoryConfig | None = None

@@ -135,3 +135,79 @@ def check_login_name(typed: str, rules: Sequence[RealmRule]) -> LoginName | Name
         return problem
     login = read_login_name(typed, rules)
     return name_problem(login.user) or login
+
+
+def directory_identity(name: str, rules: Sequence[RealmRule]) -> str | None:
+    """The identity a directory answered with (an upstream RADIUS server's User-Name),
+    read like a typed name: None when it is no usable name (blank, control characters,
+    undecodable). Padding and compatibility forms are the directory's own spelling and
+    are normalised away: the directory is the authority on who the user is."""
+    problem = name_problem(name.strip())
+    if problem in ("user_name_blank", "user_name_control_characters", "user_name_not_utf8"):
+        return None
+    return normalise(read_login_name(name.strip(), rules).user) or None
+
+
+# --------------------------------------------------------------------------- DNs
+
+_DN_SPECIAL = frozenset(',+"\\<>;=')
+
+
+def _split_unescaped(text: str, separator: str) -> list[str]:
+    """Split at `separator` where it is not escaped by a backslash (RFC 4514 2.4)."""
+    parts, current, escaped = [], [], False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == separator:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _unescape(value: str) -> str:
+    """RFC 4514 section 3: `\\` then a special character, or two hex digits (UTF-8)."""
+    raw, index = bytearray(), 0
+    while index < len(value):
+        char = value[index]
+        pair = value[index + 1 : index + 3]
+        if char == "\\" and len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair):
+            raw += bytes.fromhex(pair)
+            index += 3
+        elif char == "\\" and index + 1 < len(value):
+            raw += value[index + 1].encode()
+            index += 2
+        else:
+            raw += char.encode()
+            index += 1
+    return raw.decode("utf-8", errors="replace")
+
+
+def _escape(value: str) -> str:
+    escaped = "".join(f"\\{c}" if c in _DN_SPECIAL else c for c in value)
+    return "\\" + escaped if escaped.startswith("#") else escaped
+
+
+def normalise_dn(dn: str) -> str:
+    """One spelling of a distinguished name, for comparing DNs: attribute types and
+    values case-folded like names, the AVAs of a multi-valued RDN sorted, escapes and
+    spaces made canonical (`CN=VPN Users, OU=Groups,dc=Example` and
+    `cn=vpn users,ou=groups,dc=example` are one DN). Types are compared by name, not by
+    OID. A string that is not a DN is normalised as a name."""
+    rdns = []
+    for rdn in _split_unescaped(dn, ","):
+        avas = []
+        for ava in _split_unescaped(rdn, "+"):
+            kind, sep, value = ava.partition("=")
+            if not sep or not kind.strip():
+                return normalise(dn)
+            avas.append(f"{kind.strip().casefold()}={_escape(normalise(_unescape(value)))}")
+        rdns.append("+".join(sorted(avas)))
+    return ",".join(rdns)

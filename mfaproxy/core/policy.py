@@ -50,6 +50,7 @@ from mfaproxy.config.policies import (
     UserGroupsRule,
     UsersRule,
 )
+from mfaproxy.core.identity import normalise
 from mfaproxy.errors import CountryLookupError
 from mfaproxy.radius.addresses import IPAddress, parse_ip, unmap
 
@@ -86,7 +87,9 @@ class PolicyStatus(enum.Enum):
 class PolicyContext:
     """What is known about one request. None means "not known", never "empty"."""
 
-    user: str  # User-Name as received
+    # The user's identity (core/identity.py) once the directory has answered; None (not
+    # known) before the password check: the typed name is not who the user is.
+    user: str | None
     client: str  # name of the matching `clients:` entry
     client_address: IPAddress  # UDP source address of the NAS
     nas_ip_address: IPAddress | None = None  # NAS-IP-Address / NAS-IPv6-Address
@@ -99,7 +102,7 @@ class PolicyContext:
 
     def before_primary(self) -> PolicyContext:
         """The same request with everything the directory tells us forced unknown."""
-        return replace(self, groups=None, backend=None, is_administrator=None)
+        return replace(self, user=None, groups=None, backend=None, is_administrator=None)
 
     @property
     def station_ip(self) -> IPAddress | None:
@@ -201,8 +204,11 @@ def _match_ip_addresses(rule: IpAddressesRule, ctx: PolicyContext, now: datetime
 
 
 def _match_users(rule: UsersRule, ctx: PolicyContext, now: datetime) -> RuleVerdict:
-    # Case-insensitive like Active Directory: a deny on "alice" must also stop "ALICE".
-    hit = ctx.user.casefold() in {name.casefold() for name in rule.users}
+    if ctx.user is None:
+        return RuleVerdict(Tri.UNKNOWN, "user not known (before the directory lookup)")
+    # The one normaliser on both sides: a deny on "sam" also stops "SAM", a full-width
+    # or padded spelling, and "Stra\u00dfe" is "STRASSE" (core/identity.py).
+    hit = normalise(ctx.user) in {normalise(name) for name in rule.users}
     return _yes(hit, f"user {ctx.user!r} is {'' if hit else 'not '}listed")
 
 
@@ -276,7 +282,9 @@ def _match_geo_ip(rule: GeoIpRule, ctx: PolicyContext, now: datetime) -> RuleVer
 # What each rule does when its input is missing:
 #   ip_addresses         client_address is always known; a missing NAS-IP-Address, a
 #                        missing Calling-Station-Id or one that is not an IP: UNKNOWN
-#   users, clients       always known (User-Name and the client entry)
+#   users                UNKNOWN until the directory answered (user is None): the rule
+#                        names identities, and the typed name is not one yet
+#   clients              always known (the client entry)
 #   user_groups          UNKNOWN until the directory answered (groups is None)
 #   time                 always known (`now`)
 #   authentication_type  UNKNOWN before the primary check (backend is None)

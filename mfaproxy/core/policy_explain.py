@@ -50,7 +50,7 @@ def render_context(ctx: PolicyContext, now: datetime) -> list[str]:
     groups = ", ".join(sorted(ctx.groups)) if ctx.groups else "(none)"
     admin = "yes" if ctx.is_administrator else "no"
     rows = [
-        ("user", ctx.user),
+        ("user", _known(ctx.user, repr(ctx.user))),
         ("client", f"{ctx.client} (source address {ctx.client_address})"),
         ("NAS-IP-Address", str(ctx.nas_ip_address or "(not given)")),
         ("Calling-Station-Id", _station(ctx.calling_station_id)),

@@ -33,8 +33,10 @@ class PrimaryResult:
     groups: frozenset[str] = frozenset()
     email: str | None = None
     mobile: str | None = None
-    # The directory's own name for the user (canonical case, DN...).
-    user_id: str | None = None
+    # Who the user is, as the directory says (core/identity.py normalised): the users-file
+    # key, the LDAP identity_attribute (or DN), an upstream's User-Name. Set on ACCEPT;
+    # everything about the user after the password check is keyed on it.
+    identity: str | None = None
     # Attributes an upstream RADIUS server returned that we pass through.
     reply_attributes: tuple[ReplyAttribute, ...] = field(default_factory=tuple)
 

@@ -43,7 +43,7 @@ def session_key(state: bytes) -> str:
 
 @dataclass(frozen=True)
 class Session:
-    user: str  # normalised user name
+    user: str  # the user's identity (core/identity.py): what the MFA record is keyed on
     login_name: str  # User-Name as the NAS sent it
     client: str  # the NAS entry that received the challenge
     nas: str  # the NAS source address
@@ -55,6 +55,9 @@ class Session:
     email: str | None = None
     mobile: str | None = None
     prompt: str = ""
+    # The normalised typed name of the first round (realm removed): an answer must name
+    # the same (an empty one, from an older version, matches nothing).
+    login_key: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "stage": self.stage.value}
@@ -84,7 +87,7 @@ def primary_to_json(primary: PrimaryResult) -> dict[str, Any]:
         "groups": sorted(primary.groups),
         "email": primary.email,
         "mobile": primary.mobile,
-        "user_id": primary.user_id,
+        "identity": primary.identity,
         "reply_attributes": [[a.name, _value_to_json(a.value)] for a in primary.reply_attributes],
     }
 
@@ -97,7 +100,7 @@ def primary_from_json(data: dict[str, Any]) -> PrimaryResult:
         groups=frozenset(data.get("groups", [])),
         email=data.get("email"),
         mobile=data.get("mobile"),
-        user_id=data.get("user_id"),
+        identity=data.get("identity"),
         reply_attributes=tuple(
             ReplyAttribute(str(name), _value_from_json(value))
             for name, value in data.get("reply_attributes", [])

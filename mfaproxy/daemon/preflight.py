@@ -29,7 +29,7 @@ from pyrad.dictionary import Dictionary, ParseError
 from mfaproxy.adapters.geoip import GeoIpDatabase
 from mfaproxy.config.directory import DirectoryConfig
 from mfaproxy.config.multifactor import MultifactorConfig, SmtpConfig
-from mfaproxy.config.policies import AccessPoliciesConfig
+from mfaproxy.config.policies import AccessPoliciesConfig, UsersRule
 from mfaproxy.config.problems import (
     LineMap,
     Loc,
@@ -51,6 +51,7 @@ from mfaproxy.config.schema import (
 from mfaproxy.config.stores import RedisSettings
 from mfaproxy.config.validate import pass_through_problems, reply_problems
 from mfaproxy.config.warnings import Facts, Finding, config_warnings
+from mfaproxy.core.identity import name_problem, normalise, read_login_name
 from mfaproxy.directory.local import load_users_file
 from mfaproxy.errors import ConfigError, GeoIpDatabaseError
 from mfaproxy.radius.codec import load_dictionary
@@ -136,6 +137,30 @@ def _geoip(parts: Parts) -> Iterator[Problem]:
             yield Problem(("access_policies", *_dotted(where)), str(exc))
 
 
+def _users_rules(parts: Parts) -> Iterator[Problem]:
+    """`users` rules name identities. An entry in a configured realm form (an identity
+    never has the realm) or with characters no User-Name may have would never match:
+    a denial or a per-user requirement that silently does not apply."""
+    if parts.access_policies is None:
+        return
+    realms = parts.directory.realms if parts.directory is not None else []
+    for path, rule in parts.access_policies.iter_rules():
+        if not isinstance(rule, UsersRule):
+            continue
+        for index, name in enumerate(rule.users):
+            loc = ("access_policies", *_dotted(path), "users", index)
+            login = read_login_name(name.strip(), realms)
+            problem = name_problem(name.strip())
+            if login.realm is not None:
+                yield Problem(
+                    loc,
+                    f"{name!r} is a realm form; list the user as {normalise(login.user)!r},"
+                    " the identity every form of it has",
+                )
+            elif problem in ("user_name_control_characters", "user_name_not_utf8"):
+                yield Problem(loc, f"{name!r} is no user name ({problem})")
+
+
 def _ca_files(parts: Parts) -> Iterator[tuple[Loc, Path]]:
     """Every CA bundle a backend that will be built loads at start or first use."""
     directory, mfa = parts.directory, parts.multifactor
@@ -182,6 +207,7 @@ CHECKS: tuple[tuple[str, Callable[[Parts], Iterator[Problem]]], ...] = (
     ("reply attributes against the dictionaries", _replies),
     ("directory backend (users file, pass-through attributes)", _directory),
     ("geo-IP databases", _geoip),
+    ("users rules against the realm rules", _users_rules),
     ("CA bundles", _ca_bundles),
     ("state directory and master key file", _key_file),
 )

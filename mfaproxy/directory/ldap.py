@@ -36,6 +36,7 @@ import ldap.filter
 import structlog
 
 from mfaproxy.config.directory import LdapConfig
+from mfaproxy.core.identity import normalise, normalise_dn
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.directory.ldap_pool import ConnectionFactory, ConnectionPool, TlsFailure, Unreachable
 from mfaproxy.errors import ConfigError
@@ -282,8 +283,21 @@ class LdapChecker:
             groups=frozenset(groups),
             email=entry.first(attributes.email),
             mobile=entry.first(attributes.mobile),
-            user_id=entry.dn,
+            identity=self._identity(entry),
         )
+
+    def _identity(self, entry: _Entry) -> str:
+        """The entry's identity_attribute, normalised: the same whichever attribute of the
+        filter the user typed (uid or mail), and whatever spelling the server matched."""
+        attribute = self._config.identity
+        # Several values (uid may have more than one): the smallest, so the choice does
+        # not depend on the order a server returns them in.
+        values = sorted({normalise(value) for value in entry.values(attribute)} - {""})
+        if values:
+            return values[0]
+        # Stable, but not the same key as the attribute would give: worth fixing.
+        log.warning("ldap.identity_from_dn", attribute=attribute)
+        return normalise_dn(entry.dn)
 
     def _service_bind(self, conn: Any) -> None:
         """Bind a new service connection; raises _ServerError when it is refused."""
@@ -332,7 +346,7 @@ class LdapChecker:
     @property
     def _attribute_names(self) -> list[str]:
         attributes = self._config.attributes
-        return [attributes.email, attributes.mobile, attributes.groups]
+        return [attributes.email, attributes.mobile, attributes.groups, self._config.identity]
 
     def _search(
         self,

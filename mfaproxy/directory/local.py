@@ -256,7 +256,7 @@ class LocalChecker:
             groups=frozenset(user.groups),
             email=user.email,
             mobile=user.mobile,
-            user_id=key,
+            identity=key,
         )
 
     async def close(self) -> None:

@@ -7,7 +7,10 @@ and failover done by mfaproxy.adapters.radius_client.
 Outcomes:
 - Access-Accept: ACCEPT, with the configured `pass_through_attributes` found in the
   reply (only those: the upstream must not be able to inject, say, a Session-Timeout
-  or a VLAN the operator did not ask for).
+  or a VLAN the operator did not ask for). The identity is the User-Name of the Accept
+  when it has one (RFC 2865 section 5.1: the name the NAS should use from then on),
+  else the name asked about, both read through the realm rules and normalised; an
+  Accept whose User-Name is no usable name is REJECT `upstream_identity_invalid`.
 - Access-Reject: REJECT, reason `bad_password` (RFC 2865 does not say whether the user
   or the password was wrong, and we must not guess).
 - Access-Challenge: REJECT, reason `upstream_challenge_unsupported`. An upstream that
@@ -21,6 +24,7 @@ Outcomes:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -33,7 +37,8 @@ from mfaproxy.adapters.radius_client import (
     RequestAttributes,
     observe_exchange,
 )
-from mfaproxy.config.directory import RadiusDirectoryConfig
+from mfaproxy.config.directory import RadiusDirectoryConfig, RealmRule
+from mfaproxy.core.identity import directory_identity
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult, ReplyAttribute
 from mfaproxy.errors import UpstreamUnavailable, UpstreamUnsigned
 
@@ -57,11 +62,14 @@ class RadiusChecker:
 
     name = "radius"
 
-    def __init__(self, config: RadiusDirectoryConfig, dictionary: Any) -> None:
+    def __init__(
+        self, config: RadiusDirectoryConfig, dictionary: Any, realms: Sequence[RealmRule] = ()
+    ) -> None:
         unknown = [a for a in config.pass_through_attributes if a not in dictionary]
         if unknown:
             raise ValueError(f"pass_through_attributes not in the dictionary: {unknown}")
         self._config = config
+        self._realms = tuple(realms)
         self._pass_through = frozenset(config.pass_through_attributes)
         self._client = RadiusClient(
             servers_from_config(config),
@@ -100,8 +108,12 @@ class RadiusChecker:
 
     def _interpret(self, reply: RadiusReply, username: str) -> PrimaryResult:
         if reply.accepted:
+            identity = self._identity(reply, username)
+            if identity is None:
+                log.warning("radius_primary_identity_invalid", server=reply.server.label)
+                return self._result(PrimaryOutcome.REJECT, "upstream_identity_invalid")
             return self._result(
-                PrimaryOutcome.ACCEPT, "", user_id=username, attrs=self._copy_attributes(reply)
+                PrimaryOutcome.ACCEPT, "", identity=identity, attrs=self._copy_attributes(reply)
             )
         if reply.challenged:
             log.warning("radius_primary_challenge_unsupported", server=reply.server.label)
@@ -113,6 +125,13 @@ class RadiusChecker:
             "radius_primary_unexpected_code", server=reply.server.label, packet_code=reply.code
         )
         return self._result(PrimaryOutcome.REJECT, "unexpected_reply")
+
+    def _identity(self, reply: RadiusReply, username: str) -> str | None:
+        named = reply.first("User-Name")
+        if named is None:
+            return directory_identity(username, self._realms)
+        text = named.decode("utf-8", "replace") if isinstance(named, bytes) else str(named)
+        return directory_identity(text, self._realms)
 
     def _copy_attributes(self, reply: RadiusReply) -> tuple[ReplyAttribute, ...]:
         return tuple(
@@ -127,13 +146,13 @@ class RadiusChecker:
         outcome: PrimaryOutcome,
         reason: str,
         *,
-        user_id: str | None = None,
+        identity: str | None = None,
         attrs: tuple[ReplyAttribute, ...] = (),
     ) -> PrimaryResult:
         return PrimaryResult(
             outcome=outcome,
             backend=self.name,
             reason=reason,
-            user_id=user_id,
+            identity=identity,
             reply_attributes=attrs,
         )

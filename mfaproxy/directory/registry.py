@@ -32,7 +32,7 @@ def _radius(config: DirectoryConfig, dictionary: Dictionary) -> PasswordChecker:
     from mfaproxy.directory.radius import RadiusChecker
 
     assert config.radius is not None
-    return RadiusChecker(config.radius, dictionary)
+    return RadiusChecker(config.radius, dictionary, config.realms)
 
 
 BACKENDS: dict[str, Callable[[DirectoryConfig, Dictionary], PasswordChecker]] = {

@@ -33,15 +33,18 @@ __all__ = [
 
 @dataclass(frozen=True)
 class FactorUser:
-    # Normalised name: the user store key.
+    # The user's identity (core/identity.py), as the directory returned it: the user
+    # store key, and the name sent to Duo and to an OTP server.
     name: str
-    # The User-Name as the NAS sent it (an upstream OTP server or Duo may want it).
+    # The User-Name as the NAS sent it (for messages to people only).
     login_name: str
     email: str | None = None
     mobile: str | None = None
     groups: frozenset[str] = frozenset()
     # The user's MFA record; None when the store has never seen the user.
     record: UserRecord | None = None
+    # The typed name normalised (realm removed), which a challenge answer must repeat.
+    login_key: str = ""
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ class DuoFactor:
     # ------------------------------------------------------------------ flow
 
     async def _preauth(self, request: FactorRequest, verified_push: bool) -> FactorResult:
-        answer = await self.api.preauth(request.user.login_name, client_ip(request), verified_push)
+        answer = await self.api.preauth(request.user.name, client_ip(request), verified_push)
         result, message = answer.get("result"), answer.get("status_msg", "")
         if result == "allow":
             return FactorResult.accept("duo_bypass")
@@ -263,7 +263,7 @@ class DuoFactor:
         try:
             started = await self.api.auth(
                 factor=factor,
-                username=request.user.login_name,
+                username=request.user.name,
                 device="auto",
                 ipaddr=client_ip(request),
                 txid=str(verified["txid"]) if verified else None,
@@ -320,7 +320,7 @@ class DuoFactor:
         # Sending passcodes completes in one request: no transaction to poll.
         answer = await self.api.auth(
             factor="sms",
-            username=request.user.login_name,
+            username=request.user.name,
             device="auto",
             ipaddr=client_ip(request),
         )
@@ -334,7 +334,7 @@ class DuoFactor:
         # A passcode is verified in one request: no transaction to poll.
         answer = await self.api.auth(
             factor="passcode",
-            username=request.user.login_name,
+            username=request.user.name,
             passcode=passcode,
             ipaddr=client_ip(request),
         )

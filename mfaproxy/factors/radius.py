@@ -171,8 +171,10 @@ class RadiusFactor:
         return None
 
     def _attributes(self, request: FactorRequest) -> RequestAttributes:
-        login = request.user.login_name
-        name = strip_domain(login) if self._config.strip_domain else login
+        # The identity, not the name as typed: an alias spelling must not reach another
+        # user (or no user) on the OTP server.
+        identity = request.user.name
+        name = strip_domain(identity) if self._config.strip_domain else identity
         attributes: dict[str, str] = {"User-Name": name}
         if self._config.nas_identifier:
             attributes["NAS-Identifier"] = self._config.nas_identifier

@@ -51,6 +51,7 @@ def spell(name: str, choices: list[int]) -> str:
 # --------------------------------------------------------------------------- normalise
 
 
+@settings(deadline=None)
 @given(st.text())
 def test_normalise_is_idempotent(text: str) -> None:
     once = normalise(text)
@@ -71,7 +72,7 @@ def test_spellings_a_directory_merges_share_one_key(variants: list[str], key: st
     assert {normalise(v) for v in variants} == {key}
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.sampled_from(["sam", "samuel", "miss", "ali1"]), st.lists(st.integers(0, 9)))
 def test_every_accepted_spelling_of_a_name_has_its_key(name: str, choices: list[int]) -> None:
     variant = spell(name, choices)
@@ -128,6 +129,7 @@ def test_ordinary_names_pass(typed: str) -> None:
     assert name_problem(typed) is None
 
 
+@settings(deadline=None)
 @given(st.text(min_size=1))
 def test_an_accepted_name_is_its_own_nfkc_form_without_padding(text: str) -> None:
     assume(name_problem(text) is None)
@@ -136,6 +138,7 @@ def test_an_accepted_name_is_its_own_nfkc_form_without_padding(text: str) -> Non
     assert normalise(text) == unicodedata.normalize("NFKC", text.casefold())
 
 
+@settings(deadline=None)
 @given(st.text(), st.sampled_from([" ", "\t", "\n", "\u00a0", "\u2003", "\u3000"]))
 def test_padding_is_always_refused(text: str, pad: str) -> None:
     assert name_problem(pad + text) is not None

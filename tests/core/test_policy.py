@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from mfaproxy.config.policies import (
@@ -148,6 +150,7 @@ def test_unusable_station_reason_is_quoted_and_cut() -> None:
         ({"type": "users", "users": ["bob", "alice"]}, {}, M),
         ({"type": "users", "users": ["bob", "alice"]}, {"user": "ALICE"}, M),
         ({"type": "users", "users": ["bob"]}, {}, N),
+        ({"type": "users", "users": ["alice"]}, {"user": None}, U),
         ({"type": "clients", "clients": ["vpn"]}, {}, M),
         ({"type": "clients", "clients": ["wifi"]}, {}, N),
         ({"type": "user_groups", "groups": ["Staff"]}, {}, M),
@@ -472,6 +475,7 @@ FILLS: dict[str, list[Any]] = {
     "is_administrator": [True, False],
     "backend": ["local", "ldap"],
     "calling_station_id": ["10.1.2.3", "192.0.2.1"],
+    "user": ["alice", "bob"],
 }
 ACTIONS = {
     "login": ["continue", "access_denied", "access_allowed"],
@@ -524,6 +528,39 @@ def test_missing_input_never_weakens(name: str) -> None:
             target, context, FRIDAY_NOON
         ):
             assert outcomes == {"access_denied"}
+
+
+# --------------------------------------------------------------------------- users rules
+
+USER_SPELLINGS = [" sam", "sam ", "sam\t", "SAM", "\uff53am", "\u017fam", "S\uff21M"]
+
+
+@settings(deadline=None)
+@given(st.sampled_from(USER_SPELLINGS), st.sampled_from(USER_SPELLINGS))
+def test_users_rules_compare_normalised_names(listed: str, identity: str) -> None:
+    """A deny or a per-user requirement on "sam" catches every spelling of sam, however
+    the rule or the identity is written (the engine gives normalised identities)."""
+    assert result({"type": "users", "users": [listed]}, ctx(user=identity)) is M
+
+
+@pytest.mark.parametrize(
+    ("listed", "identity"), [("Stra\u00dfe", "strasse"), ("STRASSE", "stra\u00dfe")]
+)
+def test_users_rules_fold_sharp_s(listed: str, identity: str) -> None:
+    assert result({"type": "users", "users": [listed]}, ctx(user=identity)) is M
+
+
+def test_users_rule_is_unknown_before_the_directory_answers() -> None:
+    """Before the password check the typed name is not an identity: a deny on a user is
+    decided after it, and never turns into an early allow."""
+    target = login(
+        policy("no-sam", [{"type": "users", "users": ["sam"]}], "access_denied"),
+    )
+    assert early_login_denial(target, ctx(user="sam"), FRIDAY_NOON) is None
+    assert evaluate(target, ctx(user="SAM"), FRIDAY_NOON).action == "access_denied"
+    before = evaluate(target, ctx(user="sam").before_primary(), FRIDAY_NOON)
+    assert before.possible == ("access_denied", "access_allowed")
+    assert before.action == "access_denied"
 
 
 # --------------------------------------------------------------------------- pre-check

@@ -87,11 +87,9 @@ def closed_url(scheme: str = "ldap") -> str:
     return f"{scheme}://127.0.0.1:{free_port()}"
 
 
-def assert_dn_of(result: PrimaryResult, user: LdapTestUser) -> None:
-    # slapd may return `\,` as `\2C` (RFC 4514 allows both): compare the decoded value.
-    assert result.user_id is not None
-    assert first_rdn_value(result.user_id) == user.uid
-    assert result.user_id.lower().endswith("," + PEOPLE_DN)
+def assert_identity_of(result: PrimaryResult, user: LdapTestUser) -> None:
+    # The entry's uid (the filter's attribute), normalised: never the DN or the typed name.
+    assert result.identity == user.uid.casefold()
 
 
 def sample(name: str, **labels: str) -> float:
@@ -116,7 +114,7 @@ async def test_search_then_bind_accepts_with_directory_data(
     assert result.groups == frozenset({"vpn-users", "mfa-admins"})
     assert result.email == ALICE.mail
     assert result.mobile == ALICE.mobile
-    assert result.user_id == ALICE.dn
+    assert result.identity == "alice"
 
 
 @pytest.mark.parametrize(
@@ -132,7 +130,7 @@ async def test_groups_and_missing_attributes(
     assert result.groups == frozenset(groups)
     assert result.email == user.mail
     assert result.mobile is None
-    assert_dn_of(result, user)
+    assert_identity_of(result, user)
 
 
 async def test_wrong_password_is_rejected(slapd: SlapdServer, make_checker: Factory) -> None:
@@ -205,7 +203,7 @@ async def test_direct_bind_accepts_and_reads_own_entry(
 ) -> None:
     result = await make_checker(direct_config(slapd)).authenticate("alice", ALICE.password)
     assert result.outcome is PrimaryOutcome.ACCEPT
-    assert result.user_id == ALICE.dn
+    assert result.identity == "alice"
     assert result.groups == frozenset({"vpn-users", "mfa-admins"})
     assert result.email == ALICE.mail
 
@@ -214,7 +212,7 @@ async def test_direct_bind_escapes_the_dn(slapd: SlapdServer, make_checker: Fact
     # `,` and `+` are DN syntax (RFC 4514): unescaped, the DN names another entry.
     result = await make_checker(direct_config(slapd)).authenticate(DAVE.uid, DAVE.password)
     assert result.outcome is PrimaryOutcome.ACCEPT
-    assert_dn_of(result, DAVE)
+    assert_identity_of(result, DAVE)
     assert result.groups == frozenset({"vpn-users"})
 
 
@@ -432,3 +430,73 @@ def test_bind_reject_reason(code: int, message: str, reason: str) -> None:
 )
 def test_group_name_is_the_first_rdn_value(dn: str, name: str) -> None:
     assert first_rdn_value(dn) == name
+
+
+# --------------------------------------------------------------------------- identity
+
+TWO_ATTRIBUTES = "(&(objectClass=inetOrgPerson)(|(uid={username})(mail={username})))"
+
+
+@pytest.mark.parametrize(
+    "typed", ["alice", "ALICE", "Alice", "alice@example.org", "ALICE@Example.ORG"]
+)
+async def test_a_filter_naming_two_attributes_gives_one_identity(
+    slapd: SlapdServer, make_checker: Factory, typed: str
+) -> None:
+    config = search_config(slapd, user_filter=TWO_ATTRIBUTES, identity_attribute="uid")
+    result = await make_checker(config).authenticate(typed, ALICE.password)
+    assert result.outcome is PrimaryOutcome.ACCEPT, result.reason
+    assert result.identity == "alice"  # the entry's uid: never the mail address typed
+
+
+@pytest.mark.parametrize("typed", ["\uff41lice", "alice ", " alice", "ALICE"])
+async def test_whatever_spelling_slapd_matches_the_identity_is_the_entrys(
+    slapd: SlapdServer, make_checker: Factory, typed: str
+) -> None:
+    """OpenLDAP's caseIgnoreMatch prepares values (RFC 4518: compatibility forms,
+    insignificant spaces): these spellings bind as alice, so the identity must be the
+    entry's, not the name typed (the engine refuses them before asking, too)."""
+    result = await make_checker(search_config(slapd)).authenticate(typed, ALICE.password)
+    assert (result.outcome, result.identity) == (PrimaryOutcome.ACCEPT, "alice")
+
+
+async def test_several_values_give_the_smallest_whichever_was_typed(
+    slapd: SlapdServer, make_checker: Factory
+) -> None:
+    slapd.add(
+        f"dn: uid=erin,{PEOPLE_DN}\nobjectClass: inetOrgPerson\nuid: erin\nuid: Ein\n"
+        f"cn: Erin\nsn: Erin\nuserPassword: erin-Pa55word!\n"
+    )
+    checker = make_checker(search_config(slapd))
+    for typed in ("erin", "ein", "EIN"):
+        result = await checker.authenticate(typed, "erin-Pa55word!")
+        assert (result.outcome, result.identity) == (PrimaryOutcome.ACCEPT, "ein")
+
+
+async def test_an_entry_without_the_attribute_is_known_by_its_dn(
+    slapd: SlapdServer, make_checker: Factory
+) -> None:
+    config = search_config(slapd, identity_attribute="employeeNumber")
+    result = await make_checker(config).authenticate("ALICE", ALICE.password)
+    assert result.outcome is PrimaryOutcome.ACCEPT
+    assert result.identity == f"uid=alice,{PEOPLE_DN}".lower()
+
+
+async def test_direct_bind_identity_is_the_templates_attribute(
+    slapd: SlapdServer, make_checker: Factory
+) -> None:
+    config = direct_config(slapd)
+    assert config.identity == "uid"
+    result = await make_checker(config).authenticate("Bob", BOB.password)
+    assert (result.outcome, result.identity) == (PrimaryOutcome.ACCEPT, "bob")
+
+
+def test_a_filter_naming_two_attributes_needs_identity_attribute(slapd: SlapdServer) -> None:
+    with pytest.raises(ValueError, match="set identity_attribute") as caught:
+        search_config(slapd, user_filter=TWO_ATTRIBUTES)
+    assert "uid, mail" in str(caught.value)
+    assert search_config(slapd).identity == "uid"
+    ad = "(|(sAMAccountName={username})(userPrincipalName={username}))"
+    assert search_config(slapd, user_filter=ad, identity_attribute="sAMAccountName").identity == (
+        "sAMAccountName"
+    )

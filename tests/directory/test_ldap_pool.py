@@ -164,9 +164,9 @@ async def test_a_wrong_password_never_lends_an_identity(
     assert alice.accepted and alice.groups == frozenset({"vpn-users", "mfa-admins"})
     assert bob.outcome is PrimaryOutcome.REJECT
     assert bob.reason == "bad_password"
-    assert bob.groups == frozenset() and bob.email is None and bob.user_id is None
+    assert bob.groups == frozenset() and bob.email is None and bob.identity is None
     assert carol.accepted
-    assert carol.user_id == CAROL.dn and carol.groups == frozenset() and carol.email is None
+    assert carol.identity == CAROL.uid and carol.groups == frozenset() and carol.email is None
     assert bob_again.outcome is PrimaryOutcome.REJECT
     assert alice_again.accepted and alice_again.email == ALICE.mail
 

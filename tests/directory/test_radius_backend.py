@@ -77,7 +77,7 @@ async def test_accept_copies_only_configured_attributes(freeradius: FreeRadiusSe
     backend = checker([server(freeradius.port)], pass_through_attributes=["Class", "Filter-Id"])
     result = await backend.authenticate("alice", "alice-pw")
     assert result.outcome is PrimaryOutcome.ACCEPT and result.accepted
-    assert result.backend == "radius" and result.user_id == "alice"
+    assert result.backend == "radius" and result.identity == "alice"
     assert set(result.reply_attributes) == {
         ReplyAttribute("Class", b"vpn-users"),
         ReplyAttribute("Filter-Id", "staff"),

@@ -87,14 +87,14 @@ def test_a_challenge_from_a_is_answered_through_b(
     code = cluster.code("alice")
     accepted = answer(nas_b, "alice", challenge, code)
     assert accepted.accepted, accepted.message
-    b.wait_audit(user="alice", outcome="accept")
-    assert a.audit(user="alice", outcome="accept") == []  # B, not A, decided
+    b.wait_audit(login_name="alice", outcome="accept")
+    assert a.audit(login_name="alice", outcome="accept") == []  # B, not A, decided
 
     # The same code once more, through A: the replay mark B wrote (PostgreSQL) holds.
     again = answer(nas_a, "alice", first_round(nas_a, "alice"), code)
     assert not again.accepted
     assert again.challenged and again.message.startswith("Wrong code"), again.message
-    a.wait_audit(user="alice", mfa_result="replayed")
+    a.wait_audit(login_name="alice", mfa_result="replayed")
 
 
 def test_a_state_is_single_use_across_instances(
@@ -142,7 +142,7 @@ def test_a_push_retransmitted_to_the_other_instance_is_sent_once(
         reply = receive_from(nas, a.port, request.id)  # only A answers
         assert Reply(reply, SECRET).accepted
         assert request.VerifyReply(Reply(reply, SECRET).packet, reply, enforce_ma=True)
-        a.wait_audit(user="dave", outcome="accept", reason="mfa_push_approved")
+        a.wait_audit(login_name="dave", outcome="accept", reason="mfa_push_approved")
 
         # A later retransmission to B is answered from the shared cache, byte for byte.
         nas.sock.sendto(datagram, ("127.0.0.1", b.port))
@@ -152,7 +152,7 @@ def test_a_push_retransmitted_to_the_other_instance_is_sent_once(
         duo_user.release.set()
         nas.close()
     assert cluster.duo.auth_calls("dave") == 1
-    assert b.audit(user="dave") == []  # B never processed it
+    assert b.audit(login_name="dave") == []  # B never processed it
 
 
 def test_an_instance_killed_mid_flow_the_login_completes_on_the_other(
@@ -169,7 +169,7 @@ def test_an_instance_killed_mid_flow_the_login_completes_on_the_other(
         assert doomed.proc.wait(30) == -signal.SIGKILL
         accepted = answer(nas_b, "carol", challenge, cluster.code("carol"))
         assert accepted.accepted, accepted.message
-        b.wait_audit(user="carol", outcome="accept")
+        b.wait_audit(login_name="carol", outcome="accept")
     finally:
         nas.close()
         doomed.stop()

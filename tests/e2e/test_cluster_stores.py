@@ -115,7 +115,7 @@ def test_redis_restarted_mid_test_is_invisible(cluster: Cluster, secure: Instanc
     lost = answer(secure.nas, "erin", challenge, cluster.code("erin"))
     assert lost.rejected, lost.message
     # Redis answered (empty): not a store failure, the restart itself went unnoticed.
-    secure.daemon.wait_audit(user="erin", outcome="reject", reason="unknown_state")
+    secure.daemon.wait_audit(login_name="erin", outcome="reject", reason="unknown_state")
     # A new login right after the restart: the broken connections are replaced at once.
     reply = login(secure.nas, SECRET, "erin", password("erin"), cluster.code("erin"))
     assert reply.accepted, reply.message
@@ -130,7 +130,7 @@ def test_redis_down_secure_rejects_safe_accepts_then_both_recover(
     try:
         down = first_round(secure.nas, "frank")
         assert down.rejected, down.message
-        secure.daemon.wait_audit(user="frank", outcome="reject", reason="store_unavailable")
+        secure.daemon.wait_audit(login_name="frank", outcome="reject", reason="store_unavailable")
         wait_new(secure.daemon, marks[0], "store_unavailable", failmode="secure")
         wait_new(secure.daemon, marks[0], "state_store_down")
         assert total(secure.metrics, REJECTED) == rejected + 1
@@ -138,7 +138,7 @@ def test_redis_down_secure_rejects_safe_accepts_then_both_recover(
         # safe: the right password alone is enough while the store is down...
         ok = first_round(safe.nas, "gina")
         assert ok.accepted, ok.message
-        safe.daemon.wait_audit(user="gina", outcome="accept", reason="store_failmode_safe")
+        safe.daemon.wait_audit(login_name="gina", outcome="accept", reason="store_failmode_safe")
         wait_new(safe.daemon, marks[1], "store_unavailable", failmode="safe")
         assert total(safe.metrics, ACCEPTED) == accepted + 1
         # ...but a wrong one is not.
@@ -164,13 +164,13 @@ def test_postgres_down_secure_rejects_safe_accepts_then_both_recover(
     try:
         down = first_round(secure.nas, "hank")
         assert down.rejected, down.message
-        secure.daemon.wait_audit(user="hank", outcome="reject", reason="store_unavailable")
+        secure.daemon.wait_audit(login_name="hank", outcome="reject", reason="store_unavailable")
         wait_new(secure.daemon, marks[0], "store_unavailable", failmode="secure")
         assert total(secure.metrics, REJECTED) == rejected + 1
 
         ok = first_round(safe.nas, "ivan")
         assert ok.accepted, ok.message
-        safe.daemon.wait_audit(user="ivan", outcome="accept", reason="store_failmode_safe")
+        safe.daemon.wait_audit(login_name="ivan", outcome="accept", reason="store_failmode_safe")
         assert total(safe.metrics, ACCEPTED) == accepted + 1
     finally:
         postgres.start()
@@ -192,7 +192,7 @@ def test_postgres_statement_error_is_an_outage_with_one_audit_event(
     try:
         down = first_round(secure.nas, "jack")
         assert down.rejected, down.message
-        event = secure.daemon.wait_audit(user="jack", reason="store_unavailable")
+        event = secure.daemon.wait_audit(login_name="jack", reason="store_unavailable")
     finally:
         with postgres.connect() as conn:
             conn.execute("ALTER TABLE stores.users_elsewhere RENAME TO users")

@@ -94,7 +94,7 @@ def test_ldap_accept_with_group_mapped_attributes(ldap_daemon: Daemon) -> None:
     assert result.values("Filter-Id") == ["vpn-users"]
     assert result.values("Fortinet-Group-Name") == ["admins"]
     assert result.values("Class") == ["0x61646d696e73"]
-    ldap_daemon.wait_audit(user=ALICE.uid, backend="ldap", outcome="accept")
+    ldap_daemon.wait_audit(login_name=ALICE.uid, backend="ldap", outcome="accept")
 
 
 def test_ldap_groups_differ_per_user(ldap_daemon: Daemon) -> None:
@@ -117,7 +117,7 @@ def test_ldap_wrong_password_and_group_policy(ldap_daemon: Daemon) -> None:
     )
     assert carol.code == "Access-Reject"
     ldap_daemon.wait_audit(
-        user=CAROL.uid, reason="login_policy_denied", login_policy="vpn-users-only"
+        login_name=CAROL.uid, reason="login_policy_denied", login_policy="vpn-users-only"
     )
 
 
@@ -141,7 +141,7 @@ def test_ldap_outage_rejects_as_unavailable(tmp_path: Path) -> None:
             daemon.port, SECRET, {"User-Name": ALICE.uid, "User-Password": ALICE.password, **MA}
         )
         assert result.code == "Access-Reject"
-        daemon.wait_audit(user=ALICE.uid, reason="directory_unavailable")
+        daemon.wait_audit(login_name=ALICE.uid, reason="directory_unavailable")
 
 
 @pytest.fixture(scope="module")
@@ -186,4 +186,4 @@ def test_radius_backend_passes_through_configured_attributes(
         assert ok.values("Session-Timeout") == []  # not in the pass-through list
         wrong = radclient(daemon.port, SECRET, {"User-Name": "dora", "User-Password": "bad", **MA})
         assert wrong.code == "Access-Reject"
-        daemon.wait_audit(user="dora", backend="radius", outcome="accept")
+        daemon.wait_audit(login_name="dora", backend="radius", outcome="accept")

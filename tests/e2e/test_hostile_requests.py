@@ -142,7 +142,7 @@ def test_blank_user_name_is_a_counted_reject(daemon: Daemon, nas: dict[str, UdpN
     for blank in (" ", "   ", "\t", " \t "):
         reply = exchange(nas["challenge"], SECRET, access_request(SECRET, blank, "alice-pw"))
         assert reply.rejected
-        daemon.wait_audit(user=blank, outcome="reject", reason="user_name_blank")
+        daemon.wait_audit(login_name=blank, outcome="reject", reason="user_name_blank")
 
 
 def test_the_largest_reply_fits_in_4096_octets(daemon: Daemon, nas: dict[str, UdpNas]) -> None:

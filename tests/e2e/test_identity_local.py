@@ -29,16 +29,27 @@ pytestmark = pytest.mark.e2e
 
 SECRET = "identity-secret"
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-PASSWORDS = {"sam": "sam-pw", "Stra\u00dfe": "strasse-pw"}
+PASSWORDS = {"sam": "sam-pw", "Stra\u00dfe": "strasse-pw", "mallory": "mallory-pw"}
 
 
 def write_config(tmp: Path) -> dict[str, Any]:
-    users = {n: {"password_hash": FAST.hash(pw), "groups": ["vpn"]} for n, pw in PASSWORDS.items()}
+    users = {n: {"password_hash": FAST.hash(p), "groups": ["vpn"]} for n, p in PASSWORDS.items()}
     (tmp / "users.yaml").write_text(yaml.safe_dump({"users": users}), encoding="utf-8")
     return {
         "clients": [{"name": "vpn", "address": ["127.0.0.1"], "secret": SECRET}],
         "directory": {"backend": "local", "local": {"users_file": str(tmp / "users.yaml")}},
-        "access_policies": {"mfa": {"default_action": "mfa_optional_per_user"}},
+        "access_policies": {
+            "login": {
+                "policies": [
+                    {
+                        "name": "no-mallory",
+                        "rules": [{"type": "users", "users": [" MALLORY"]}],
+                        "action_when_matched": "access_denied",
+                    }
+                ]
+            },
+            "mfa": {"default_action": "mfa_optional_per_user"},
+        },
         "multifactor": {"enabled": ["totp"], "default": "totp"},
     }
 
@@ -97,7 +108,7 @@ def test_alias_spellings_are_refused_with_their_reason(
     # The right password: the refusal is about the name, and happens before any lookup.
     assert send(nas, user, PASSWORDS["sam"]) == 3
     event = daemon.wait_audit(reason=reason)
-    assert event["outcome"] == "reject"
+    assert (event["outcome"], event["user"]) == ("reject", None)
     assert not daemon.audit(reason="mfa_optional_not_configured")
 
 
@@ -107,11 +118,20 @@ def test_an_enrolled_user_is_asked_for_the_code_in_every_spelling(
 ) -> None:
     reply = login(nas, SECRET, spelling, PASSWORDS["sam"])
     assert reply.challenged, f"{spelling!r} skipped the second factor"
+    event = daemon.wait_audit(login_name=spelling, outcome="challenge")
+    assert event["user"] == "sam"
 
 
 @pytest.mark.parametrize("spelling", ["Stra\u00dfe", "STRASSE", "strasse", "STRA\u1e9eE"])
 def test_sharp_s_spellings_are_one_user(daemon: Daemon, nas: UdpNas, spelling: str) -> None:
     assert login(nas, SECRET, spelling, PASSWORDS["Stra\u00dfe"]).accepted
+
+
+@pytest.mark.parametrize("spelling", ["mallory", "MALLORY", "Mallory"])
+def test_a_users_rule_denies_every_spelling(daemon: Daemon, nas: UdpNas, spelling: str) -> None:
+    assert login(nas, SECRET, spelling, PASSWORDS["mallory"]).rejected
+    event = daemon.wait_audit(login_name=spelling, reason="login_policy_denied")
+    assert (event["user"], event["login_policy"]) == ("mallory", "no-mallory")
 
 
 def test_a_users_file_with_keys_that_are_one_user_is_refused(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def test_unsigned_proxy_state_is_dropped_under_its_own_reason(daemon: tuple[Daem
         )
     )
     assert scrape(metrics_port)[DROP_KEY] == before + 1
-    assert running.audit(client="limited", user="alice") == []
+    assert running.audit(client="limited", login_name="alice") == []
 
 
 def test_the_limited_client_still_logs_in_unsigned_without_proxy_state(
@@ -106,4 +106,4 @@ def test_with_the_limit_off_unsigned_proxy_state_is_served(daemon: tuple[Daemon,
         assert nas.receive()[0] == 2
     finally:
         nas.close()
-    running.wait_audit(client="unlimited", user="alice", outcome="accept")
+    running.wait_audit(client="unlimited", login_name="alice", outcome="accept")

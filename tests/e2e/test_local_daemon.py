@@ -83,7 +83,7 @@ def test_unknown_user_is_rejected(daemon: Daemon) -> None:
         {"User-Name": "mallory", "User-Password": "x", "Message-Authenticator": "0x00"},
     )
     assert result.code == "Access-Reject"
-    daemon.wait_audit(user="mallory", reason="no_such_user")
+    daemon.wait_audit(login_name="mallory", reason="no_such_user")
 
 
 def test_proxy_state_is_echoed_in_order(daemon: Daemon) -> None:
@@ -257,4 +257,4 @@ def test_ipv4_and_ipv6_listeners_at_once(tmp_path: Path) -> None:
         assert radclient(v4_port, SECRET, creds).code == "Access-Accept"
         v6 = radclient(v6_port, SECRET, creds, host="[::1]")
         assert v6.code == "Access-Accept", v6.output
-        running.wait_audit(user="alice", nas_address="::1")
+        running.wait_audit(login_name="alice", nas_address="::1")

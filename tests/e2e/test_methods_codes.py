@@ -140,12 +140,12 @@ def test_yubikey_otp_is_verified_by_yubicloud_and_works_once(codes: Codes, nas: 
     accepted = answer(nas, first, "yuki", otp)
     assert accepted.accepted, accepted.message
     assert otp in [r.get("otp") for r in codes.cloud.requests]  # YubiCloud was asked
-    codes.daemon.wait_audit(user="yuki", outcome="accept", mfa_result="code_ok")
+    codes.daemon.wait_audit(login_name="yuki", outcome="accept", mfa_result="code_ok")
 
     again = login(nas, SECRET, "yuki", password("yuki"), otp)
     assert not again.accepted
     assert again.challenged and again.message.startswith("Wrong code")
-    codes.daemon.wait_audit(user="yuki", mfa_result="replayed")
+    codes.daemon.wait_audit(login_name="yuki", mfa_result="replayed")
 
 
 def test_yubikey_otp_of_another_key_is_refused_without_asking_yubicloud(
@@ -156,7 +156,7 @@ def test_yubikey_otp_of_another_key_is_refused_without_asking_yubicloud(
     otp = stranger.otp()
     reply = login(nas, SECRET, "yuki", password("yuki"), otp)
     assert not reply.accepted
-    codes.daemon.wait_audit(user="yuki", mfa_result="wrong_key")
+    codes.daemon.wait_audit(login_name="yuki", mfa_result="wrong_key")
     assert otp not in [r.get("otp") for r in codes.cloud.requests]
 
 
@@ -199,7 +199,7 @@ def test_email_code_is_mailed_and_accepted(codes: Codes, nas: UdpNas) -> None:
     assert mail.sender == "mfaproxy@example.com"
     accepted = answer(nas, first, "emma", code_in(mail.body))
     assert accepted.accepted, accepted.message
-    codes.daemon.wait_audit(user="emma", method="email", mfa_result="code_ok")
+    codes.daemon.wait_audit(login_name="emma", method="email", mfa_result="code_ok")
 
 
 def test_email_a_retransmitted_first_request_sends_one_mail(codes: Codes, nas: UdpNas) -> None:
@@ -216,7 +216,7 @@ def test_email_a_retransmitted_first_request_sends_one_mail(codes: Codes, nas: U
     marker = login(nas, SECRET, "mark", password("mark"))
     assert marker.challenged
     wait_mail(codes.smtp, "mark@example.com", before)
-    codes.daemon.wait_audit(user="mark", mfa_result="code_sent")
+    codes.daemon.wait_audit(login_name="mark", mfa_result="code_sent")
     [mail] = mails_to(codes.smtp.messages[before:], "emma@example.com")
     assert len(codes.daemon.audit(nas_identifier="emma-twice")) == 1
     assert answer(nas, first, "emma", code_in(mail.body)).accepted
@@ -231,7 +231,7 @@ def test_email_as_the_alternate_way_of_a_totp_user(codes: Codes, nas: UdpNas) ->
     mail = wait_mail(codes.smtp, "tom@example.com", before)
     accepted = answer(nas, switched, "tom", code_in(mail.body))
     assert accepted.accepted, accepted.message
-    codes.daemon.wait_audit(user="tom", method="email", mfa_result="code_ok")
+    codes.daemon.wait_audit(login_name="tom", method="email", mfa_result="code_ok")
     record = codes.store.get_user("tom")
     assert record is not None and record.method == "totp"  # an alternate, not a new method
 
@@ -247,7 +247,7 @@ def test_sms_code_through_twilio(codes: Codes, nas: UdpNas) -> None:
     assert (sms.to, sms.from_) == ("+15551234567", FROM_NUMBER)
     accepted = answer(nas, first, "sam", code_in(sms.body))
     assert accepted.accepted, accepted.message
-    codes.daemon.wait_audit(user="sam", method="sms", mfa_result="code_ok")
+    codes.daemon.wait_audit(login_name="sam", method="sms", mfa_result="code_ok")
 
 
 @pytest.fixture(scope="module")

@@ -100,14 +100,14 @@ def test_held_push_is_sent_once_although_the_nas_retransmits(duo: Duo, nas: UdpN
     assert duo.fake.auth_calls("dora") == 1
     # Still pending: no answer to the request yet, neither on the wire nor in the audit.
     assert [raw for raw in early if raw[1] == request.id] == []
-    assert duo.daemon.audit(user="dora", mfa_result="push_approved") == []
+    assert duo.daemon.audit(login_name="dora", mfa_result="push_approved") == []
 
     user.release.set()  # the user taps Approve
     reply = receive_reply(nas, request)
     assert reply.accepted, reply.message
     assert duo.fake.auth_calls("dora") == 1
-    duo.daemon.wait_audit(user="dora", outcome="accept", mfa_result="push_approved")
-    assert len(duo.daemon.audit(user="dora", mfa_result="push_approved")) == 1
+    duo.daemon.wait_audit(login_name="dora", outcome="accept", mfa_result="push_approved")
+    assert len(duo.daemon.audit(login_name="dora", mfa_result="push_approved")) == 1
 
     # A late copy is answered from the reply cache, still without another push.
     nas.send(datagram)
@@ -133,7 +133,7 @@ def test_passcode_is_accepted_once(duo: Duo, nas: UdpNas) -> None:
     first = login(nas, SECRET, "pat", password("pat"))
     accepted = answer(nas, first, "pat", "314159")
     assert accepted.accepted, accepted.message
-    duo.daemon.wait_audit(user="pat", mfa_result="passcode_ok")
+    duo.daemon.wait_audit(login_name="pat", mfa_result="passcode_ok")
     again = login(nas, SECRET, "pat", password("pat"), "314159")
     assert again.rejected and "Incorrect passcode" in again.message
     assert duo.fake.calls_to("/auth/v2/auth", "pat")[-1].params["factor"] == "passcode"
@@ -146,7 +146,7 @@ def test_user_not_enrolled_in_duo_gets_the_enrollment_url(duo: Duo, nas: UdpNas)
     assert reply.rejected
     assert url in reply.message
     assert duo.fake.auth_calls("nina") == 0
-    duo.daemon.wait_audit(user="nina", mfa_result="duo_enroll")
+    duo.daemon.wait_audit(login_name="nina", mfa_result="duo_enroll")
 
 
 def test_failmode_secure_rejects_when_duo_is_down(tmp_path: Path) -> None:
@@ -159,7 +159,9 @@ def test_failmode_secure_rejects_when_duo_is_down(tmp_path: Path) -> None:
             fake.stop()
             down = login(nas, SECRET, "otis", password("otis"))
             assert down.rejected and "cannot be checked right now" in down.message
-            daemon.wait_audit(user="otis", reason="duo_unavailable", mfa_result="duo_unreachable")
+            daemon.wait_audit(
+                login_name="otis", reason="duo_unavailable", mfa_result="duo_unreachable"
+            )
             # Already in a challenge when Duo goes away: the push cannot be sent.
             late = answer(nas, up, "otis", "push")
             assert late.rejected

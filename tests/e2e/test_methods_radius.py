@@ -73,14 +73,14 @@ def test_otp_accepted_by_the_upstream_server(upstream: Upstream, nas: UdpNas) ->
     assert first.challenged and first.message.startswith("Enter your one-time code")
     accepted = answer(nas, first, "otto", "314159")
     assert accepted.accepted, accepted.message
-    upstream.daemon.wait_audit(user="otto", outcome="accept", mfa_result="otp_ok")
+    upstream.daemon.wait_audit(login_name="otto", outcome="accept", mfa_result="otp_ok")
 
 
 def test_wrong_otp_is_asked_again(upstream: Upstream, nas: UdpNas) -> None:
     first = login(nas, SECRET, "otto", password("otto"))
     wrong = answer(nas, first, "otto", "271828")
     assert wrong.challenged and wrong.message.startswith("Wrong code")
-    upstream.daemon.wait_audit(user="otto", mfa_result="bad_code")
+    upstream.daemon.wait_audit(login_name="otto", mfa_result="bad_code")
     assert answer(nas, wrong, "otto", "314159").accepted
 
 
@@ -95,4 +95,4 @@ def test_upstream_challenge_is_relayed_and_the_second_answer_completes(
     assert relayed.state is not None and relayed.state not in (first.state, UPSTREAM_STATE)
     accepted = answer(nas, relayed, "chris", "222222")
     assert accepted.accepted, accepted.message
-    upstream.daemon.wait_audit(user="chris", outcome="accept", mfa_result="otp_ok")
+    upstream.daemon.wait_audit(login_name="chris", outcome="accept", mfa_result="otp_ok")

@@ -174,7 +174,7 @@ def test_the_same_code_is_refused_the_second_time(setup: Setup, nas: UdpNas) -> 
     again = login(nas, SECRET, "bob", password("bob"), now_code)
     assert again.challenged  # wrong code: asked again, not accepted
     assert again.message.startswith("Wrong code")
-    setup.daemon.wait_audit(user="bob", mfa_result="replayed")
+    setup.daemon.wait_audit(login_name="bob", mfa_result="replayed")
 
 
 def test_append_mode(setup: Setup) -> None:
@@ -191,7 +191,7 @@ def test_append_mode(setup: Setup) -> None:
 def test_a_policy_skips_mfa_for_a_network(setup: Setup, nas: UdpNas) -> None:
     reply = login(nas, SECRET, "bob", password("bob"), Calling_Station_Id="10.1.2.3")
     assert reply.accepted
-    setup.daemon.wait_audit(user="bob", mfa_policy="trusted-network")
+    setup.daemon.wait_audit(login_name="bob", mfa_policy="trusted-network")
 
 
 def test_optional_per_user(setup: Setup, nas: UdpNas) -> None:
@@ -203,7 +203,7 @@ def test_login_denied_by_group(setup: Setup, nas: UdpNas) -> None:
     reply = login(nas, SECRET, "mallory", password("mallory"))
     assert reply.rejected
     setup.daemon.wait_audit(
-        user="mallory", reason="login_policy_denied", login_policy="block-group"
+        login_name="mallory", reason="login_policy_denied", login_policy="block-group"
     )
 
 
@@ -259,8 +259,8 @@ def test_state_is_single_use_and_bound_to_the_user(setup: Setup, nas: UdpNas) ->
     mine = access_request(SECRET, "carol", code(setup, "carol"))
     mine.AddAttribute("State", first.state)
     assert exchange(nas, SECRET, mine).rejected  # already taken by the attempt above
-    setup.daemon.wait_audit(user="bob", reason="state_mismatch")
-    setup.daemon.wait_audit(user="carol", reason="unknown_state")
+    setup.daemon.wait_audit(login_name="bob", reason="state_mismatch")
+    setup.daemon.wait_audit(login_name="carol", reason="unknown_state")
 
 
 def test_a_nas_that_keeps_the_state_as_a_c_string_completes_every_round(
@@ -280,7 +280,7 @@ def test_a_nas_that_trims_the_state_is_refused(setup: Setup, nas: UdpNas) -> Non
         nas, SECRET, "judy", password("judy"), code(setup, "judy"), keep_state=lambda s: s[:-1]
     )
     assert trimmed.rejected
-    setup.daemon.wait_audit(user="judy", reason="malformed_state")
+    setup.daemon.wait_audit(login_name="judy", reason="malformed_state")
 
 
 CHECKED = {"bad_code", "code_ok", "replayed", "malformed_code"}

@@ -153,7 +153,7 @@ def test_the_admin_group_cannot_be_added(setup: Setup, nas: UdpNas) -> None:
     edit(setup, first.state, b'"groups":["staff"]', b'"groups":["admin"]')
     final = answer(nas, "carol", first.state, pyotp.TOTP(setup.totp["carol"]).now())
     assert final.rejected and final.values("Filter-Id") == []
-    setup.daemon.wait_audit(user="carol", reason="unknown_state")
+    setup.daemon.wait_audit(login_name="carol", reason="unknown_state")
     assert rejected(setup, "unauthentic") == before + 1
 
 
@@ -170,7 +170,7 @@ def test_an_enrolment_cannot_get_the_attackers_secret(setup: Setup, nas: UdpNas)
     edit(setup, first.state, secret.encode(), ATTACKER.encode())
     final = answer(nas, "bobby", first.state, pyotp.TOTP(ATTACKER).now())
     assert final.rejected
-    setup.daemon.wait_audit(user="bobby", reason="unknown_state")
+    setup.daemon.wait_audit(login_name="bobby", reason="unknown_state")
     assert setup.store.get_totp_secret("bobby") is None
 
 
@@ -180,7 +180,7 @@ def test_a_code_session_cannot_become_another_users(setup: Setup, nas: UdpNas) -
     edit(setup, first.state, b'"user":"dave"', b'"user":"erin"')
     final = answer(nas, "erin", first.state, pyotp.TOTP(setup.totp["erin"]).now())
     assert final.rejected
-    setup.daemon.wait_audit(user="erin", reason="unknown_state")
+    setup.daemon.wait_audit(login_name="erin", reason="unknown_state")
 
 
 def test_a_session_moved_to_another_state_is_rejected(setup: Setup, nas: UdpNas) -> None:

@@ -310,5 +310,10 @@ def test_audit_events_go_to_syslog(
     priority, event = syslog.next_event()
     assert priority == 10 * 8 + 6  # authpriv.info (RFC 5424 section 6.2.1)
     assert event["event"] == "auth_decision"
-    assert (event["user"], event["outcome"], event["reason"]) == ("dave", "reject", "bad_password")
+    assert (event["login_name"], event["outcome"], event["reason"]) == (
+        "dave",
+        "reject",
+        "bad_password",
+    )
+    assert event["user"] is None  # who dave is, the directory has not said
     assert "dave-pw" not in json.dumps(event) and "wrong" not in json.dumps(event)

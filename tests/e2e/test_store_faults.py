@@ -45,8 +45,8 @@ def test_sqlite_error_gives_the_failmode_answer_and_one_audit_event(
             nas.close()
         assert reply.code == expected
         reason = "store_unavailable" if failmode == "secure" else "store_failmode_safe"
-        event = daemon.wait_audit(user="alice", reason=reason)
+        event = daemon.wait_audit(login_name="alice", reason=reason)
         daemon.wait_for(lambda e: e.get("event") == "store_unavailable")
         assert len(daemon.audit(request_id=event["request_id"])) == 1
-        assert len(daemon.audit(user="alice")) == 1
+        assert len(daemon.audit(login_name="alice")) == 1
         assert "Traceback" not in daemon.output

@@ -44,7 +44,7 @@ ATTACKER_SECRET = "KRSXG5CTMVRXEZLUKRSXG5CTMVRXEZLU"
 
 def session(stage: Stage = Stage.ENROL) -> dict[str, Any]:
     primary = PrimaryResult(
-        PrimaryOutcome.ACCEPT, "local", "password_ok", groups=frozenset({"staff"}), user_id="alice"
+        PrimaryOutcome.ACCEPT, "local", "password_ok", groups=frozenset({"staff"}), identity="alice"
     )
     return Session(
         user="alice",

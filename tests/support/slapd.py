@@ -383,6 +383,10 @@ class SlapdServer(ManagedServer):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(timeout=0.05)
 
+    def add(self, ldif: str) -> None:
+        """Add more entries (LDIF) as the admin, for a test's own cases."""
+        self._load(ldif)
+
     def _load(self, ldif: str) -> None:
         """Add entries over LDAP, not slapadd, so the memberof overlay sees them."""
         command = [LDAPADD, "-x", "-H", self.ldap_url, "-D", self.admin_dn, "-w", ADMIN_PASSWORD]

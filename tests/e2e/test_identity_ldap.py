@@ -1,0 +1,129 @@
+"""End to end with LDAP (a real slapd) and a filter naming two attributes, as AD
+deployments do with sAMAccountName and userPrincipalName: uid or mail, any case, reach
+one MFA identity (the entry's uid) through the real daemon, for the second factor, the
+lockout counter and `users` rules alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyotp
+import pytest
+
+from mfaproxy.config.schema import load_config
+from mfaproxy.otp.totp import TotpSettings, new_secret
+from mfaproxy.store.factory import open_user_store
+from tests.support.daemon import Daemon
+from tests.support.nas import UdpNas, login
+from tests.support.slapd import (
+    ALICE,
+    BASE_DN,
+    BOB,
+    SERVICE_DN,
+    SERVICE_PASSWORD,
+    SlapdServer,
+    run_slapd,
+)
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "identity-ldap-secret"
+ALICE_SPELLINGS = ["alice", "ALICE", "Alice", "alice@example.org", "Alice@Example.ORG"]
+
+
+@pytest.fixture(scope="module")
+def slapd() -> Iterator[SlapdServer]:
+    yield from run_slapd()
+
+
+@pytest.fixture(scope="module")
+def daemon(slapd: SlapdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    tmp: Path = tmp_path_factory.mktemp("identity-ldap")
+    config = {
+        "clients": [{"name": "vpn", "address": ["127.0.0.1"], "secret": SECRET}],
+        "directory": {
+            "backend": "ldap",
+            "ldap": {
+                "servers": [slapd.ldap_url],
+                "base_dn": BASE_DN,
+                "bind_dn": SERVICE_DN,
+                "bind_password": SERVICE_PASSWORD,
+                "user_filter": "(&(objectClass=inetOrgPerson)(|(uid={username})(mail={username})))",
+                "identity_attribute": "uid",
+            },
+        },
+        "access_policies": {
+            "login": {
+                "policies": [
+                    {
+                        "name": "no-bob",
+                        "rules": [{"type": "users", "users": ["BOB"]}],
+                        "action_when_matched": "access_denied",
+                    }
+                ]
+            },
+            "mfa": {"default_action": "mfa_optional_per_user"},
+        },
+        "multifactor": {
+            "enabled": ["totp"],
+            "default": "totp",
+            "lockout": {"max_failures": 4, "lockout_seconds": 900},
+        },
+    }
+    with Daemon(tmp, config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def alice_totp(daemon: Daemon) -> pyotp.TOTP:
+    secret = new_secret(TotpSettings())
+    store = open_user_store(load_config(daemon.config_path))
+    try:
+        store.set_totp_secret("alice", secret, 0.0)
+        store.set_method("alice", "totp", 0.0)
+    finally:
+        store.close()
+    return pyotp.TOTP(secret)
+
+
+@pytest.fixture
+def nas(daemon: Daemon) -> Iterator[UdpNas]:
+    client = UdpNas(daemon.port)
+    yield client
+    client.close()
+
+
+@pytest.mark.parametrize("typed", ALICE_SPELLINGS)
+def test_uid_or_mail_in_any_case_is_asked_for_alices_code(
+    daemon: Daemon, nas: UdpNas, alice_totp: pyotp.TOTP, typed: str
+) -> None:
+    reply = login(nas, SECRET, typed, ALICE.password)
+    assert reply.challenged, f"{typed!r} skipped the second factor: {reply.message}"
+    event = daemon.wait_audit(login_name=typed, outcome="challenge")
+    assert event["user"] == "alice"
+
+
+def test_wrong_codes_under_every_alias_lock_the_one_user(
+    daemon: Daemon, nas: UdpNas, alice_totp: pyotp.TOTP
+) -> None:
+    for typed in ALICE_SPELLINGS[1:]:  # four aliases, one wrong code each: max_failures
+        reply = login(nas, SECRET, typed, ALICE.password, "000000")
+        assert reply.rejected or reply.challenged
+    locked = login(nas, SECRET, "alice", ALICE.password)
+    assert locked.rejected and "Too many failed attempts" in locked.message
+    store = open_user_store(load_config(daemon.config_path))
+    try:
+        assert store.list_users() == ["alice"]  # no alias has a record of its own
+        record = store.get_user("alice")
+        assert record is not None and record.locked_until is not None
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("typed", ["bob", "BOB", "bob@example.org", "Bob@EXAMPLE.org"])
+def test_a_users_rule_denies_every_spelling(daemon: Daemon, nas: UdpNas, typed: str) -> None:
+    reply = login(nas, SECRET, typed, BOB.password)
+    assert reply.rejected
+    event = daemon.wait_audit(login_name=typed, reason="login_policy_denied")
+    assert (event["user"], event["login_policy"]) == ("bob", "no-bob")
