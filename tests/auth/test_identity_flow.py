@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from mfaproxy.auth.second_factor import CHALLENGES
 from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.core.identity import normalise
+from mfaproxy.core.session import session_key
 from tests.auth.harness import Harness, password
 
 ACCEPT, REJECT, CHALLENGE = Outcome.ACCEPT, Outcome.REJECT, Outcome.CHALLENGE
@@ -273,10 +274,11 @@ async def test_a_session_without_the_typed_name_binds_nobody(tmp_path: Path) -> 
         h.enrol_totp("sam")
         first, _ = await send(h, "sam", password("sam"))
         assert first.state is not None
-        data = await h.state.take(CHALLENGES, first.state.hex(), h.clock.now)
+        key = session_key(first.state)
+        data = await h.state.take(CHALLENGES, key, h.clock.now)
         assert data is not None and data["login_key"] == "sam" and data["user"] == "sam"
         data["login_key"] = ""
-        await h.state.put(CHALLENGES, first.state.hex(), data, 60, h.clock.now)
+        await h.state.put(CHALLENGES, key, data, 60, h.clock.now)
         final, _ = await send(h, "sam", h.code("sam"), first.state)
         assert (final.outcome, final.reason) == (REJECT, "state_mismatch")
 
