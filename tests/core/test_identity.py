@@ -11,7 +11,7 @@ from __future__ import annotations
 import unicodedata
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mfaproxy.config.directory import RealmRule
@@ -130,9 +130,10 @@ def test_ordinary_names_pass(typed: str) -> None:
 
 
 @settings(deadline=None)
-@given(st.text(min_size=1))
+@given(st.text(st.characters(exclude_categories=("Cs",)), min_size=1))
 def test_an_accepted_name_is_its_own_nfkc_form_without_padding(text: str) -> None:
-    assume(name_problem(text) is None)
+    if name_problem(text) is not None:
+        return  # an implication, not a filter: most random text is refused
     assert text == text.strip() == unicodedata.normalize("NFKC", text)
     assert all(unicodedata.category(c)[0] != "C" for c in text)
     assert normalise(text) == unicodedata.normalize("NFKC", text.casefold())
