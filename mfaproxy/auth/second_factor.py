@@ -97,7 +97,7 @@ class SecondFactorStage:
     # ------------------------------------------------------------------ helpers
 
     async def user_record(self, identity: str) -> UserRecord | None:
-        return await self.services.users.run(lambda s: s.get_user(identity))
+        return await self.services.users.get_user(identity)
 
     def _accept(self, login: Login, reason: str) -> Answer:
         return replies.accept(self.config.replies, login.primary, reason)

@@ -248,6 +248,21 @@ class UserStore:
     def schema_version(self) -> int:
         return int(self._conn().execute("SELECT version FROM schema_version").fetchone()[0])
 
+    def change_counter(self) -> int:
+        """A number that changes whenever any other connection (another thread, the
+        CLI, another worker) commits a change to the file (SQLite `PRAGMA
+        data_version`). Read on a connection of its own that never writes, so every
+        write counts; it reads shared memory only (the WAL index), no disk."""
+        conn: sqlite3.Connection | None = getattr(self, "_watcher", None)
+        if conn is None:
+            if self._closed:
+                raise StoreError("user store is closed")
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, check_same_thread=False)
+            with self._all_lock:
+                self._all.append(conn)
+            self._watcher = conn
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
         """Close every thread's connection; call once the executor using it has drained."""
         with self._all_lock:
