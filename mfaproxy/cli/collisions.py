@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeAlias
 
+from mfaproxy.cli.ownership import NotTheServiceUser, as_state_owner
 from mfaproxy.config.schema import Config, load_config
 from mfaproxy.errors import EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, IdentityCollisionError, StoreError
 from mfaproxy.store.factory import open_user_store
@@ -73,6 +74,15 @@ def _migrate(config: Config) -> int:
 
 def cmd_collisions(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    try:
+        with as_state_owner(config, _note):
+            return _collisions(config, args)
+    except NotTheServiceUser as exc:
+        _note(str(exc))
+        return EXIT_RUNTIME
+
+
+def _collisions(config: Config, args: argparse.Namespace) -> int:
     try:
         store = _open_before_rekey(config)
     except (StoreError, OSError) as exc:

@@ -20,6 +20,7 @@ from mfaproxy import __version__
 from mfaproxy.cli import policy as cli_policy
 from mfaproxy.cli import radtest as cli_radtest
 from mfaproxy.cli import users as cli_users
+from mfaproxy.cli.ownership import NotTheServiceUser, check_owner, give_back
 from mfaproxy.config.schema import DEFAULT_CONFIG_PATH
 from mfaproxy.daemon import preflight
 from mfaproxy.errors import (
@@ -37,6 +38,13 @@ from mfaproxy.observability.logging import apply_log_config
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = preflight.load(args.config)  # the same checks as check-config
+    try:
+        check_owner(config)
+    except NotTheServiceUser as exc:
+        print(f"mfaproxy: cannot start: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    for note in give_back(config):
+        print(f"mfaproxy: {note}", file=sys.stderr)
     apply_log_config(config.server.log)
     from mfaproxy.daemon.server import serve
     from mfaproxy.daemon.supervisor import Supervisor, worker_index

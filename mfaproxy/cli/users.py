@@ -25,6 +25,7 @@ import segno
 
 from mfaproxy.cli import collisions as cli_collisions
 from mfaproxy.cli import enrol as cli_enrol
+from mfaproxy.cli.ownership import NotTheServiceUser, as_state_owner
 from mfaproxy.config.multifactor import METHODS, Method
 from mfaproxy.config.schema import Config, load_config
 from mfaproxy.core.identity import identity_key
@@ -75,20 +76,29 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         try:
-            store = open_user_store(config)
-        except _STORE_FAULTS as exc:
-            # Often a permission problem: run as the user the daemon runs as.
-            _note(f"cannot open the user store {user_store_path(config)}: {exc}")
+            with as_state_owner(config, _note):
+                return _with_store(handler, config, args)
+        except NotTheServiceUser as exc:
+            _note(str(exc))
             return EXIT_RUNTIME
-        try:
-            return handler(store, config, args)
-        except _STORE_FAULTS as exc:
-            _note(f"user store {user_store_path(config)}: {exc}")
-            return EXIT_RUNTIME
-        finally:
-            store.close()
 
     return run
+
+
+def _with_store(handler: Handler, config: Config, args: argparse.Namespace) -> int:
+    try:
+        store = open_user_store(config)
+    except _STORE_FAULTS as exc:
+        # Often a permission problem: run as the user the daemon runs as.
+        _note(f"cannot open the user store {user_store_path(config)}: {exc}")
+        return EXIT_RUNTIME
+    try:
+        return handler(store, config, args)
+    except _STORE_FAULTS as exc:
+        _note(f"user store {user_store_path(config)}: {exc}")
+        return EXIT_RUNTIME
+    finally:
+        store.close()
 
 
 # --------------------------------------------------------------------------- enrolment

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from mfaproxy.errors import DecryptionError, KeyFileError
+from mfaproxy.store.ownership import give_to_directory_owner
 
 KEY_BYTES = 32
 _NONCE_BYTES = 12  # 96 bits: the IV length GCM is specified for (SP 800-38D section 5.2.1.1)
@@ -63,6 +64,7 @@ def _create_key_file(path: Path) -> None:
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, 0o600)  # the umask may have removed owner bits; never added any
+        give_to_directory_owner(fd, temp)  # root's CLI must not leave a root-owned key
         _write_all(fd, secrets.token_bytes(KEY_BYTES))
         os.fsync(fd)
     finally:

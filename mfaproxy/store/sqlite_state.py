@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mfaproxy.errors import StateStoreUnavailable
+from mfaproxy.store.ownership import create_private
 from mfaproxy.store.state import JsonDict
 
 T = TypeVar("T")
@@ -66,7 +67,7 @@ class SqliteStateStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        create_private(self.path)  # root creating it gives it to the directory's owner
         # timeout=0: a busy file raises at once and _retry spins (see the docstring).
         self._conn = sqlite3.connect(
             self.path, timeout=0, isolation_level=None, check_same_thread=False

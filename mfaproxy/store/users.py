@@ -36,6 +36,7 @@ from mfaproxy.core.identity import identity_key
 from mfaproxy.errors import StoreError
 from mfaproxy.otp.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
+from mfaproxy.store.ownership import create_private
 from mfaproxy.store.records import (
     LockState,
     Reservation,
@@ -159,7 +160,7 @@ class UserStore:
     def _create_file(self) -> None:
         # It holds hashes and ciphertexts only, but there is no reason to share it.
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        create_private(self.path)  # root creating it gives it to the directory's owner
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:

@@ -72,9 +72,10 @@ def local_copy(tmp_path: Path, extra: str = "") -> Path:
     """
     lines = []
     for line in UNIT.read_text().splitlines():
-        if line.startswith("ExecStart="):
-            _, _, args = line.partition(" ")
-            lines.append(f"ExecStart={installed_console_script()} {args}")
+        if line.startswith(("ExecStart=", "ExecReload=/usr/local/bin/mfaproxy ")):
+            key, _, rest = line.partition("=")
+            _, _, args = rest.partition(" ")
+            lines.append(f"{key}={installed_console_script()} {args}")
         else:
             lines.append(line)
     path = tmp_path / "mfaproxy.service"
@@ -109,7 +110,11 @@ def test_shipped_exec_start_is_the_documented_command() -> None:
     assert service["ExecStart"] == [
         "/usr/local/bin/mfaproxy serve --config /etc/mfaproxy/mfaproxy.yaml"
     ]
-    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # The file is validated before the daemon is signalled: a broken one fails the reload.
+    assert service["ExecReload"] == [
+        "/usr/local/bin/mfaproxy check-config --config /etc/mfaproxy/mfaproxy.yaml",
+        "/bin/kill -HUP $MAINPID",
+    ]
 
 
 EXPECTED_SERVICE = {
