@@ -32,6 +32,7 @@ from mfaproxy.core.identity import LoginName, check_login_name
 from mfaproxy.core.policy import CountryLookup, PolicyContext, early_login_denial, evaluate
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.core.responses import split_append
+from mfaproxy.core.second_factor import APPENDED_MODES
 from mfaproxy.core.session import Session, is_well_formed_state, session_key
 from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.errors import Shed, UpstreamError
@@ -64,6 +65,12 @@ class RequestContext:
     # Who the user is (core/identity.py), once the directory (or the challenge session)
     # said so: the audit event's `user`, and the key of everything user-keyed.
     identity: str | None = None
+
+
+def request_key(ctx: RequestContext, request: RadiusRequest) -> str:
+    """The request's RFC 5080 duplicate key as text: the same datagram retransmitted to
+    another instance of a cluster has the same key there."""
+    return f"{ctx.source_ip}|{ctx.source_port}|{request.identifier}|{request.authenticator.hex()}"
 
 
 class Engine:
@@ -165,7 +172,7 @@ class Engine:
     def _split(
         self, ctx: RequestContext, password: str, record: UserRecord | None
     ) -> tuple[str, str | None]:
-        if ctx.client.second_factor != "append":
+        if ctx.client.second_factor not in APPENDED_MODES:
             return password, None
         method = (record.method if record else None) or self.config.multifactor.default
         factor = self.factors.get(method) if method else None
@@ -258,6 +265,8 @@ class Engine:
             now,
             request.calling_station_id,
             ctx.audit,
+            request_key=request_key(ctx, request),
+            mode=ctx.client.second_factor,
         )
         # The mfa target's policies and default only produce MfaAction values.
         action = cast(MfaAction, mfa_decision.action)
@@ -276,10 +285,18 @@ class Engine:
             # Not one we issued, or one a client cut short: never matched by prefix.
             return self._reject("malformed_state")
         # Taken, not read: a State answers one request only (RFC 2865 section 5.24).
+        key = request_key(ctx, request)
         data = await self.services.state.take(CHALLENGES, session_key(request.state), now)
-        if data is None:
-            return self._reject("unknown_state")
-        session = Session.from_json(data)
+        if data is not None:
+            session = Session.from_json(data)
+        else:
+            # A retransmission of a request an instance that died was holding (a push
+            # pending): that instance took the State; it left the session under the
+            # request. Bound like any session below.
+            held = await self.mfa.held_session(key, now)
+            if held is None:
+                return self._reject("unknown_state")
+            session = held
         bound = (session.login_key, session.client, session.nas)
         if not session.login_key or bound != (login.key, ctx.client.name, ctx.source_ip):
             # Bound to the name typed in the first round (any spelling of it), the NAS
@@ -288,9 +305,10 @@ class Engine:
         ctx.identity = session.user
         record = await self.mfa.user_record(session.user)
         second = login_from_session(
-            session, ctx.request_id, request.calling_station_id, now, record
+            session, ctx.request_id, request.calling_station_id, now, record, key
         )
         second.audit = ctx.audit
+        second.mode = ctx.client.second_factor
         return await self.mfa.resume(second, session, request.password or "")
 
     def _audit(

@@ -5,6 +5,12 @@ A challenge session lives in the state store under its State (RFC 2865 section 5
 is bound to the user, the NAS entry and the NAS address, expires, and is taken (removed)
 by the first answer that names it, so a State is single use. Wrong answers re-challenge
 with a fresh State until `multifactor.challenge.attempts` is spent.
+
+While a check of a held method (a Duo push, an upstream OTP exchange) holds the request
+that answered a challenge, the session it took is kept under that request (its RFC 5080
+key) in the state store: if this instance dies, the NAS's retransmission reaching
+another instance of the cluster finds the session there (`held_session`) and continues
+the same check instead of failing with `unknown_state`.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from mfaproxy.auth.attempts import CLIENT_FAILURES, NAS_WINDOW, Attempt, AttemptGate
+from mfaproxy.auth.attempts import CLIENT_FAILURES, LEASES, NAS_WINDOW, Attempt, AttemptGate
 from mfaproxy.config.policies import MfaAction
 from mfaproxy.config.schema import Config, SecondFactorMode
 from mfaproxy.core import replies
@@ -43,6 +49,8 @@ from mfaproxy.store.records import UserRecord
 log = structlog.get_logger(__name__)
 
 CHALLENGES = "challenge"
+HELD = "held_session"  # request key -> the session a held check answers
+HELD_LEASE = "held_lease"  # request key -> the user lease a held check runs under
 
 MSG_UNAVAILABLE = rules.MSG_UNAVAILABLE
 PROMPT_BACKUP = "Enter one of your backup codes"
@@ -64,9 +72,13 @@ class Login:
     # True once the user's response is being judged or a factor has said no: a store
     # failure after that is never turned into an Accept by `store_failmode: safe`.
     responded: bool = False
+    # The RFC 5080 key of the request (see FactorRequest.request_key).
+    request_key: str = ""
+    # How the NAS takes the second factor: whether it can be sent a challenge.
+    mode: SecondFactorMode = "challenge"
 
     def factor_request(self) -> FactorRequest:
-        return FactorRequest(self.user, self.client, self.client_ip, self.now)
+        return FactorRequest(self.user, self.client, self.client_ip, self.now, self.request_key)
 
 
 # What performs one `Action`: (login, the user's response, method, session answered).
@@ -180,14 +192,36 @@ class SecondFactorStage:
     ) -> Answer:
         """Run one check of what the user typed as an atomic attempt (auth/attempts.py):
         under the user's lease, with the attempt reserved before and settled after."""
+        held = bool(login.request_key) and at.method in rules.HELD_METHODS
+        if held:
+            await self._inherit_lease(login)
         opened = await self.gate.open(login.user.name, login.client, login.now)
         if isinstance(opened, Step):
             return self._reject(opened.reason, opened.message)
+        if held:
+            # Where a retransmission taken over by another instance finds it (above).
+            record = {"user": login.user.name, "token": opened.lease}
+            ttl = self.mfa.check_lease()
+            await self.services.state.put(HELD_LEASE, login.request_key, record, ttl, login.now)
         try:
             result = await check()
             return await self._judge(login, at, result, previous, opened)
         finally:
             await self.gate.close(opened)
+            if held:
+                await self.services.state.delete(HELD_LEASE, login.request_key)
+
+    async def _inherit_lease(self, login: Login) -> None:
+        """A held check (a push) keeps its user's lease while it waits. When its
+        instance died, the NAS's retransmission of that same request, taken over here,
+        would be refused `user_busy` until the lease expired: the lease the dead
+        instance recorded under this very request is given back first. Any other
+        request of the user stays refused while a check runs."""
+        record = await self.services.state.take(HELD_LEASE, login.request_key, login.now)
+        token = record.get("token") if record is not None else None
+        if record is None or record.get("user") != login.user.name or not isinstance(token, str):
+            return
+        await self.services.state.release(LEASES, login.user.name, token)
 
     # ------------------------------------------------------------------ first round
 
@@ -224,7 +258,7 @@ class SecondFactorStage:
         if plan.kind is rules.PlanKind.ENROL:
             result = await factor.begin_enrolment(login.factor_request())
             return await self._judge(login, Round(Stage.ENROL, plan.method, None), result)
-        if mode == "append":
+        if mode in rules.APPENDED_MODES:
             return await self._append(login, factor, appended)
         result = await factor.begin(login.factor_request())
         return await self._judge(login, Round(Stage.CODE, plan.method, None), result)
@@ -242,7 +276,7 @@ class SecondFactorStage:
         self, login: Login, mode: SecondFactorMode, appended: str | None
     ) -> Answer:
         """No usable method, backup codes issued: they are the second factor."""
-        if mode != "append":
+        if mode not in rules.APPENDED_MODES:
             return await self._ask_backup_code(login, "", BACKUP_CODES, None)
         if appended is None:
             return self._reject("code_missing", rules.MSG_APPEND)
@@ -272,9 +306,41 @@ class SecondFactorStage:
             return self._reject("method_disabled")
         pending = previous.pending if previous is not None else {}
         at = _round(Stage.CODE, method, previous)
-        return await self._attempt(
+        held = previous is not None and bool(login.request_key) and method in rules.HELD_METHODS
+        if held:
+            assert previous is not None
+            await self._hold(login, previous)
+        answer = await self._attempt(
             login, at, previous, lambda: factor.check(login.factor_request(), response, pending)
         )
+        if held:
+            # Not on cancellation (a stopping instance): the record lets the NAS's
+            # retransmission to another instance continue this check.
+            await self.services.state.delete(HELD, login.request_key)
+        return answer
+
+    async def _hold(self, login: Login, session: Session) -> None:
+        ttl = self.mfa.challenge.timeout_seconds + self._longest_hold()
+        await self.services.state.put(HELD, login.request_key, session.to_json(), ttl, login.now)
+
+    def _longest_hold(self) -> float:
+        """Seconds a held check may take: a Duo push, an upstream OTP exchange."""
+        duo, otp = self.mfa.duo, self.mfa.radius
+        waits = [duo.timeout if duo else 0.0]
+        if otp is not None:
+            waits.append(otp.timeout * (otp.retries + 1) * (2 if otp.failover else 1))
+        return max(waits)
+
+    async def held_session(self, request_key: str, now: float) -> Session | None:
+        """The session a held check of this very request answers, recorded by an
+        instance that no longer answers (taken: one instance continues it)."""
+        if not request_key:
+            return None
+        data = await self.services.state.take(HELD, request_key, now)
+        if data is None:
+            return None
+        metrics.DUPLICATES.labels(action="held_session_continued").inc()
+        return Session.from_json(data)
 
     async def _finish_enrolment(
         self, login: Login, response: str, method: str, previous: Session | None
@@ -339,7 +405,8 @@ class SecondFactorStage:
         if result.verdict is Verdict.UNAVAILABLE:
             log.warning("factor_unavailable", method=at.method, reason=result.reason)
         locked = await self._settle(login, result, attempt)
-        step = rules.decide(result, at, self.mfa.challenge.attempts, locked)
+        can_challenge = rules.CAN_CHALLENGE[login.mode]
+        step = rules.decide(result, at, self.mfa.challenge.attempts, locked, can_challenge)
         if step.kind is StepKind.ACCEPT:
             return await self._succeeded(login, at.method, step)
         if step.kind is StepKind.CHALLENGE:
@@ -427,7 +494,12 @@ class SecondFactorStage:
 
 
 def login_from_session(
-    session: Session, request_id: str, client_ip: str | None, now: float, record: UserRecord | None
+    session: Session,
+    request_id: str,
+    client_ip: str | None,
+    now: float,
+    record: UserRecord | None,
+    request_key: str = "",
 ) -> Login:
     primary = primary_from_json(session.primary)
     user = FactorUser(
@@ -439,4 +511,13 @@ def login_from_session(
         record=record,
         login_key=session.login_key,
     )
-    return Login(request_id, session.client, session.nas, user, primary, now, client_ip)
+    return Login(
+        request_id,
+        session.client,
+        session.nas,
+        user,
+        primary,
+        now,
+        client_ip,
+        request_key=request_key,
+    )

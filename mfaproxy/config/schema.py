@@ -40,7 +40,10 @@ DEFAULT_CONFIG_PATH = Path("/etc/mfaproxy/mfaproxy.yaml")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # How the second factor reaches this NAS: Access-Challenge, or appended to the password.
-SecondFactorMode = Literal["challenge", "append"]
+# challenge: Access-Challenge rounds; append: `password,code` (or a challenge when the
+# method needs one); auto: the NAS cannot show a challenge at all: the method's
+# out-of-band check (a Duo push) starts on the first request, or the code is appended.
+SecondFactorMode = Literal["challenge", "append", "auto"]
 
 
 # --------------------------------------------------------------------------- server
@@ -108,6 +111,11 @@ class ServerConfig(Strict):
     # RFC 5080 section 2.2.2: keep replies long enough to answer every retransmission a
     # NAS can send (its timeout x retries); 30 s is what FreeRADIUS and Duo use.
     duplicate_cache_seconds: float = Field(default=30.0, gt=0, le=600)
+    # With a shared state store: seconds after an instance's last sign of life that a
+    # request it held (a pending push) is taken over by the instance the NAS's
+    # retransmission reaches (store/duplicates.py). Below the NAS's retransmit interval
+    # x retries, or the login is lost with the instance.
+    duplicate_lease_seconds: float = Field(default=6.0, ge=1, le=60)
     # Requests waiting for a worker; beyond this a datagram is dropped and counted.
     intake_queue: int = Field(default=1024, ge=1, le=1_000_000)
     # Requests processed concurrently (each may wait on a directory or a push).

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mfaproxy.config.policies import MfaAction
+from mfaproxy.config.schema import SecondFactorMode
 from mfaproxy.core.factor_result import FactorResult, Verdict
 from mfaproxy.core.responses import IntentKind
 
@@ -150,6 +151,26 @@ ROUTES: Mapping[tuple[Stage, IntentKind], Action] = {
 # for another round, so only a backup code is told apart from the method's code.
 APPEND_ROUTES: Mapping[IntentKind, Action] = {IntentKind.BACKUP_CODE: Action.CHECK_BACKUP_CODE}
 
+# Whether a NAS in this `second_factor` mode can be sent an Access-Challenge. An `auto`
+# NAS cannot show one at all (Duo's radius_server_auto): the method's out-of-band check
+# starts on the first request (or the code comes appended), and a factor that would
+# need another round ends the login with a reject that says how to append the code.
+CAN_CHALLENGE: Mapping[SecondFactorMode, bool] = {
+    "challenge": True,
+    "append": True,
+    "auto": False,
+}
+
+# Modes whose first request carries the response with the password (`password,code`,
+# `password,push`, or the password alone for the method's out-of-band check).
+APPENDED_MODES: frozenset[SecondFactorMode] = frozenset({"append", "auto"})
+
+# Methods whose check may hold the request while the user answers out of band (a Duo
+# push or call, an upstream OTP server's own exchange). The session such a check answers
+# is recorded under the request while it is held, so the NAS's retransmission to
+# another node of a cluster continues it (auth/second_factor.py).
+HELD_METHODS: frozenset[str] = frozenset({"duo", "radius"})
+
 # The stage a check's result is judged in (and asked again in, after a wrong code).
 CHECK_STAGE: Mapping[Action, Stage] = {
     Action.CHECK: Stage.CODE,
@@ -180,6 +201,7 @@ class Event(enum.Enum):
     REFUSED = "refused"  # a REJECT with its own message, or not the user's fault
     UNAVAILABLE = "unavailable"  # the service behind the factor did not answer
     LOCKED = "locked"  # counting this failure locked the user out
+    UNASKABLE = "unaskable"  # CHALLENGE, but the NAS cannot show one (`auto` mode)
 
 
 class StepKind(enum.Enum):
@@ -196,7 +218,8 @@ def _transitions() -> dict[tuple[Stage, Event], tuple[StepKind, bool]]:
         table[(stage, Event.PASSED)] = (StepKind.ACCEPT, False)
         table[(stage, Event.ASKED)] = (StepKind.CHALLENGE, True)
         table[(stage, Event.WRONG)] = (StepKind.RETRY, True)
-        for end in (Event.EXHAUSTED, Event.REFUSED, Event.UNAVAILABLE, Event.LOCKED):
+        ends = (Event.EXHAUSTED, Event.REFUSED, Event.UNAVAILABLE, Event.LOCKED, Event.UNASKABLE)
+        for end in ends:
             table[(stage, end)] = (StepKind.REJECT, False)
     return table
 
@@ -223,13 +246,15 @@ class Step:
     attempts: int = 0  # attempts spent, carried by the next challenge session
 
 
-def event_of(result: FactorResult, at: Round, max_attempts: int, locked: bool) -> Event:
+def event_of(
+    result: FactorResult, at: Round, max_attempts: int, locked: bool, can_challenge: bool = True
+) -> Event:
     """Classify a factor's result. `locked`: counting it (when it is a failure) put the
-    user under lockout."""
+    user under lockout; `can_challenge`: the NAS can show an Access-Challenge."""
     if result.verdict is Verdict.ACCEPT:
         return Event.PASSED
     if result.verdict is Verdict.CHALLENGE:
-        return Event.ASKED
+        return Event.ASKED if can_challenge else Event.UNASKABLE
     if result.verdict is Verdict.UNAVAILABLE:
         return Event.UNAVAILABLE
     if result.is_failure and locked:
@@ -238,14 +263,20 @@ def event_of(result: FactorResult, at: Round, max_attempts: int, locked: bool) -
     # ends the login with that message; a wrong code is asked again, a few times.
     if result.prompt is not None or not result.counts_as_failure:
         return Event.REFUSED
-    if at.attempts is None or at.attempts + 1 >= max_attempts:
-        return Event.EXHAUSTED
+    if at.attempts is None or at.attempts + 1 >= max_attempts or not can_challenge:
+        return Event.EXHAUSTED  # no retry: none left, or no way to ask again
     return Event.WRONG
 
 
-def decide(result: FactorResult, at: Round, max_attempts: int, locked: bool = False) -> Step:
+def decide(
+    result: FactorResult,
+    at: Round,
+    max_attempts: int,
+    locked: bool = False,
+    can_challenge: bool = True,
+) -> Step:
     """The next step of the login after `result`."""
-    event = event_of(result, at, max_attempts, locked)
+    event = event_of(result, at, max_attempts, locked, can_challenge)
     kind, stays = TRANSITIONS[(at.stage, event)]
     spent = at.attempts or 0
     stage = at.stage if stays else None
@@ -259,6 +290,8 @@ def decide(result: FactorResult, at: Round, max_attempts: int, locked: bool = Fa
         return Step(kind, "locked_out", MSG_LOCKED)
     if event is Event.UNAVAILABLE:
         return Step(kind, f"{at.method}_unavailable", MSG_UNAVAILABLE)
+    if event is Event.UNASKABLE:
+        return Step(kind, f"{at.method}_challenge_unsupported", MSG_APPEND)
     return Step(kind, f"{at.method}_{result.reason}", result.prompt)
 
 

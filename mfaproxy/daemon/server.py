@@ -79,9 +79,11 @@ def duplicates_for(config: Config, shared: Shared) -> Duplicates:
         return LocalDuplicates(
             DuplicateTable(reply_ttl=reply_ttl, in_flight_ttl=MAX_REQUEST_SECONDS)
         )
-    duo = config.multifactor.duo
-    hold = duo.timeout + 10 if duo is not None else 30.0
-    return SharedDuplicates(shared.state, reply_ttl, hold)
+    # No hold sized for the longest push any more: an instance that dies mid-request
+    # stops holding it within a lease (store/duplicates.py), and the retransmission is
+    # taken over where it lands; the TTL only bounds entries nobody finishes.
+    lease = config.server.duplicate_lease_seconds
+    return SharedDuplicates(shared.state, reply_ttl, MAX_REQUEST_SECONDS, lease)
 
 
 def build_runtime(config: Config, shared: Shared) -> Runtime:

@@ -38,7 +38,9 @@ PACKETS_DROPPED = Counter(
 )
 DUPLICATES = Counter(
     "mfaproxy_duplicates",
-    "Retransmissions detected (RFC 5080): answered from the reply cache or ignored in flight.",
+    "Retransmissions detected (RFC 5080): answered_from_cache, ignored_in_flight, "
+    "taken_over (its instance died: processed here), held_session_continued (a held "
+    "check of a dead instance continued here).",
     ["action"],
     registry=REGISTRY,
 )

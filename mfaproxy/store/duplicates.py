@@ -1,15 +1,41 @@
 """Where the RFC 5080 duplicate table lives: in this process, or in the shared state
 store so that a retransmission sent to another instance of a cluster is recognised
-(a NAS fails over to the next server while a push is still pending on the first)."""
+(a NAS fails over to the next server while a push is still pending on the first).
+
+In a cluster an instance can die with a request in flight (a push pending, say). Its
+in-flight entry must then stop silencing the NAS's retransmissions soon, or the login
+is lost: the owner of a long request keeps a short lease on it, renewed every
+`lease / 3` seconds while it works. A retransmission that finds the entry in flight,
+older than `lease`, and no lease, was left by a dead instance: it is taken over
+(processed here, counted as `taken_over`), and the work it finds recorded in the state
+store (a pending Duo push, a challenge session) continues rather than starting again.
+Requests shorter than `lease / 3` never write a lease: most cost nothing extra.
+
+Takeover compares the entry's start time with this instance's clock: keep the nodes'
+clocks in sync (NTP), as for every other expiry in the shared store.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from typing import Protocol
 
+import structlog
+
+from mfaproxy.errors import UpstreamError
+from mfaproxy.observability import metrics
 from mfaproxy.radius.duplicates import DuplicateTable, Lookup, RequestKey, Seen
 from mfaproxy.store.state import StateStore
 
+log = structlog.get_logger(__name__)
+
 NAMESPACE = "duplicates"
+LEASES = f"{NAMESPACE}_lease"  # the leases of the default namespace
+# Seconds after its owner's last sign of life that an in-flight request is taken over
+# by the instance its retransmission reaches (NAS retransmit every 3-10 s).
+LEASE_SECONDS = 6.0
 
 
 class Duplicates(Protocol):
@@ -40,17 +66,25 @@ class LocalDuplicates:
 
 
 class SharedDuplicates:
-    """A cluster: one atomic put-if-absent per request in the shared store."""
+    """A cluster: one atomic put-if-absent per request in the shared store, and a lease
+    for requests that take long."""
 
     def __init__(
-        self, state: StateStore, reply_ttl: float, in_flight_ttl: float, namespace: str = NAMESPACE
+        self,
+        state: StateStore,
+        reply_ttl: float,
+        in_flight_ttl: float,
+        lease: float = LEASE_SECONDS,
+        namespace: str = NAMESPACE,
     ):
         self.state = state
         self.namespace = namespace
+        self.leases = f"{namespace}_lease"
         self.reply_ttl = reply_ttl
-        # Longer than the longest hold (a pending push), shorter than forever: an
-        # instance that dies mid-request must not silence retransmissions for long.
+        # Bounds an entry nobody finishes; a dead owner is noticed by its lease instead.
         self.in_flight_ttl = in_flight_ttl
+        self.lease = lease
+        self._renewals: dict[str, asyncio.Task[None]] = {}
 
     @staticmethod
     def _key(key: RequestKey) -> str:
@@ -58,19 +92,58 @@ class SharedDuplicates:
         return f"{address}|{port}|{identifier}|{authenticator.hex()}"
 
     async def begin(self, key: RequestKey, now: float) -> Lookup:
+        name = self._key(key)
         entry = await self.state.put_if_absent(
-            self.namespace, self._key(key), {"done": False}, self.in_flight_ttl, now
+            self.namespace, name, {"done": False, "started": now}, self.in_flight_ttl, now
         )
         if entry is None:
+            self._hold(name)
             return Lookup(Seen.NEW)
         reply = entry.get("reply")
-        if entry.get("done") and isinstance(reply, str):
-            return Lookup(Seen.ANSWERED, bytes.fromhex(reply))
+        if entry.get("done"):
+            if isinstance(reply, str):
+                return Lookup(Seen.ANSWERED, bytes.fromhex(reply))
+            return Lookup(Seen.IN_FLIGHT)  # finished without an answer: stay silent
+        if await self._abandoned(name, entry.get("started"), now):
+            metrics.DUPLICATES.labels(action="taken_over").inc()
+            log.warning("request_taken_over", reason="owner_lease_expired")
+            self._hold(name)
+            return Lookup(Seen.NEW)
         return Lookup(Seen.IN_FLIGHT)
 
     async def finish(self, key: RequestKey, reply: bytes | None, now: float) -> None:
+        name = self._key(key)
+        await self._release(name)
         value = {"done": True, "reply": reply.hex() if reply is not None else None}
-        await self.state.put(self.namespace, self._key(key), value, self.reply_ttl, now)
+        await self.state.put(self.namespace, name, value, self.reply_ttl, now)
 
     async def forget(self, key: RequestKey) -> None:
-        await self.state.delete(self.namespace, self._key(key))
+        name = self._key(key)
+        await self._release(name)
+        await self.state.delete(self.namespace, name)
+
+    async def _release(self, name: str) -> None:
+        renewal = self._renewals.pop(name, None)
+        if renewal is not None:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+
+    async def _abandoned(self, name: str, started: object, now: float) -> bool:
+        """In flight for longer than a lease, and nobody holds one: the owner is gone.
+        Taking the lease is atomic, so of two instances only one takes over."""
+        if not isinstance(started, int | float) or now - started < self.lease:
+            return False  # young: its owner has not had to renew yet
+        taken = await self.state.put_if_absent(self.leases, name, {"lease": True}, self.lease, now)
+        return taken is None
+
+    def _hold(self, name: str) -> None:
+        self._renewals[name] = asyncio.create_task(self._renew(name), name="duplicate-lease")
+
+    async def _renew(self, name: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                await self.state.put(self.leases, name, {"lease": True}, self.lease, time.time())
+            except UpstreamError:
+                log.warning("duplicate_lease_unavailable")

@@ -224,3 +224,36 @@ def test_the_machine_never_accepts_a_non_accept_nor_retries_past_the_budget(
         assert step.reason == "locked_out"
     if step.kind in (StepKind.CHALLENGE, StepKind.RETRY):
         assert step.attempts >= (attempts or 0)
+
+
+# ------------------------------------------------------------------ auto mode
+
+
+def test_only_auto_mode_cannot_challenge() -> None:
+    assert rules.CAN_CHALLENGE == {"challenge": True, "append": True, "auto": False}
+    assert frozenset({"append", "auto"}) == rules.APPENDED_MODES
+
+
+def test_a_challenge_a_nas_cannot_show_ends_in_a_reject_that_says_how_to_append() -> None:
+    asked = FactorResult.challenge("Enter a Duo passcode", {"devices": []})
+    for stage in Stage:
+        assert TRANSITIONS[(stage, Event.UNASKABLE)] == (StepKind.REJECT, False)
+        step = decide(asked, Round(stage, "duo", None), 3, can_challenge=False)
+        assert (step.kind, step.reason) == (StepKind.REJECT, "duo_challenge_unsupported")
+        assert step.message == rules.MSG_APPEND
+
+
+def test_a_wrong_code_in_auto_mode_is_not_asked_again() -> None:
+    step = decide(FactorResult.reject("bad_code"), Round(Stage.CODE, "duo", 0), 3, False, False)
+    assert (step.kind, step.reason) == (StepKind.REJECT, "duo_bad_code")
+
+
+@given(result=results, attempts=st.none() | st.integers(0, 9), locked=st.booleans())
+def test_auto_mode_never_challenges_nor_retries(
+    result: FactorResult, attempts: int | None, locked: bool
+) -> None:
+    """A NAS that cannot show a challenge is never sent one: not for another round,
+    not to ask again after a wrong code."""
+    step = decide(result, Round(Stage.CODE, "duo", attempts), 3, locked, can_challenge=False)
+    assert step.kind in (StepKind.ACCEPT, StepKind.REJECT)
+    assert (step.kind is StepKind.ACCEPT) == (result.verdict is Verdict.ACCEPT)

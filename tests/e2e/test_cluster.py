@@ -10,6 +10,7 @@ Failure of the shared stores and `server.workers` are in test_cluster_stores.py.
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -35,7 +36,9 @@ from tests.support.redis_server import RedisServer
 pytestmark = pytest.mark.e2e
 
 TOTP_USERS = ["alice", "bob", "carol"]
-DUO_USERS = ("dave",)
+DUO_USERS = ("dave", "erin", "fred")
+TAKEN_OVER = "mfaproxy_duplicates_total{action=taken_over}"
+LEASE = 1.5  # server.duplicate_lease_seconds, short to keep the takeover tests fast
 IN_FLIGHT = "mfaproxy_duplicates_total{action=ignored_in_flight}"
 FROM_CACHE = "mfaproxy_duplicates_total{action=answered_from_cache}"
 
@@ -58,8 +61,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def pair(cluster: Cluster) -> Iterator[tuple[Daemon, Daemon, int]]:
     """A and B, both running; B serves metrics on the returned port."""
     metrics_port = free_port_pair()
-    a = cluster.daemon("a")
-    b = cluster.daemon("b", metrics={"listen": f"127.0.0.1:{metrics_port}"})
+    a = cluster.daemon("a", duplicate_lease_seconds=LEASE)
+    b = cluster.daemon(
+        "b", metrics={"listen": f"127.0.0.1:{metrics_port}"}, duplicate_lease_seconds=LEASE
+    )
     with a, b:
         yield a, b, metrics_port
 
@@ -173,3 +178,72 @@ def test_an_instance_killed_mid_flow_the_login_completes_on_the_other(
     finally:
         nas.close()
         doomed.stop()
+
+
+def retransmit_until_answered(nas: UdpNas, datagram: bytes, port: int, identifier: int) -> bytes:
+    """What a NAS does with no answer: send the same datagram again, every second, here
+    to the surviving instance, until it answers (bounded: 40 tries)."""
+    nas.sock.settimeout(1.0)
+    for _ in range(40):
+        nas.sock.sendto(datagram, ("127.0.0.1", port))
+        try:
+            return receive_from(nas, port, identifier)
+        except TimeoutError:
+            continue
+    raise AssertionError("the surviving instance never answered the retransmission")
+
+
+def kill(doomed: Daemon) -> None:
+    assert doomed.proc is not None
+    doomed.proc.kill()  # SIGKILL: no drain, no goodbye
+    assert doomed.proc.wait(30) == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("mode", ["append", "challenge"])
+def test_the_node_holding_a_push_dies_the_retransmission_completes_it_elsewhere(
+    cluster: Cluster, pair: tuple[Daemon, Daemon, int], mode: str
+) -> None:
+    """A holds a pending push and is killed; the NAS retransmits the same request to B,
+    which takes it over once A's lease lapsed and polls the same Duo transaction: one
+    push, and the user's approval gives B's Accept (before: silence for 70 s, then
+    unknown_state)."""
+    _, b, b_metrics = pair
+    user = "erin" if mode == "append" else "fred"
+    duo_user = cluster.duo.add_user(user, hold=True)
+    doomed = cluster.daemon(f"doomed-{mode}", duplicate_lease_seconds=LEASE).start()
+    source = APPEND_SOURCE if mode == "append" else "127.0.0.1"
+    nas = UdpNas(doomed.port, source=source, timeout=20)
+    try:
+        if mode == "append":
+            request = access_request(SECRET, user, password(user) + ",push")
+        else:
+            menu = first_round(nas, user)
+            assert menu.challenged and "push" in menu.message, menu.message
+            assert menu.state is not None
+            request = access_request(SECRET, user, "push")
+            request.AddAttribute("State", menu.state)
+        datagram = request.RequestPacket()
+        nas.send(datagram)
+        assert duo_user.polled.wait(20), "the doomed instance never polled the push"
+        kill(doomed)
+        duo_user.polled.clear()
+        taken_before = total(b_metrics, TAKEN_OVER)
+
+        # B takes the request over and polls the same transaction; the user approves.
+        def approve_once_b_polls() -> None:
+            assert duo_user.polled.wait(30), "B never polled the pending push"
+            duo_user.release.set()
+
+        approver = threading.Thread(target=approve_once_b_polls)
+        approver.start()
+        reply = retransmit_until_answered(nas, datagram, b.port, request.id)
+        approver.join(30)
+        assert Reply(reply, SECRET).accepted, Reply(reply, SECRET).message
+        assert request.VerifyReply(Reply(reply, SECRET).packet, reply, enforce_ma=True)
+        b.wait_audit(user=user, outcome="accept", reason="mfa_push_approved")
+        assert total(b_metrics, TAKEN_OVER) == taken_before + 1
+    finally:
+        duo_user.release.set()
+        nas.close()
+        doomed.stop()
+    assert cluster.duo.auth_calls(user) == 1  # one push, from the dead instance
