@@ -16,6 +16,12 @@ Before any factor looks at what a user typed, `AttemptGate.open`:
    user-store transaction (records.reserved): refused while a lockout is in force,
    and the attempt that reaches `max_failures` starts the lockout.
 
+An out-of-band check (a Duo push: `nas_budget=False`) reserves no NAS event up front:
+it cannot be guessed, and while it waits on its user it is no failure yet, so 60
+pushes pending behind one VPN gateway must not throttle every other login behind it;
+its failure (denied, ignored) is counted in the NAS budget when it happens. The user's
+lease and lockout budget are reserved as for any check.
+
 `settle` then gives back what the result did not cost: on success the user's count is
 reset and the NAS event released; a result that is not the user's fault (an
 unavailable service, an expired code, another round) gives both back; a failure keeps
@@ -39,6 +45,7 @@ from mfaproxy.store.records import Reservation
 CLIENT_FAILURES = "client_failures"
 LEASES = "check_lease"
 NAS_WINDOW = 60.0  # client_failures_per_minute
+UNRESERVED = ""  # the NAS event of an attempt that reserved none (nas_budget=False)
 MSG_BUSY = "Another sign-in of yours is being checked. Try again in a moment."
 
 
@@ -57,8 +64,11 @@ class AttemptGate:
         self.lockout = config.lockout
         self.services = services
 
-    async def open(self, user: str, client: str, now: float) -> Attempt | Step:
-        """Lease, NAS budget, user budget; or the step that refuses the attempt."""
+    async def open(
+        self, user: str, client: str, now: float, nas_budget: bool = True
+    ) -> Attempt | Step:
+        """Lease, NAS budget (unless `nas_budget` is False: see the module docstring),
+        user budget; or the step that refuses the attempt."""
         state, lockout = self.services.state, self.lockout
         lease = await state.reserve(
             LEASES, user, now, max_events=1, window=self.config.check_lease()
@@ -67,13 +77,15 @@ class AttemptGate:
             return Step(StepKind.REJECT, "user_busy", MSG_BUSY)
         nas_event: str | None = None
         try:
-            nas_event = await state.reserve(
-                CLIENT_FAILURES,
-                client,
-                now,
-                max_events=lockout.client_failures_per_minute,
-                window=NAS_WINDOW,
-            )
+            nas_event = UNRESERVED
+            if nas_budget:
+                nas_event = await state.reserve(
+                    CLIENT_FAILURES,
+                    client,
+                    now,
+                    max_events=lockout.client_failures_per_minute,
+                    window=NAS_WINDOW,
+                )
             if nas_event is None:
                 await state.release(LEASES, user, lease)
                 return Step(StepKind.REJECT, "client_throttled", rules.MSG_THROTTLED)
@@ -98,6 +110,14 @@ class AttemptGate:
     async def settle(self, attempt: Attempt, result: FactorResult, now: float) -> None:
         """Keep what a failure costs; give back what anything else did not cost."""
         if result.is_failure:
+            if attempt.nas_event == UNRESERVED:  # out of band: counted now that it failed
+                await self.services.state.reserve(
+                    CLIENT_FAILURES,
+                    attempt.client,
+                    now,
+                    max_events=self.lockout.client_failures_per_minute + 1,
+                    window=NAS_WINDOW,
+                )
             return
         user, max_failures = attempt.user, self.lockout.max_failures
         if result.verdict is Verdict.ACCEPT:

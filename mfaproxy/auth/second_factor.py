@@ -195,7 +195,9 @@ class SecondFactorStage:
         held = bool(login.request_key) and at.method in rules.HELD_METHODS
         if held:
             await self._inherit_lease(login)
-        opened = await self.gate.open(login.user.name, login.client, login.now)
+        # A held method's check waits on its user, and no NAS budget is reserved for it
+        # (auth/attempts.py): pending pushes must not throttle a NAS's other logins.
+        opened = await self.gate.open(login.user.name, login.client, login.now, nas_budget=not held)
         if isinstance(opened, Step):
             return self._reject(opened.reason, opened.message)
         if held:
