@@ -195,7 +195,7 @@ class Engine:
         """Append mode: the password and the appended answer. Which code shape to split
         on comes from the method of the record stored under the typed name's key: a
         guess before the directory says who the user is, used for nothing else."""
-        if ctx.client.second_factor != "append":
+        if ctx.client.second_factor not in APPENDED_MODES:
             return typed, None
         try:
             record = await self.mfa.user_record(login.key)
