@@ -19,6 +19,9 @@ from mfaproxy.config.base import (
 
 class LocalDirectoryConfig(Strict):
     users_file: ConfigPath
+    # The busiest login rate this server must serve (a shift change, a VPN reconnect
+    # storm): check-config warns when the users file's hash cost cannot serve it here.
+    peak_logins_per_second: float | None = Field(default=None, gt=0, le=1_000_000)
 
 
 class LdapGroupSearchConfig(Strict):

@@ -35,6 +35,10 @@ class Facts:
     config: Config
     # The argon2 hashes of the local users file (empty for other backends).
     password_hashes: tuple[str, ...] = ()
+    # Password checks per second this host can do at the users file's most common
+    # cost, and that cost (measured by daemon/preflight.py when a peak rate is stated).
+    hash_checks_per_second: float | None = None
+    hash_cost: str = ""
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,20 @@ def _waits_beyond_nas_timeout(facts: Facts) -> Where:
                 )
 
 
+def _hash_cost_below_peak(facts: Facts) -> Where:
+    local = facts.config.directory.local
+    capacity = facts.hash_checks_per_second
+    if facts.config.directory.backend != "local" or local is None or capacity is None:
+        return
+    peak = local.peak_logins_per_second
+    if peak is not None and capacity < peak:
+        yield (
+            ("directory", "local", "peak_logins_per_second"),
+            f"at {facts.hash_cost} this host checks about {capacity:.0f} passwords/s,"
+            f" below the stated peak of {peak:g} logins/s",
+        )
+
+
 # --------------------------------------------------------------------------- the table
 
 RULES: tuple[Rule, ...] = (
@@ -325,6 +343,14 @@ RULES: tuple[Rule, ...] = (
         fix="raise the NAS's RADIUS timeout (and nas_timeout_seconds) above the method's"
         " wait, or shorten the method's timeout (README: NAS timeouts)",
         where=_waits_beyond_nas_timeout,
+    ),
+    Rule(
+        "hash_cost_below_peak_rate",
+        risk="at the peak, logins queue behind the password hash: waits grow past the"
+        " NAS timeout, retransmissions pile up and users are rejected",
+        fix="hash the passwords at a lower cost (`mfaproxy users hash-password --cost"
+        " owasp-minimum`, the default), or give the server more cores",
+        where=_hash_cost_below_peak,
     ),
 )
 

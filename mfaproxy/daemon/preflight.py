@@ -16,7 +16,7 @@ key, NAS-Identifier lengths) are schema rules, so a factor that passes here buil
 
 from __future__ import annotations
 
-import contextlib
+import os
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -52,7 +52,7 @@ from mfaproxy.config.stores import RedisSettings
 from mfaproxy.config.validate import pass_through_problems, reply_problems
 from mfaproxy.config.warnings import Facts, Finding, config_warnings
 from mfaproxy.core.identity import name_problem, normalise, read_login_name
-from mfaproxy.directory.local import load_users_file
+from mfaproxy.directory.local import checks_per_second, load_users_file, typical_cost
 from mfaproxy.errors import ConfigError, GeoIpDatabaseError
 from mfaproxy.radius.codec import load_dictionary
 from mfaproxy.store.crypto import key_file_problem
@@ -280,11 +280,19 @@ def check(config: Config, dictionary: Dictionary) -> None:
 def facts(config: Config) -> Facts:
     """What the warning rules need beyond the configuration itself."""
     local = config.directory.local
-    hashes: tuple[str, ...] = ()
-    if config.directory.backend == "local" and local is not None:
-        with contextlib.suppress(ConfigError):  # reported as a problem by the checks
-            hashes = tuple(u.password_hash for u in load_users_file(local.users_file).values())
-    return Facts(config, hashes)
+    if config.directory.backend != "local" or local is None:
+        return Facts(config)
+    try:
+        users = load_users_file(local.users_file)
+    except ConfigError:  # reported as a problem by the checks
+        return Facts(config)
+    hashes = tuple(u.password_hash for u in users.values())
+    if local.peak_logins_per_second is None:
+        return Facts(config, hashes)
+    # One check at the file's most common cost, timed on this host.
+    cost = typical_cost(users)
+    cpus = len(os.sched_getaffinity(0))
+    return Facts(config, hashes, checks_per_second(cost, cpus), str(cost))
 
 
 def warnings(config: Config) -> list[Finding]:

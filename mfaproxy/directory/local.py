@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import re
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -97,6 +99,25 @@ def cost_of(stored_hash: str) -> HashCost | None:
     except InvalidHashError:
         return None
     return HashCost(params.time_cost, params.memory_cost, params.parallelism)
+
+
+# Threads verifying hashes at once (each check runs on one core at p=1).
+HASH_THREADS = 2
+
+
+def checks_per_second(cost: HashCost, cpus: int, threads: int = HASH_THREADS) -> float:
+    """How many checks at `cost` this host can do per second: bounded by the CPU one
+    check takes over all cores, and by the threads' wall time (measured, not guessed:
+    it reads the clock, so it is called by check-config only)."""
+    hasher = hasher_for(cost)
+    stored = hasher.hash("mfaproxy cost probe")
+    cpu, wall = time.process_time(), time.perf_counter()
+    with contextlib.suppress(VerificationError):
+        hasher.verify(stored, "mfaproxy cost probe")
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    by_cpu = cpus / cpu if cpu > 0 else float("inf")
+    by_threads = min(threads, cpus) / wall if wall > 0 else float("inf")
+    return min(by_cpu, by_threads)
 
 
 # Verification reads the parameters from each hash; this instance's own only matter
@@ -220,7 +241,7 @@ class LocalChecker:
 
     name = "local"
 
-    def __init__(self, users_file: Path, workers: int = 2):
+    def __init__(self, users_file: Path, workers: int = HASH_THREADS):
         self._users = load_users_file(users_file)
         # Unknown users cost what most known users cost: timing tells no names.
         self._dummy_hash = hash_password("mfaproxy timing equaliser", typical_cost(self._users))

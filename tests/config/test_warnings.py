@@ -38,8 +38,14 @@ def config(changes: dict[str, Any]) -> Config:
     return Config.model_validate(data, context={"base_dir": Path("/etc/mfaproxy")})
 
 
-def findings(changes: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(f.rule, f.dotted) for f in config_warnings(Facts(config(changes)))]
+def findings(changes: dict[str, Any], **facts: Any) -> list[tuple[str, str]]:
+    return [(f.rule, f.dotted) for f in config_warnings(Facts(config(changes), **facts))]
+
+
+# Facts a rule reads beyond the configuration (measured by daemon/preflight.py).
+MEASURED: dict[str, dict[str, Any]] = {
+    "hash_cost_below_peak_rate": {"hash_checks_per_second": 40.0, "hash_cost": "m=65536,t=3,p=4"},
+}
 
 
 # rule -> (settings that trip it, where it is reported, the same settings fixed as the
@@ -123,6 +129,11 @@ CASES: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {
         "multifactor.enabled",
         {"multifactor.enabled": ["totp", "email"], "smtp": {"host": "127.0.0.1"}},
     ),
+    "hash_cost_below_peak_rate": (
+        {"directory.local.peak_logins_per_second": 100},
+        "directory.local.peak_logins_per_second",
+        {"directory.local.peak_logins_per_second": 30},
+    ),
     "wait_beyond_nas_timeout": (
         {
             "multifactor.enabled": ["totp", "duo"],
@@ -151,13 +162,13 @@ def test_every_rule_has_a_case() -> None:
 @pytest.mark.parametrize("rule", sorted(CASES))
 def test_each_dangerous_setting_is_found_where_it_is(rule: str) -> None:
     tripped, where, _fixed = CASES[rule]
-    assert (rule, where) in findings(tripped)
+    assert (rule, where) in findings(tripped, **MEASURED.get(rule, {}))
 
 
 @pytest.mark.parametrize("rule", sorted(CASES))
 def test_following_the_fix_removes_the_warning(rule: str) -> None:
     _tripped, _where, fixed = CASES[rule]
-    assert [name for name, _ in findings(fixed) if name == rule] == []
+    assert [name for name, _ in findings(fixed, **MEASURED.get(rule, {})) if name == rule] == []
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
@@ -243,3 +254,9 @@ def test_a_secret_never_appears_in_a_finding() -> None:
     secret = "Zq9!unmistakable"
     for finding in _findings_with_secret(secret[:10]) + _findings_with_secret(secret):
         assert secret[:10] not in " ".join(finding)
+
+
+def test_no_stated_peak_or_no_measurement_means_no_hash_warning() -> None:
+    measured = MEASURED["hash_cost_below_peak_rate"]
+    assert findings({}, **measured) == []
+    assert findings({"directory.local.peak_logins_per_second": 100}) == []

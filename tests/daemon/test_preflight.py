@@ -344,3 +344,23 @@ def test_serve_logs_each_warning_at_start(tmp_path: Path) -> None:
     assert warned["demo_shared_secret"]["level"] == "warning"
     assert all(e["risk"] and e["fix"] for e in warned.values())
     assert "testing123" not in daemon.output  # a warning about a secret never shows it
+
+
+@pytest.mark.parametrize(("peak", "warned"), [(100_000, True), (1, False)])
+def test_check_config_measures_the_hash_cost_against_the_stated_peak(
+    tmp_path: Path, peak: int, warned: bool
+) -> None:
+    # The file's hashes are at argon2-cffi's old default (m=64 MiB, t=3, p=4): about a
+    # dozen checks per second on two cores, nowhere near 100,000 logins/s.
+    heavy = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4).hash("pw")
+    text = BASE.replace(
+        "local: {users_file: users.yaml}",
+        f"local: {{users_file: users.yaml, peak_logins_per_second: {peak}}}",
+    )
+    path = write(tmp_path, text, {"alice": heavy, "bob": heavy})
+    done = mfaproxy("check-config", "--config", str(path))
+    assert done.returncode == 0, done.stderr
+    found = "directory.local.peak_logins_per_second" in done.stdout
+    assert found is warned, done.stdout
+    if warned:
+        assert "m=65536,t=3,p=4" in done.stdout and "passwords/s" in done.stdout
