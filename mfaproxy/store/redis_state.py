@@ -46,6 +46,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
@@ -373,6 +374,21 @@ class RedisStateStore:
         index = self._key(namespace, "index")
         found = await self._call("size", self._client.zcount(index, f"({now!r}", "+inf"))
         return int(found)
+
+    # ------------------------------------------------------------------ for other
+    # Redis-backed parts of mfaproxy (store/redis_throttle.py): one connection pool,
+    # one key scheme, one way failures become StateStoreUnavailable.
+
+    def register_script(self, source: str) -> AsyncScript:
+        return self._client.register_script(source)
+
+    def key(self, namespace: str, kind: str, key: str = "") -> bytes:
+        """The Redis key of (namespace, kind, key), in this store's key scheme."""
+        return self._key(namespace, kind, key)
+
+    async def call(self, operation: str, awaitable: Awaitable[T]) -> T:
+        """Await a Redis command: metered, and StateStoreUnavailable when it fails."""
+        return await self._call(operation, awaitable)
 
     async def ping(self) -> None:
         """Raise `StateStoreUnavailable` unless Redis answers (for readiness checks)."""

@@ -129,6 +129,11 @@ class SqliteStateStore:
         self._count_write(now)
         return result
 
+    def transaction(self, body: Callable[[sqlite3.Connection], T], now: float) -> T:
+        """For other parts kept in this file (store/sqlite_throttle.py): `body` in one
+        write transaction, with this store's lock handling and failures."""
+        return self._write(body, now)
+
     def _statement(
         self, sql: str, args: tuple[Any, ...] | dict[str, Any], now: float | None
     ) -> Any:
