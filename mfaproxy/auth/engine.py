@@ -9,6 +9,7 @@ pure (core/policy.py, core/second_factor.py); this module gathers their facts (I
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,7 @@ from typing import Any, cast
 
 import structlog
 
+from mfaproxy.auth.password_guard import MSG_THROTTLED, PasswordGuard, Throttled, source_of
 from mfaproxy.auth.second_factor import (
     CHALLENGES,
     MSG_UNAVAILABLE,
@@ -42,6 +44,7 @@ from mfaproxy.radius.addresses import parse_ip
 from mfaproxy.radius.codec import RadiusRequest
 from mfaproxy.radius.constants import STATUS_SERVER
 from mfaproxy.store.records import UserRecord
+from mfaproxy.store.throttle import MemoryThrottle, Throttle
 
 audit_log = structlog.get_logger("mfaproxy.audit")
 log = structlog.get_logger(__name__)
@@ -82,6 +85,7 @@ class Engine:
         services: FactorServices,
         country_lookup: CountryLookup | None = None,
         clock: Callable[[], float] = time.time,
+        throttle: Throttle | None = None,
     ):
         self.config = config
         # Wall-clock seconds: challenge sessions in a shared store expire by it. Tests
@@ -92,6 +96,13 @@ class Engine:
         self.services = services
         self.country_lookup = country_lookup
         self.mfa = SecondFactorStage(config, factors, services)
+        # The daemon passes the counters that outlive a reload (daemon/server.py Shared).
+        self.guard = PasswordGuard(
+            config.password_throttle,
+            throttle or MemoryThrottle(),
+            services.state,
+            config.server.store_failmode,
+        )
 
     async def handle(self, ctx: RequestContext, request: RadiusRequest) -> Answer:
         """Decide; write exactly one audit event whatever happens, a drop included."""
@@ -213,7 +224,10 @@ class Engine:
             ctx.audit.update(early.log_fields())
             return self._reject("login_policy_denied")
         password, appended = await self._split_appended(ctx, login, typed)
-        primary = await self.checker.authenticate(login.directory_name, password)
+        checked = await self._check_password(ctx, request, login, password, now)
+        if isinstance(checked, Answer):
+            return checked
+        primary = checked
         ctx.audit.update(backend=primary.backend)
         log.debug(
             "primary_checked",
@@ -276,6 +290,37 @@ class Engine:
             if second.responded:
                 ctx.admitted = None  # a response was being judged: the failmode rejects
             raise
+
+    async def _check_password(
+        self,
+        ctx: RequestContext,
+        request: RadiusRequest,
+        login: LoginName,
+        password: str,
+        now: float,
+    ) -> PrimaryResult | Answer:
+        """The directory's answer, unless the password guard refuses the attempt: then
+        no password is checked at all (auth/password_guard.py)."""
+        source = source_of(ctx.client.name, request.calling_station_id)
+        attempt = await self.guard.begin(login.key, source, now)
+        if isinstance(attempt, Throttled):
+            return self._throttled(ctx, attempt)
+        primary = await self.checker.authenticate(login.directory_name, password)
+        if primary.outcome is PrimaryOutcome.UNAVAILABLE:
+            await self.guard.abandoned(attempt)
+        elif primary.outcome is PrimaryOutcome.REJECT:
+            await self.guard.failed(attempt, primary.identity, now)
+        else:
+            throttled = await self.guard.succeeded(attempt, primary.identity, now)
+            if throttled is not None:
+                return self._throttled(ctx, throttled)
+        return primary
+
+    def _throttled(self, ctx: RequestContext, throttled: Throttled) -> Answer:
+        ctx.audit.update(
+            password_throttle=throttled.scope, retry_after_seconds=math.ceil(throttled.retry_after)
+        )
+        return self._reject("password_throttled", MSG_THROTTLED)
 
     async def _resume(
         self, ctx: RequestContext, request: RadiusRequest, login: LoginName, now: float

@@ -33,6 +33,7 @@ from mfaproxy.config.multifactor import MultifactorConfig, SmtpConfig
 from mfaproxy.config.policies import AccessPoliciesConfig
 from mfaproxy.config.problems import LineMap, render_all, schema_problems, yaml_line_map
 from mfaproxy.config.stores import MemoryStateStoreConfig, StateStoreConfig, UserStoreConfig
+from mfaproxy.config.throttle import PasswordThrottleConfig
 from mfaproxy.errors import ConfigError
 from mfaproxy.radius.text import fits_reply_message
 
@@ -246,6 +247,7 @@ class Config(Strict):
     access_policies: AccessPoliciesConfig = AccessPoliciesConfig()
     multifactor: MultifactorConfig = MultifactorConfig()
     smtp: SmtpConfig | None = None
+    password_throttle: PasswordThrottleConfig = PasswordThrottleConfig()
     # Where the file was read from; relative paths were resolved against its folder.
     source: Path | None = Field(default=None, exclude=True)
 

@@ -41,9 +41,10 @@ from mfaproxy.radius.codec import load_dictionary
 from mfaproxy.radius.duplicates import DuplicateTable
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.duplicates import Duplicates, LocalDuplicates, SharedDuplicates
-from mfaproxy.store.factory import master_key, open_state_store, open_user_store
+from mfaproxy.store.factory import master_key, open_state_store, open_throttle, open_user_store
 from mfaproxy.store.sealed import SealedStateStore
 from mfaproxy.store.state import StateStore
+from mfaproxy.store.throttle import Throttle
 
 log = structlog.get_logger(__name__)
 
@@ -58,17 +59,22 @@ class Shared:
     users: AsyncUserStore
     state: StateStore
     master_key: bytes
+    # Password-guessing counters (in the state store's Redis for a cluster).
+    throttle: Throttle
 
     async def close(self) -> None:
+        await self.throttle.close()
         await self.state.close()
         await self.users.close()
 
 
 def open_shared(config: Config) -> Shared:
     key = master_key(config)
+    inner = open_state_store(config)
     # Sealed on every backend, memory included: nothing read back is trusted unopened.
-    state = SealedStateStore(open_state_store(config), key)
-    return Shared(AsyncUserStore(open_user_store(config)), state, key)
+    state = SealedStateStore(inner, key)
+    users = AsyncUserStore(open_user_store(config))
+    return Shared(users, state, key, open_throttle(config, inner))
 
 
 def duplicates_for(config: Config, shared: Shared) -> Duplicates:
@@ -94,7 +100,7 @@ def build_runtime(config: Config, shared: Shared) -> Runtime:
     services = FactorServices(shared.users, shared.state, mail, dictionary, shared.master_key)
     factors = build_factors(config.multifactor, services)
     checker = build_checker(config.directory, dictionary)
-    engine = Engine(config, checker, factors, services, geoip)
+    engine = Engine(config, checker, factors, services, geoip, throttle=shared.throttle)
     return Runtime(ClientTable(config.clients), dictionary, engine, closers=[geoip.close])
 
 

@@ -100,6 +100,13 @@ STORE_FAILMODE = Counter(
     ["action"],
     registry=REGISTRY,
 )
+PASSWORD_THROTTLE = Counter(
+    "mfaproxy_password_throttle",
+    "Password guessing: failures counted and attempts refused (no password checked), by"
+    " counter scope (user, identity, known_source, source) and event (failure, refused).",
+    ["scope", "event"],
+    registry=REGISTRY,
+)
 STATE_REJECTED = Counter(
     "mfaproxy_state_rejected",
     "Values read back from the state store that failed authentication (edited, moved,"

@@ -8,6 +8,7 @@ from mfaproxy.config.schema import Config
 from mfaproxy.store.crypto import load_or_create_key
 from mfaproxy.store.records import UserRepository
 from mfaproxy.store.state import MemoryStateStore, StateStore
+from mfaproxy.store.throttle import MemoryThrottle, Throttle
 from mfaproxy.store.users import UserStore
 
 
@@ -54,3 +55,23 @@ def open_state_store(config: Config) -> StateStore:
 
         return SqliteStateStore(state_store_path(config))
     return MemoryStateStore()
+
+
+def open_throttle(config: Config, state: StateStore) -> Throttle:
+    """The password-guessing counters, beside the (unsealed) state store `state` that
+    `open_state_store` opened: in the same Redis for a cluster, in the same SQLite file
+    for the workers of one host, in this process otherwise."""
+    backend = config.server.state_store.backend
+    if backend == "redis":
+        from mfaproxy.store.redis_state import RedisStateStore
+        from mfaproxy.store.redis_throttle import RedisThrottle
+
+        assert isinstance(state, RedisStateStore)
+        return RedisThrottle(state)
+    if backend == "sqlite":
+        from mfaproxy.store.sqlite_state import SqliteStateStore
+        from mfaproxy.store.sqlite_throttle import SqliteThrottle
+
+        assert isinstance(state, SqliteStateStore)
+        return SqliteThrottle(state)
+    return MemoryThrottle()

@@ -2,11 +2,11 @@
 
 `Harness` builds a real `Engine` from a configuration dict (validated by the real
 schema) with the local users file, a SQLite user store and the master key in
-`tmp_path`, the memory state store (or the stores given: Redis, PostgreSQL), the real
-factors, and a virtual clock. Requests are real RADIUS packets (pyrad, signed,
-User-Password hidden) decoded by the daemon's own codec, so the engine sees exactly
-what the runtime would hand it. Use it as
-`async with Harness(tmp_path, overrides) as h: await h.login(...)`.
+`tmp_path`, the memory state store (or the stores given: Redis, PostgreSQL), the
+password-guessing counters in memory (or the `Throttle` given), the real factors, and a
+virtual clock. Requests are real RADIUS packets (pyrad, signed, User-Password hidden)
+decoded by the daemon's own codec, so the engine sees exactly what the runtime would
+hand it. Use it as `async with Harness(tmp_path, overrides) as h: await h.login(...)`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from mfaproxy.store.crypto import load_or_create_key
 from mfaproxy.store.records import UserRepository
 from mfaproxy.store.sealed import SealedStateStore
 from mfaproxy.store.state import MemoryStateStore, StateStore
+from mfaproxy.store.throttle import Throttle
 from mfaproxy.store.users import UserStore
 from tests.support.nas import DICTIONARY, access_request
 
@@ -114,6 +115,7 @@ class Harness:
         state: StateStore | None = None,
         open_store: Callable[[bytes], UserRepository] | None = None,
         users: Mapping[str, dict[str, Any]] = USERS,
+        throttle: Throttle | None = None,
     ) -> None:
         self.tmp = tmp_path
         self.clock = Clock()
@@ -140,7 +142,9 @@ class Harness:
         )
         self.factors = build_factors(self.config.multifactor, self.services)
         checker = build_checker(self.config.directory, DICTIONARY)
-        self.engine = Engine(self.config, checker, self.factors, self.services, clock=self.clock)
+        self.engine = Engine(
+            self.config, checker, self.factors, self.services, clock=self.clock, throttle=throttle
+        )
         self.totp_secrets: dict[str, str] = {}
 
     async def __aenter__(self) -> Harness:

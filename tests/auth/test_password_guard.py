@@ -1,0 +1,73 @@
+"""The password guard's identity counter (auth/password_guard.py): aliases of one
+directory entry (`sam`, `sam@example.org` under a two-attribute LDAP filter) cannot
+each spend their own budget once the directory has named the identity. Real stores
+(memory counters, the sealed memory state store); the directory's answers are given as
+the engine would pass them (the normalised identity, or None)."""
+
+from __future__ import annotations
+
+from mfaproxy.auth.password_guard import Attempt, PasswordGuard, Throttled, source_of
+from mfaproxy.config.throttle import PasswordThrottleConfig
+from mfaproxy.store.sealed import SealedStateStore
+from mfaproxy.store.state import MemoryStateStore
+from mfaproxy.store.throttle import MemoryThrottle
+
+NOW = 1_800_000_000.0
+DN = "uid=sam,ou=people,dc=example,dc=org"
+SOMEWHERE = source_of("vpn", "198.51.100.7")
+
+
+def guard() -> PasswordGuard:
+    state = SealedStateStore(MemoryStateStore(), bytes(32))
+    return PasswordGuard(PasswordThrottleConfig(), MemoryThrottle(), state)
+
+
+async def fail(g: PasswordGuard, name: str, identity: str | None, source: str | None) -> None:
+    attempt = await g.begin(name, source, NOW)
+    assert isinstance(attempt, Attempt), attempt
+    await g.failed(attempt, identity, NOW)
+
+
+async def test_failures_under_aliases_add_up_on_the_identity() -> None:
+    g = guard()
+    for i in range(3):
+        await fail(g, "sam", DN, source_of("vpn", f"198.51.100.{i}"))
+    for i in range(2):
+        await fail(g, "sam@example.org", DN, source_of("vpn", f"203.0.113.{i}"))
+    # A third alias, never seen, with the right password: the identity waits.
+    attempt = await g.begin("example\\sam", SOMEWHERE, NOW)
+    assert isinstance(attempt, Attempt)
+    refused = await g.succeeded(attempt, DN, NOW)
+    assert refused == Throttled("identity", 1.0)
+
+
+async def test_a_learnt_identity_is_checked_before_the_password() -> None:
+    g = guard()
+    first = await g.begin("sam@example.org", SOMEWHERE, NOW)
+    assert isinstance(first, Attempt)
+    assert await g.succeeded(first, DN, NOW) is None  # learns sam@example.org -> DN
+    for i in range(5):
+        await fail(g, "sam", DN, source_of("vpn", f"192.0.2.{i}"))
+    # No directory call needed: the alias is mapped, so its identity counter refuses.
+    again = await g.begin("sam@example.org", source_of("vpn", "192.0.2.200"), NOW)
+    assert again == Throttled("identity", 1.0)
+
+
+async def test_the_identity_counter_is_not_doubled_when_it_is_the_typed_name() -> None:
+    """The users file names a user by the typed key itself: one counter, not two."""
+    g = guard()
+    for _ in range(5):
+        await fail(g, "alice", "alice", None)
+    assert await g.begin("alice", None, NOW) == Throttled("user", 1.0)
+    assert g.throttle._counters.keys() == {"user:alice"}  # type: ignore[attr-defined]
+
+
+async def test_known_sources_are_kept_apart_per_user() -> None:
+    """A `|` in a name cannot make another user's (user, source) key."""
+    g = guard()
+    home = source_of("b", "vpn|x")
+    ok = await g.begin("a|b", source_of("vpn", "x"), NOW)
+    assert isinstance(ok, Attempt)
+    await g.succeeded(ok, None, NOW)
+    other = await g.begin("a", home, NOW)
+    assert isinstance(other, Attempt) and not other.known
