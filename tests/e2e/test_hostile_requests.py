@@ -54,6 +54,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             },
             "access_policies": {"mfa": {"default_action": "mfa_optional_per_user"}},
             "multifactor": {"enabled": ["totp"], "default": "totp", "alternate": ["backup_codes"]},
+            # Hypothesis sends alice many wrong passwords; the later tests need her
+            # challenge (throttling has its own tests: test_password_throttle.py).
+            "password_throttle": {"enabled": False},
         }
         running = Daemon(tmp, config)
         store = open_user_store(load_config(running.config_path))
