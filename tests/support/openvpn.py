@@ -1,0 +1,285 @@
+"""A real OpenVPN server with radiusplugin (Debian `openvpn-auth-radius`) and a real
+OpenVPN client, on loopback, for the end-to-end test of a NAS nobody on the project
+wrote: radiusplugin sends the Access-Request, then Accounting Start, Interim-Update
+every Acct-Interim-Interval seconds and Stop when the client leaves.
+
+The server needs a tun device (root or CAP_NET_ADMIN, /dev/net/tun); it is created
+without addresses or routes (`ifconfig-noexec`, `route-noexec`), so nothing on the host
+changes. `unusable()` says why the test cannot run here, or None.
+
+radiusplugin 2.1 keeps only the first four digits of a port from its configuration
+(28212 becomes 2821), so its RADIUS ports must be below 10000: `free_short_udp_port`.
+Progress is observed on the processes' output, never through sleeps.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.support.process import ManagedServer
+
+OPENVPN = "/usr/sbin/openvpn"
+PLUGIN = Path("/usr/lib/openvpn/radiusplugin.so")
+
+
+def unusable() -> str | None:
+    if shutil.which("openvpn") is None or not PLUGIN.exists():
+        return "openvpn and openvpn-auth-radius (radiusplugin) are not installed"
+    if not os.path.exists("/dev/net/tun") or os.geteuid() != 0:
+        return "an OpenVPN server needs /dev/net/tun and root (CAP_NET_ADMIN)"
+    return None
+
+
+def free_short_udp_port(host: str = "127.0.0.1") -> int:
+    """A free UDP port below 10000 (radiusplugin reads at most four digits)."""
+    for _ in range(200):
+        port = random.randint(2000, 9999)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free UDP port below 10000")
+
+
+# --------------------------------------------------------------------------- PKI
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def write_pki(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate (EC P-256): (ca, cert, key) paths."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("mfaproxy-test-ca"))
+        .issuer_name(_name("mfaproxy-test-ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("server"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.crt", directory / "server.crt", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    paths[2].chmod(0o600)
+    return paths
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class _Process:
+    """A subprocess whose output lines are collected, to wait on them."""
+
+    def __init__(self, argv: list[str], cwd: Path) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 30) -> None:
+        def seen() -> bool:
+            return any(text in line for line in self.lines) or self.proc.poll() is not None
+
+        with self._cond:
+            self._cond.wait_for(seen, timeout)
+            if not any(text in line for line in self.lines):
+                raise AssertionError(f"{text!r} not seen; output:\n{''.join(self.lines)[-4000:]}")
+
+    @property
+    def output(self) -> str:
+        with self._cond:
+            return "".join(self.lines)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class OpenVpnServer(ManagedServer):
+    """`openvpn --mode server` on 127.0.0.1 with radiusplugin asking `auth_port` and
+    `acct_port` (both below 10000) on 127.0.0.1 with `secret`."""
+
+    def __init__(self, workdir: Path, auth_port: int, acct_port: int, secret: str) -> None:
+        self.workdir = workdir
+        self.port = free_short_udp_port()
+        self.auth_port, self.acct_port, self.secret = auth_port, acct_port, secret
+        self._process: _Process | None = None
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ca, cert, key = write_pki(self.workdir)
+        for sub in ("ccd", "tmp"):
+            (self.workdir / sub).mkdir(exist_ok=True)
+        conf = self.workdir / "server.conf"
+        conf.write_text(self._server_conf(ca, cert, key), encoding="utf-8")
+        (self.workdir / "radiusplugin.cnf").write_text(self._plugin_conf(conf), encoding="utf-8")
+        self._process = _Process([OPENVPN, "--config", str(conf)], self.workdir)
+        self._process.wait_for("Initialization Sequence Completed")
+
+    def _server_conf(self, ca: Path, cert: Path, key: Path) -> str:
+        w = self.workdir
+        return f"""mode server
+tls-server
+proto udp4
+local 127.0.0.1
+port {self.port}
+dev tun
+disable-dco
+topology subnet
+ifconfig 10.201.0.1 255.255.255.0
+ifconfig-pool 10.201.0.10 10.201.0.100 255.255.255.0
+ifconfig-noexec
+route-noexec
+ca {ca}
+cert {cert}
+key {key}
+dh none
+verify-client-cert none
+username-as-common-name
+client-config-dir {w / "ccd"}
+tmp-dir {w / "tmp"}
+plugin {PLUGIN} {w / "radiusplugin.cnf"}
+status {w / "status.log"} 1
+status-version 1
+verb 3
+"""
+
+    def _plugin_conf(self, server_conf: Path) -> str:
+        return f"""NAS-Identifier=openvpn-test
+Service-Type=5
+Framed-Protocol=1
+NAS-Port-Type=5
+NAS-IP-Address=127.0.0.1
+OpenVPNConfig={server_conf}
+subnet=255.255.255.0
+overwriteccfiles=false
+server
+{{
+	acctport={self.acct_port}
+	authport={self.auth_port}
+	name=127.0.0.1
+	retry=2
+	wait=3
+	sharedsecret={self.secret}
+}}
+"""
+
+    def client(self, user: str, password: str) -> OpenVpnClient:
+        return OpenVpnClient(self, user, password)
+
+    @property
+    def output(self) -> str:
+        return self._process.output if self._process else ""
+
+    def wait_for(self, text: str, timeout: float = 30) -> None:
+        assert self._process is not None
+        self._process.wait_for(text, timeout)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+
+class OpenVpnClient:
+    """A client that logs in with a user name and password (auth-user-pass)."""
+
+    def __init__(self, server: OpenVpnServer, user: str, password: str) -> None:
+        self.server = server
+        directory = server.workdir / f"client-{user}"
+        directory.mkdir(exist_ok=True)
+        creds = directory / "creds.txt"
+        creds.write_text(f"{user}\n{password}\n", encoding="utf-8")
+        creds.chmod(0o600)
+        conf = directory / "client.conf"
+        conf.write_text(
+            f"""client
+dev null
+proto udp4
+remote 127.0.0.1 {server.port}
+nobind
+ca {server.workdir / "ca.crt"}
+auth-user-pass {creds}
+auth-nocache
+ifconfig-noexec
+route-noexec
+explicit-exit-notify 1
+verb 3
+""",
+            encoding="utf-8",
+        )
+        self._process = _Process([OPENVPN, "--config", str(conf)], directory)
+
+    def wait_for(self, text: str, timeout: float = 30) -> None:
+        self._process.wait_for(text, timeout)
+
+    @property
+    def output(self) -> str:
+        return self._process.output
+
+    def stop(self) -> None:
+        """SIGTERM: the client tells the server it leaves (explicit-exit-notify)."""
+        self._process.stop()
