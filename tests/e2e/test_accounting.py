@@ -5,12 +5,14 @@ shows what arrived, and when a server is stopped nothing can arrive)."""
 from __future__ import annotations
 
 import hashlib
+import signal
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyrad import packet as pyrad_packet
@@ -380,3 +382,22 @@ def test_at_once_answers_before_forwarding_and_counts_failed_forwards(
         assert wait_until(lambda: scrape(metrics_port).get(key), "forward_failed count") == 1
     finally:
         daemon.stop()
+
+
+def test_a_reload_moves_forwarding_to_the_new_upstream(
+    tmp_path: Path, upstreams: tuple[FreeRadiusServer, FreeRadiusServer]
+) -> None:
+    first, second = upstreams
+    daemon, port, _ = start_daemon(tmp_path, **upstream_config(first))
+    try:
+        assert radclient(port, SECRET, record("Start", "rl-1"), "acct").code
+        config = yaml.safe_load(daemon.config_path.read_text(encoding="utf-8"))
+        config["server"]["accounting"].update(upstream_config(second))
+        daemon.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for(lambda e: e.get("event") == "reloaded")
+        assert radclient(port, SECRET, record("Stop", "rl-2"), "acct").code
+    finally:
+        daemon.stop()
+    assert sessions(first) == ["rl-1"] and sessions(second) == ["rl-2"]
