@@ -87,6 +87,13 @@ def acct_packet(session: str, secret: str = SECRET, **attrs: Any) -> pyrad_packe
     return pkt
 
 
+def barrier(daemon: Daemon, port: int, session: str) -> None:
+    """Send one more record and wait for its audit event: the daemon logs in order, so
+    every event of an earlier request has been read by then."""
+    assert radclient(port, SECRET, record("Accounting-On", session), "acct").code
+    wait_record(daemon, session)
+
+
 def receive_for(nas: UdpNas, identifier: int) -> bytes:
     while True:
         raw = nas.receive()
@@ -203,6 +210,7 @@ def test_a_retransmission_is_answered_from_the_cache_and_logged_once(
         replies[0],
     )
     assert total(metrics_port, cached) == before + 2
+    barrier(daemon, port, "dup-1-barrier")
     assert len(audit(daemon, "dup-1")) == 1
 
 
@@ -310,6 +318,7 @@ def test_records_are_forwarded_with_failover_and_never_twice(
             nas.close()
         assert one == two
         assert sessions(first).count("fw-dup") == 1
+        barrier(daemon, port, "fw-dup-barrier")
         assert len(audit(daemon, "fw-dup")) == 1
 
         # The first server stops: the second takes the record.
