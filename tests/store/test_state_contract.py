@@ -48,7 +48,9 @@ def redis_store(url: str, **options: object) -> RedisStateStore:
 MASTER_KEY = bytes(range(32))
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "sealed-memory", "sealed-redis"])
+@pytest.fixture(
+    params=["memory", "sqlite", "redis", "sealed-memory", "sealed-sqlite", "sealed-redis"]
+)
 async def make_store(
     request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path: Path
 ) -> AsyncIterator[StoreFactory]:
@@ -58,7 +60,7 @@ async def make_store(
 
     def make() -> StateStore:
         store: StateStore = memory
-        if request.param == "sqlite":
+        if str(request.param).endswith("sqlite"):
             store = SqliteStateStore(tmp_path / "shared-state.sqlite3")
             created.append(store)
         if str(request.param).endswith("redis"):
