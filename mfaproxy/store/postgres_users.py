@@ -205,6 +205,18 @@ class PostgresUserStore:
     def _rowcount(self, query: str, params: Params) -> int:
         return self._run(lambda conn: conn.execute(query, params).rowcount)
 
+    def _unsynced(self, query: str, params: Params) -> int:
+        """One statement committed with `synchronous_commit = off`: atomic and visible at
+        once like any other, but the commit does not wait for the WAL to reach disk, so
+        a crash of the server may lose the last few hundred milliseconds of such writes
+        (never corrupt anything). For short-lived marks only (see store/users.py)."""
+
+        def unsynced(conn: Connection) -> int:
+            conn.execute("SET LOCAL synchronous_commit TO OFF")
+            return int(conn.execute(query, params).rowcount)
+
+        return self._transaction(unsynced)
+
     def _one(self, query: str, params: Params) -> tuple[Any, ...] | None:
         return self._run(lambda conn: conn.execute(query, params).fetchone())
 
@@ -355,9 +367,10 @@ class PostgresUserStore:
         return self._box.open(f"{name}:totp", bytes(row[0])).decode("utf-8")
 
     def accept_totp_step(self, user: str, step: int) -> bool:
-        """Record `step` as used; False if it is not newer than the last one (a replay)."""
+        """Record `step` as used; False if it is not newer than the last one (a replay).
+        Committed without waiting for the WAL flush (`_unsynced`), like SQLite's."""
         return (
-            self._rowcount(
+            self._unsynced(
                 "UPDATE users SET totp_last_step = %(step)s WHERE name = %(name)s"
                 " AND totp_secret IS NOT NULL"
                 " AND (totp_last_step IS NULL OR totp_last_step < %(step)s)",
@@ -561,8 +574,9 @@ class PostgresUserStore:
         return lock_view(row[0], row[1], now)
 
     def reset_failures(self, user: str) -> None:
-        """Forget failures and any lockout (after a success, or by an operator)."""
-        self._rowcount(
+        """Forget failures and any lockout (after a success, or by an operator); not
+        waiting for the WAL flush: a reset lost in a server crash errs on the strict side."""
+        self._unsynced(
             "UPDATE users SET failures = 0, locked_until = NULL WHERE name = %s",
             (identity_key(user),),
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +15,8 @@ import pytest
 from mfaproxy.otp.backup_codes import generate_codes
 from mfaproxy.otp.totp import new_secret
 from mfaproxy.store.users import UserStore
+
+REPO = Path(__file__).resolve().parents[2]
 
 KEY = bytes(range(32))
 T0 = 1_700_000_000.0
@@ -142,3 +146,32 @@ def test_two_stores_on_one_file_consume_a_code_once(store: UserStore) -> None:
 
 
 # ----------------------------------------------------------------- lockout
+
+
+def test_unsynced_marks_survive_a_crash_of_the_process(tmp_path: Path) -> None:
+    # The used TOTP step and a failure reset are written without fsync; a process that
+    # dies right after (no close, no checkpoint) still leaves them in the WAL file.
+    path = tmp_path / "users.sqlite3"
+    key = bytes(range(32))
+    setup = UserStore(path, key)
+    setup.set_totp_secret("alice", "JBSWY3DPEHPK3PXP", 1.0)
+    setup.record_failure("alice", 1.0, 5, 60)
+    setup.close()
+    script = (
+        "import os, sys; from mfaproxy.store.users import UserStore\n"
+        "s = UserStore(sys.argv[1], bytes(range(32)))\n"
+        "assert s.accept_totp_step('alice', 1000)\n"
+        "s.reset_failures('alice')\n"
+        "os._exit(0)  # no close: as if the daemon were killed\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=REPO)
+    after = UserStore(path, key)
+    try:
+        assert not after.accept_totp_step("alice", 1000)  # the replay is refused
+        record = after.get_user("alice")
+        assert record is not None and record.totp_last_step == 1000 and record.failures == 0
+        # Other writes are synced as before.
+        synchronous = after._conn().execute("PRAGMA synchronous").fetchone()[0]
+        assert synchronous == 2  # FULL
+    finally:
+        after.close()
