@@ -10,6 +10,7 @@ import aiosmtplib
 import structlog
 
 from mfaproxy.config.multifactor import SmtpConfig
+from mfaproxy.core.doctor import Check
 from mfaproxy.errors import UpstreamUnavailable
 from mfaproxy.observability import metrics
 
@@ -57,3 +58,51 @@ class SmtpSender:
         )
         metrics.UPSTREAM_UP.labels(service="smtp", server=self.config.host).set(1)
         log.info("email_sent", recipients=len(to), subject=subject)
+
+    async def diagnose(self) -> list[Check]:
+        """`mfaproxy doctor`: connect (and TLS), STARTTLS, AUTH, then QUIT; no mail is sent."""
+        config = self.config
+        service = f"smtp {config.host}:{config.port}"
+        client = aiosmtplib.SMTP(
+            hostname=config.host,
+            port=config.port,
+            use_tls=config.security == "tls",
+            start_tls=False,
+            tls_context=self._tls,
+            timeout=config.timeout,
+        )
+        checks: list[Check] = []
+        try:
+            greeting = await client.connect()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            return [Check.failed(service, "connect", _why(exc))]
+        what = "connect (TLS)" if config.security == "tls" else "connect"
+        checks.append(Check.passed(service, what, f"{greeting.code} {greeting.message[:60]}"))
+        step = "STARTTLS"
+        try:
+            if config.security == "starttls":
+                await client.starttls(tls_context=self._tls)
+                checks.append(Check.passed(service, step, "certificate verified"))
+            elif config.security == "none":
+                checks.append(Check.skipped(service, "TLS", "none (security: none)"))
+            step = "auth"
+            if config.username is None:
+                checks.append(Check.skipped(service, step, "no username configured"))
+            else:
+                password = config.password.get_secret_value() if config.password else ""
+                await client.login(config.username, password)
+                checks.append(Check.passed(service, step, f"as {config.username}"))
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            checks.append(Check.failed(service, step, _why(exc)))
+        finally:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                client.close()
+        return checks
+
+
+def _why(exc: BaseException) -> str:
+    """A one-line reason; SMTP replies quote no secret (AUTH answers are generic)."""
+    text = " ".join(str(exc).split())[:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

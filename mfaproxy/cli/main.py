@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mfaproxy import __version__
+from mfaproxy.cli import doctor as cli_doctor
 from mfaproxy.cli import policy as cli_policy
 from mfaproxy.cli import radtest as cli_radtest
 from mfaproxy.cli import users as cli_users
@@ -33,7 +34,7 @@ from mfaproxy.errors import (
     StoreError,
     UpstreamError,
 )
-from mfaproxy.observability.logging import apply_log_config
+from mfaproxy.observability.logging import apply_log_config, configure_logging
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hashing.set_defaults(func=cmd_hash_password)
     cli_policy.register(sub, common)
+    cli_doctor.register(sub, common)
     cli_radtest.register(sub)
     return parser
 
@@ -183,6 +185,9 @@ def _reader_went_away() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Commands print their results on stdout; a library's warning goes to stderr
+    # (serve replaces this with the configured logging).
+    configure_logging("console", "warning")
     try:
         code: int = args.func(args)
         sys.stdout.flush()  # here, where a closed pipe can still be handled

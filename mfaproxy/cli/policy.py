@@ -2,14 +2,16 @@
 
 The request is described on the command line and evaluated as it would be after a
 successful password check: the directory backend is the configured one (or --backend),
-and the groups come from --groups or, for the local backend, from the users file. What
-is not given stays unknown, and the explanation then shows the strictest outcome that
+and the groups come from --groups or from the directory: the users file, or LDAP read
+with the service account (no password needed), as a login reads them. What is not given
+or cannot be read stays unknown, and the explanation then shows the strictest outcome that
 unknown input could lead to, exactly as the daemon would decide.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import sys
 from contextlib import ExitStack
@@ -23,7 +25,7 @@ from mfaproxy.core.identity import normalise, read_login_name
 from mfaproxy.core.policy import PolicyContext
 from mfaproxy.core.policy_explain import explain
 from mfaproxy.directory.local import load_users_file
-from mfaproxy.errors import EXIT_INVALID, EXIT_OK
+from mfaproxy.errors import EXIT_INVALID, EXIT_OK, UpstreamUnavailable
 from mfaproxy.radius.addresses import IPAddress
 
 # A string: argparse._SubParsersAction is not subscriptable at run time.
@@ -66,8 +68,33 @@ def _identity(config: Config, user: str) -> str:
     return normalise(read_login_name(user, config.directory.realms).user)
 
 
-def _directory_groups(config: Config, user: str, backend: str) -> frozenset[str] | None:
-    """The user's groups from the local users file; None (unknown) when not readable."""
+def _ldap_groups(config: Config, login: str) -> frozenset[str] | None:
+    """The user's groups read from LDAP with the service account, as a login finds them
+    (the group attribute, then group_search); None (unknown) when they cannot be read."""
+    from mfaproxy.directory.ldap import LdapChecker
+    from mfaproxy.directory.ldap_probe import LookupUnsupported, lookup_groups
+
+    settings = config.directory.ldap
+    assert settings is not None
+    checker = LdapChecker(settings)
+    try:
+        groups = lookup_groups(checker, settings, login)
+    except (LookupUnsupported, UpstreamUnavailable) as exc:
+        _note(f"groups not read from LDAP: {exc}; pass --groups to set them")
+        return None
+    finally:
+        asyncio.run(checker.close())
+    if groups is None:
+        _note(f"{login} is not in the directory: groups unknown (login would fail)")
+        return None
+    _note(f"groups from LDAP: {', '.join(sorted(groups)) or 'none'}")
+    return groups
+
+
+def _directory_groups(config: Config, user: str, backend: str, login: str) -> frozenset[str] | None:
+    """The user's groups from the users file or LDAP; None (unknown) when not readable."""
+    if backend == "ldap" and config.directory.ldap is not None:
+        return _ldap_groups(config, login)
     local = config.directory.local
     if backend != "local" or local is None:
         _note(f"groups are not read from the {backend} directory; pass --groups to set them")
@@ -97,7 +124,8 @@ def _context(config: Config, client: ClientConfig, args: argparse.Namespace) -> 
         _note(f"{args.user!r} is the user {user!r} once the directory has answered")
     groups = args.groups
     if groups is None:
-        groups = _directory_groups(config, user, backend)
+        login = read_login_name(args.user, config.directory.realms).user
+        groups = _directory_groups(config, user, backend, login)
     return PolicyContext(
         user=user,
         client=client.name,
@@ -148,7 +176,9 @@ def register(sub: SubParsers, common: argparse.ArgumentParser) -> None:
         "--source", type=_ip, help="NAS source address (default: the client's first address)"
     )
     parser.add_argument(
-        "--groups", type=_groups, help="comma-separated groups (default: from the users file)"
+        "--groups",
+        type=_groups,
+        help="comma-separated groups (default: from the users file, or read from LDAP)",
     )
     parser.add_argument(
         "--backend",

@@ -26,12 +26,12 @@ from mfaproxy.auth.engine import Engine
 from mfaproxy.auth.second_factor import CHALLENGES
 from mfaproxy.config.base import parse_host_port
 from mfaproxy.config.schema import Config
-from mfaproxy.daemon import preflight
+from mfaproxy.daemon import health, preflight
 from mfaproxy.daemon.accounting import open_accounting, reload_accounting
 from mfaproxy.daemon.runtime import Dispatcher, Runtime
 from mfaproxy.daemon.supervisor import report_ready, worker_index
 from mfaproxy.directory.registry import build_checker
-from mfaproxy.errors import EXIT_INTERRUPTED, ConfigError, UpstreamError
+from mfaproxy.errors import EXIT_INTERRUPTED, ConfigError
 from mfaproxy.factors.base import FactorServices
 from mfaproxy.factors.registry import build_factors
 from mfaproxy.observability import metrics
@@ -170,16 +170,16 @@ class Server:
             await asyncio.sleep(interval)
 
     async def readiness(self) -> tuple[bool, str]:
-        """Ready when listening, not stopping, and the shared state store answers."""
+        """Ready when listening, not stopping, and the directory and stores answer."""
         if self._stopping:
             return False, "shutting down"
         if not self._transports:
             return False, "not listening yet"
-        try:
-            await self.shared.state.size(CHALLENGES, time.time())
-        except UpstreamError as exc:
-            return False, f"state store unavailable: {exc}"
-        return True, "ok"
+        # The directory, the user store and the state store (daemon/health.py).
+        found = await health.problem(
+            self.dispatcher.runtime.engine.checker, self.shared.users, self.shared.state
+        )
+        return (False, found) if found is not None else (True, "ok")
 
     async def refresh_gauges(self) -> None:
         pending = await self.shared.state.size(CHALLENGES, time.time())

@@ -15,4 +15,9 @@ class PasswordChecker(Protocol):
 
     async def authenticate(self, username: str, password: str) -> PrimaryResult: ...
 
+    async def health(self) -> str | None:
+        """None when the backend can answer logins now; otherwise why not (for
+        /readyz: a directory that is down makes the instance not ready)."""
+        ...
+
     async def close(self) -> None: ...

@@ -46,6 +46,8 @@ log = structlog.get_logger(__name__)
 
 SERVICE = "ldap"
 HOLD_DOWN_SECONDS = 30.0
+# How long a readiness probe's answer is reused.
+HEALTH_CACHE_SECONDS = 2.0
 
 # Result codes, RFC 4511 appendix A.
 INVALID_CREDENTIALS = 49
@@ -141,6 +143,8 @@ class LdapChecker:
         self._failed_at: dict[str, float] = {}
         self._up: set[str] = set()
         self._closed = False
+        self._health: str | None = None
+        self._health_at = -HEALTH_CACHE_SECONDS
         if not config.verify_certificate:
             log.warning("ldap.certificate_not_verified")
         if not config.start_tls and any(url.startswith("ldap://") for url in config.servers):
@@ -188,12 +192,14 @@ class LdapChecker:
                 self._failed_at[url] = time.monotonic()
                 self._up.discard(url)
                 self._pools[url].clear()
+                self._health_at = -HEALTH_CACHE_SECONDS  # /readyz must not lag a login
                 UPSTREAM_UP.labels(service=SERVICE, server=url).set(0)
                 log.warning("ldap.server_failed", server=url, reason=reason, error=failure.error)
                 continue
             if self._failed_at.pop(url, None) is not None or url not in self._up:
                 # Set once per recovery, not on every login.
                 self._up.add(url)
+                self._health_at = -HEALTH_CACHE_SECONDS
                 UPSTREAM_UP.labels(service=SERVICE, server=url).set(1)
             return result
         log.error("ldap.unavailable", servers=len(self._config.servers), reason=reason)
@@ -269,10 +275,74 @@ class LdapChecker:
             # not read group entries, and the attributes must not depend on their ACLs.
             entry = own or pools.service.run(lambda conn: self._read_entry(conn, user_dn))
         found = entry
-        groups |= {first_rdn_value(dn) for dn in found.values(config.attributes.groups)}
+        groups |= self.member_of(found)
         if config.group_search is not None and not as_user:
             groups |= pools.service.run(lambda conn: self._search_groups(conn, found.dn))
         return self._accept(entry, groups)
+
+    def member_of(self, entry: _Entry) -> set[str]:
+        """The groups named in the entry's group attribute (`memberOf`): each DN's first
+        RDN value, as written (`CN=VPN Users,OU=...` is `VPN Users`)."""
+        return {first_rdn_value(dn) for dn in entry.values(self._config.attributes.groups)}
+
+    # ------------------------------------------------------------------ lookups (no password)
+    # For directory/ldap_probe.py: `mfaproxy doctor` and `policy explain`.
+
+    def service_pool(self, url: str) -> ConnectionPool:
+        """Connections to `url` bound as the service account."""
+        return self._pools[url].service
+
+    def bind_service(self, conn: Any) -> str | None:
+        """Bind `conn` as the service account: None, or why the server refused."""
+        try:
+            self._service_bind(conn)
+        except _ServerError as failure:
+            return failure.error
+        return None
+
+    def find_entry(self, conn: Any, username: str) -> _Entry | str:
+        """The user's entry, searched on a service-bound `conn`, or why there is none
+        (no_such_user, ambiguous_user, or the search's error)."""
+        try:
+            return self._find_user(conn, username)
+        except _RejectError as refused:
+            return refused.reason
+        except _ServerError as failure:
+            return f"{failure.reason} ({failure.error})"
+
+    async def health(self) -> str | None:
+        """None when a server answers on a service connection (or, without a service
+        account, on a new one); otherwise what each server said. Cached for a few
+        seconds: /readyz may be asked often, and each answer costs the directory."""
+        now = time.monotonic()
+        if now - self._health_at < HEALTH_CACHE_SECONDS:
+            return self._health
+        self._health = await asyncio.get_running_loop().run_in_executor(self._executor, self._probe)
+        self._health_at = time.monotonic()
+        return self._health
+
+    def _probe(self) -> str | None:
+        failures = []
+        for url in self._config.servers:
+            try:
+                if self._config.bind_dn is not None:
+                    self._pools[url].service.run(lambda conn: conn.whoami_s())
+                else:
+                    self._pools[url].bind.run(lambda conn: conn.whoami_s())
+            except (Unreachable, TlsFailure, _ServerError, ldap.LDAPError) as exc:
+                reason = exc.reason if isinstance(exc, _ServerError) else type(exc).__name__
+                failures.append(f"{url} {reason}")
+                continue
+            return None
+        return "LDAP unavailable: " + "; ".join(failures)
+
+    def entry_groups(self, conn: Any, entry: _Entry) -> set[str]:
+        """The user's groups as a login finds them: the group attribute, then
+        `group_search` when configured, on a service-bound `conn`."""
+        groups = self.member_of(entry)
+        if self._config.group_search is not None:
+            groups |= self._search_groups(conn, entry.dn)
+        return groups
 
     def _accept(self, entry: _Entry, groups: set[str]) -> PrimaryResult:
         attributes = self._config.attributes

@@ -73,6 +73,21 @@ class ConnectionFactory:
         self._timeout = float(config.timeout)
 
     def open(self, url: str) -> Any:
+        conn = self.configure(url)
+        if self._config.start_tls and url.startswith("ldap://"):
+            # RFC 4513 section 3: StartTLS before any bind, so no password goes in clear.
+            try:
+                conn.start_tls_s()
+            except ldap.SERVER_DOWN:
+                raise Unreachable from None
+            except ldap.LDAPError:
+                _unbind_quietly(conn)
+                raise TlsFailure from None
+        return conn
+
+    def configure(self, url: str) -> Any:
+        """A connection object with every option set, not connected yet (libldap
+        connects at the first operation); `open` adds StartTLS."""
         config = self._config
         conn = ldap.initialize(url, bytes_mode=False)
         conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
@@ -86,15 +101,6 @@ class ConnectionFactory:
         if config.ca_file is not None:
             conn.set_option(ldap.OPT_X_TLS_CACERTFILE, str(config.ca_file))
         conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)  # last: applies the TLS options above
-        if config.start_tls and url.startswith("ldap://"):
-            # RFC 4513 section 3: StartTLS before any bind, so no password goes in clear.
-            try:
-                conn.start_tls_s()
-            except ldap.SERVER_DOWN:
-                raise Unreachable from None
-            except ldap.LDAPError:
-                _unbind_quietly(conn)
-                raise TlsFailure from None
         return conn
 
     def explain_down(self, url: str) -> Exception:

@@ -280,5 +280,8 @@ class LocalChecker:
             identity=key,
         )
 
+    async def health(self) -> str | None:
+        return None  # the file was read at start: nothing to be down
+
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -71,6 +71,7 @@ class RadiusChecker:
         self._config = config
         self._realms = tuple(realms)
         self._pass_through = frozenset(config.pass_through_attributes)
+        self._down: str | None = None  # why the last exchange found no server
         self._client = RadiusClient(
             servers_from_config(config),
             dictionary,
@@ -95,12 +96,19 @@ class RadiusChecker:
             # Unsigned replies are a configuration mismatch, logged as such by the client.
             reason = "upstream_unsigned" if isinstance(exc, UpstreamUnsigned) else "unreachable"
             log.warning("radius_primary_unavailable", user=username, reason=reason)
+            self._down = f"upstream RADIUS unavailable at the last login ({reason})"
             return self._result(PrimaryOutcome.UNAVAILABLE, reason)
+        self._down = None
         result = self._interpret(reply, username)
         observe_exchange(
             SERVICE, started, result.outcome.value, (reply.server,), reply.failed_servers
         )
         return result
+
+    async def health(self) -> str | None:
+        """Passive: the last exchange's outcome. Many upstreams (NPS) do not answer
+        Status-Server, so probing would call a working server down."""
+        return self._down
 
     async def close(self) -> None:
         # One socket per exchange: nothing is held between requests.

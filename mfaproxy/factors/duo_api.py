@@ -169,6 +169,10 @@ class DuoApi:
             "status_msg": status.get("status_msg", ""),
         }
 
+    async def check(self) -> Mapping[str, Any]:
+        """/auth/v2/check: the keys and the signature are valid (`mfaproxy doctor`)."""
+        return await self._bounded("check", "GET", "/auth/v2/check", {})
+
     async def close(self) -> None:
         self._closed = True
         if self._session is not None:

@@ -139,6 +139,19 @@ class TwilioTransport:
         self._observe("sent", started, 1)
         log.info("sms_sent", provider="twilio", sid=str(message.sid), status=str(message.status))
 
+    async def check_credentials(self) -> str:
+        """Fetch the account (`mfaproxy doctor`): its status, or raise DeliveryFailed
+        with the reason (wrong SID or token, unreachable)."""
+        client = self._get_client()
+        try:
+            async with asyncio.timeout(self.timeout):
+                account = await client.api.v2010.accounts(self.config.account_sid).fetch_async()
+        except (TwilioRestException, TwilioServiceException) as exc:
+            raise DeliveryFailed(f"Twilio refused: HTTP {exc.status}, code {exc.code}") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise DeliveryFailed(f"{self.server}: {type(exc).__name__}") from exc
+        return f"account {account.sid} is {account.status}"
+
     async def close(self) -> None:
         http, self._http, self._client = self._http, None, None
         if http is not None:

@@ -256,6 +256,19 @@ class YubicloudClient:
             return _Answer(FactorResult.unavailable("bad_response"), False)
         return _STATUS[status]
 
+    async def check(self) -> tuple[bool, str]:
+        """`mfaproxy doctor`: verify an OTP no key made. A signed BAD_OTP proves the
+        service answers and knows our client id and API key."""
+        otp = "".join(secrets.choice(sorted(MODHEX)) for _ in range(OTP_LENGTH))
+        result = await self.verify(otp)
+        if result.reason == "bad_code":
+            return True, "answered, signed with our API key"
+        detail = {
+            "yubicloud_misconfigured": "refused our client id or API key",
+            "bad_response": "answered without a valid signature (wrong API key?)",
+        }.get(result.reason, result.reason)
+        return False, detail
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -9,7 +9,8 @@ by line by bash, with three kinds of change, all mechanical:
 - the group name `mfaproxy` becomes the fake root's gid (the host has no such group);
 - what this machine cannot do without changing itself is skipped and listed: Debian
   packages, the venv and pip (the test's own environment is used), the symlink into
-  /usr/local/bin, systemctl. Files the operator brings (`/path/to/...`) are made here.
+  /usr/local/bin, `mfaproxy doctor` (it would talk to the example's directory),
+  systemctl. Files the operator brings (`/path/to/...`) are made here.
 
 The operator's one edit (the configuration's example values) is the test's too: the
 paths the configuration names are pointed into the fake root. Then the result must
@@ -34,7 +35,14 @@ from tests.support.daemon import REPO
 from tests.support.slapd import CertificateAuthority
 
 README = REPO / "README.md"
-SKIPPED = ("apt-get ", "python3 -m venv ", "/opt/mfaproxy/bin/pip ", "ln ", "systemctl ")
+SKIPPED = (
+    "apt-get ",
+    "python3 -m venv ",
+    "/opt/mfaproxy/bin/pip ",
+    "ln ",
+    "mfaproxy doctor ",  # it talks to the directory and mail server of the example
+    "systemctl ",
+)
 FAKE_PATHS = re.compile(r"(?<![\w/.])/(etc|usr/lib|var/lib)/")
 ANSWERS = "service-account-password\nsmtp-password\n"
 
@@ -125,6 +133,7 @@ def test_only_what_needs_the_real_machine_is_skipped(installed: Install) -> None
         "python3",
         "/opt/mfaproxy/bin/pip",
         "ln",
+        "mfaproxy",
         "systemctl",
         "systemctl",
     ]

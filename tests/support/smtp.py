@@ -1,16 +1,26 @@
-"""A real SMTP server (aiosmtpd) on loopback that keeps every message it receives."""
+"""A real SMTP server (aiosmtpd) on loopback that keeps every message it receives.
+
+`SmtpServer()` speaks plain SMTP. `SmtpServer(tls_dir=DIR, users={"u": "pw"})` also
+offers STARTTLS, with a certificate for 127.0.0.1 issued by a throwaway CA (`ca_file`),
+and AUTH (PLAIN, LOGIN; only after STARTTLS) for those users.
+"""
 
 from __future__ import annotations
 
 import email
+import hmac
+import ssl
 import threading
 from dataclasses import dataclass
 from email.message import Message
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.support.ports import free_port
+from tests.support.slapd import CertificateAuthority
 
 
 @dataclass
@@ -42,11 +52,36 @@ class _Handler:
 class SmtpServer:
     """`with SmtpServer() as smtp:` then `smtp.port`, `smtp.wait_for(count)`, `smtp.messages`."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls_dir: Path | None = None, users: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.messages: list[ReceivedMail] = []
+        self.users = dict(users or {})
+        self.ca_file: Path | None = None
         self._cond = threading.Condition()
-        self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+        self._running = False
+        options: dict[str, Any] = {}
+        if tls_dir is not None:
+            ca = CertificateAuthority.create("mfaproxy smtp test CA")
+            self.ca_file = ca.write(tls_dir / "smtp-ca.pem")
+            ca.issue_server(tls_dir / "smtp.pem", tls_dir / "smtp.key")
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(tls_dir / "smtp.pem", tls_dir / "smtp.key")
+            options["tls_context"] = context
+        if self.users:
+            options["authenticator"] = self._authenticate
+            options["auth_require_tls"] = tls_dir is not None
+        self._controller = Controller(
+            _Handler(self), hostname="127.0.0.1", port=self.port, **options
+        )
+
+    def _authenticate(
+        self, _server: Any, _session: Any, _envelope: Any, _mechanism: str, data: Any
+    ) -> AuthResult:
+        if not isinstance(data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        expected = self.users.get(data.login.decode(errors="replace"))
+        ok = expected is not None and hmac.compare_digest(data.password, expected.encode())
+        return AuthResult(success=ok, handled=False)
 
     def add(self, mail: ReceivedMail) -> None:
         with self._cond:
@@ -61,7 +96,14 @@ class SmtpServer:
 
     def __enter__(self) -> SmtpServer:
         self._controller.start()
+        self._running = True
         return self
 
+    def stop(self) -> None:
+        """Stop listening (a mail server outage); safe to call twice."""
+        if self._running:
+            self._running = False
+            self._controller.stop()
+
     def __exit__(self, *_: object) -> None:
-        self._controller.stop()
+        self.stop()

@@ -8,7 +8,8 @@ Usage::
         ...                                  # send through the SDK
         [sms] = twilio.wait_for(1)           # SentSms(to, from_, messaging_service_sid, body...)
 
-What it serves: ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` with a
+What it serves: ``GET /2010-04-01/Accounts/{AccountSid}.json`` (the account, for a
+credentials check) and ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` with a
 form-encoded body (``To``, ``From`` or ``MessagingServiceSid``, ``Body``), behind HTTP
 Basic auth with the account SID and auth token. It answers as Twilio does:
 
@@ -138,6 +139,32 @@ class TwilioFake:
             return problem.response()
         return web.json_response(self._accept(account, form), status=201)
 
+    async def _account(self, request: web.Request) -> web.StreamResponse:
+        """GET the account resource: what a credentials check fetches."""
+        with self._cond:
+            self.requests += 1
+            failure = self._failure
+        if failure is not None:
+            return failure.response()
+        if not self._authorised(request):
+            return TwilioError(401, 20003, "Authenticate").response()
+        account = request.match_info["account"]
+        if account != self.account_sid:
+            return TwilioError(404, 20404, "The requested resource was not found").response()
+        now = formatdate(usegmt=True)
+        return web.json_response(
+            {
+                "sid": account,
+                "friendly_name": "mfaproxy tests",
+                "status": "active",
+                "type": "Full",
+                "date_created": now,
+                "date_updated": now,
+                "owner_account_sid": account,
+                "uri": f"/2010-04-01/Accounts/{account}.json",
+            }
+        )
+
     @staticmethod
     def _invalid(form: Any) -> TwilioError | None:
         to = form.get("To")
@@ -197,6 +224,7 @@ class TwilioFake:
         self._stop = asyncio.Event()
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{account}/Messages.json", self._messages)
+        app.router.add_get("/2010-04-01/Accounts/{account}.json", self._account)
         runner = web.AppRunner(app)
         await runner.setup()
         try:
