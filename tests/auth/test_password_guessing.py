@@ -39,6 +39,9 @@ class Checks:
         self.count += 1
         return await self.inner.authenticate(username, secret)
 
+    async def health(self) -> str | None:
+        return await self.inner.health()
+
     async def close(self) -> None:
         await self.inner.close()
 
