@@ -117,6 +117,13 @@ def _clients_unsigned(facts: Facts) -> Where:
             yield loc, f"client {client.name} may send requests without Message-Authenticator"
 
 
+def _proxy_state_unlimited(facts: Facts) -> Where:
+    for index, client in enumerate(facts.config.clients):
+        if not client.require_message_authenticator and not client.limits_proxy_state:
+            loc = ("clients", index, "limit_proxy_state")
+            yield loc, f"client {client.name} may send unsigned requests with Proxy-State"
+
+
 def _upstreams_unsigned(facts: Facts) -> Where:
     config = facts.config
     radius, otp = config.directory.radius, config.multifactor.radius
@@ -176,6 +183,11 @@ def _secrets(facts: Facts) -> Iterator[tuple[Loc, SecretStr]]:
         servers.append((("multifactor", "radius", "server", "secret"), otp.server))
         if otp.failover is not None:
             servers.append((("multifactor", "radius", "failover", "secret"), otp.failover))
+    accounting = config.server.accounting
+    if accounting is not None and accounting.upstream is not None:
+        for index, upstream in enumerate(accounting.upstream.servers):
+            where = ("server", "accounting", "upstream", "servers", index, "secret")
+            servers.append((where, upstream))
     for loc, server in servers:
         yield loc, server.secret
 
@@ -292,6 +304,15 @@ RULES: tuple[Rule, ...] = (
         fix="update the NAS so it signs its requests, then set"
         " require_message_authenticator: true (the default)",
         where=_clients_unsigned,
+    ),
+    Rule(
+        "limit_proxy_state_off",
+        risk="this client's unsigned requests may carry Proxy-State, which is what a forged"
+        " BlastRADIUS answer is built around (CVE-2024-3596): an attacker on the path can"
+        " turn a Reject into an Accept",
+        fix="remove limit_proxy_state: false (it is on by default for a client that does not"
+        " sign); a proxy in front of mfaproxy that adds Proxy-State must sign its requests",
+        where=_proxy_state_unlimited,
     ),
     Rule(
         "upstream_without_message_authenticator",

@@ -84,6 +84,14 @@ CASES: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {
         "clients.0.require_message_authenticator",
         {"clients.0.require_message_authenticator": True},
     ),
+    "limit_proxy_state_off": (
+        {
+            "clients.0.require_message_authenticator": False,
+            "clients.0.limit_proxy_state": False,
+        },
+        "clients.0.limit_proxy_state",
+        {"clients.0.require_message_authenticator": False},
+    ),
     "upstream_without_message_authenticator": (
         {
             "directory.backend": "radius",
@@ -187,6 +195,9 @@ def test_every_short_secret_is_found_upstreams_included() -> None:
                 "server": {"host": "10.0.0.7", "secret": "otp"},
                 "failover": {"host": "10.0.0.8", "secret": "otp"},
             },
+            "server.accounting": {
+                "upstream": {"servers": [{"host": "10.0.0.9", "secret": "acct"}]}
+            },
         }
     )
     assert [where for rule, where in found if rule == "short_shared_secret"] == [
@@ -194,7 +205,12 @@ def test_every_short_secret_is_found_upstreams_included() -> None:
         "directory.radius.servers.0.secret",
         "multifactor.radius.server.secret",
         "multifactor.radius.failover.secret",
+        "server.accounting.upstream.servers.0.secret",
     ]
+
+
+def test_limit_proxy_state_on_a_client_that_must_sign_is_no_warning() -> None:
+    assert findings({"clients.0.limit_proxy_state": False}) == []
 
 
 def test_the_short_secret_limit_counts_octets() -> None:
