@@ -281,6 +281,8 @@ class Engine:
             ctx.audit,
             request_key=request_key(ctx, request),
             mode=ctx.client.second_factor,
+            # unknown (a backend without group data) counts as one: the stricter outcome
+            administrator=full.is_administrator is not False,
         )
         # The mfa target's policies and default only produce MfaAction values.
         action = cast(MfaAction, mfa_decision.action)

@@ -23,6 +23,8 @@ from typing import Any
 import structlog
 
 from mfaproxy.auth.attempts import CLIENT_FAILURES, LEASES, NAS_WINDOW, Attempt, AttemptGate
+from mfaproxy.auth.enrolment import gate_for
+from mfaproxy.auth.resets import ResetAsked, Resets
 from mfaproxy.config.policies import MfaAction
 from mfaproxy.config.schema import Config, SecondFactorMode
 from mfaproxy.core import replies
@@ -40,7 +42,6 @@ from mfaproxy.core.session import (
     session_key,
     state_from_random,
 )
-from mfaproxy.errors import UpstreamError
 from mfaproxy.factors.base import Factor, FactorRequest, FactorServices, FactorUser
 from mfaproxy.observability import metrics
 from mfaproxy.radius.text import reply_message
@@ -54,7 +55,11 @@ HELD_LEASE = "held_lease"  # request key -> the user lease a held check runs und
 
 MSG_UNAVAILABLE = rules.MSG_UNAVAILABLE
 PROMPT_BACKUP = "Enter one of your backup codes"
+PROMPT_VERIFY = "To set up your second factor, first confirm your address. "
 BACKUP_CODES = rules.BACKUP_CODES
+EMAIL = "email"
+ENROLMENT_PLANS = (rules.PlanKind.ENROL, rules.PlanKind.ENROL_AFTER_EMAIL)
+WINDOW, MAILED = "operator_window", "email_code"  # what let an inline enrolment start
 
 
 @dataclass
@@ -76,9 +81,20 @@ class Login:
     request_key: str = ""
     # How the NAS takes the second factor: whether it can be sent a challenge.
     mode: SecondFactorMode = "challenge"
+    # A member of multifactor.administrators.group (inline enrolment is refused them
+    # unless configured).
+    administrator: bool = False
 
     def factor_request(self) -> FactorRequest:
         return FactorRequest(self.user, self.client, self.client_ip, self.now, self.request_key)
+
+
+@dataclass(frozen=True)
+class Enrolling:
+    """An inline enrolment in progress: the method it binds, what let it start."""
+
+    method: str
+    proof: str
 
 
 # What performs one `Action`: (login, the user's response, method, session answered).
@@ -96,6 +112,7 @@ class SecondFactorStage:
         self.factors = factors
         self.services = services
         self.gate = AttemptGate(config.multifactor, services)
+        self.resets = Resets(config.multifactor, services)
         # One handler per `Action` of the machine.
         self._handlers: Mapping[Action, Handler] = {
             Action.CHECK: self._check,
@@ -104,6 +121,7 @@ class SecondFactorStage:
             Action.ASK_BACKUP_CODE: self._ask_backup_code,
             Action.BEGIN_EMAIL: self._begin_email,
             Action.RESET: self._reset,
+            Action.VERIFY_ADDRESS: self._verify_address,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -154,13 +172,18 @@ class SecondFactorStage:
             login_key=login.user.login_key,
         )
 
+    @staticmethod
+    def _address_on_file(login: Login) -> bool:
+        record = login.user.record
+        return bool(login.user.email or (record and EMAIL in record.enrolled))
+
     def _alternates(self, login: Login) -> list[str]:
         """The alternate ways this user can actually use: email only with an address on
         file, backup codes only while some are left (the prompt lists no dead ends)."""
         record = login.user.record
         usable: list[str] = []
         for way in self.mfa.alternate:
-            if way == "email" and (login.user.email or (record and "email" in record.enrolled)):
+            if way == EMAIL and self._address_on_file(login):
                 usable.append(way)
             if way == BACKUP_CODES and record is not None and record.backup_codes_remaining > 0:
                 usable.append(way)
@@ -232,20 +255,33 @@ class SecondFactorStage:
     ) -> Answer:
         """The primary check passed and the MFA policy said `action`."""
         record = login.user.record
+        gate, why = gate_for(
+            self.mfa.inline_enrolment,
+            record,
+            login.now,
+            email_on_file=EMAIL in self.factors and self._address_on_file(login),
+            administrator=login.administrator,
+            calling_station_id=login.client_ip,
+            nas_address=login.nas,
+        )
         plan = rules.plan_second_factor(
             action,
             rules.UserMfa(
                 record.method if record else None,
                 bool(record and record.configure_later),
                 BACKUP_CODES in self._alternates(login),
+                bool(record and record.enrolment_open(login.now)),
             ),
             self.mfa.default,
             self.mfa.enabled,
             lambda m: m in self.factors and self.factors[m].is_enrolled(login.user),
             lambda m: m in self.factors and self.factors[m].can_enrol_inline(login.user),
             self.mfa.enrol_unconfigured_users,
+            gate,
         )
         login.audit.update(mfa_action=action, mfa_plan=plan.kind.value, method=plan.method)
+        if plan.kind in ENROLMENT_PLANS or plan.reason == "enrolment_not_allowed":
+            login.audit.update(enrolment_gate=why)
         if plan.kind is rules.PlanKind.SKIP:
             return self._accept(login, plan.reason)
         if plan.kind is rules.PlanKind.REFUSE:
@@ -259,7 +295,12 @@ class SecondFactorStage:
         factor = self.factors[plan.method]
         if plan.kind is rules.PlanKind.ENROL:
             result = await factor.begin_enrolment(login.factor_request())
-            return await self._judge(login, Round(Stage.ENROL, plan.method, None), result)
+            at = Round(Stage.ENROL, plan.method, None)
+            return await self._judge(login, at, result, enrolling=Enrolling(plan.method, WINDOW))
+        if plan.kind is rules.PlanKind.ENROL_AFTER_EMAIL:
+            result = await self.factors[EMAIL].begin(login.factor_request())
+            at = Round(Stage.VERIFY, EMAIL, None)
+            return await self._judge(login, at, result, enrolling=Enrolling(plan.method, MAILED))
         if mode in rules.APPENDED_MODES:
             return await self._append(login, factor, appended)
         result = await factor.begin(login.factor_request())
@@ -350,6 +391,11 @@ class SecondFactorStage:
         factor = self.factors.get(method)
         if factor is None:
             return self._reject("method_disabled")
+        record = login.user.record
+        by_mail = previous is not None and previous.enrol_proof == MAILED
+        if not by_mail and not (record and record.enrolment_open(login.now)):
+            # the operator closed the window (or it ran out) since the key was shown
+            return self._reject("enrolment_window_closed", rules.MSG_NOT_SET_UP)
         pending = previous.pending if previous is not None else {}
         at = _round(Stage.ENROL, method, previous)
         return await self._attempt(
@@ -375,6 +421,19 @@ class SecondFactorStage:
         at = _round(Stage.BACKUP, BACKUP_CODES, previous)
         return await self._attempt(login, at, previous, consume)
 
+    async def _verify_address(
+        self, login: Login, response: str, method: str, previous: Session | None
+    ) -> Answer:
+        """The code sent to the address on file, before an inline enrolment."""
+        email = self.factors.get(EMAIL)
+        if email is None:
+            return self._reject("method_disabled")
+        pending = previous.pending if previous is not None else {}
+        at = _round(Stage.VERIFY, EMAIL, previous)
+        return await self._attempt(
+            login, at, previous, lambda: email.check(login.factor_request(), response, pending)
+        )
+
     async def _ask_backup_code(
         self, login: Login, response: str, method: str, previous: Session | None
     ) -> Answer:
@@ -396,10 +455,12 @@ class SecondFactorStage:
         result: FactorResult,
         previous: Session | None = None,
         attempt: Attempt | None = None,
+        enrolling: Enrolling | None = None,
     ) -> Answer:
         """Settle what `result` costs, ask the machine for the next step, perform it.
         `previous` is the session being answered (None on a first round); `attempt` the
-        reservation the result was checked under (None for a factor's `begin`)."""
+        reservation the result was checked under (None for a factor's `begin`);
+        `enrolling` what an inline enrolment binds and what let it."""
         login.audit.update(method=at.method, mfa_result=result.reason)
         if result.verdict not in (Verdict.ACCEPT, Verdict.CHALLENGE):
             login.responded = True  # a no (or an outage) is never undone by a failmode
@@ -410,19 +471,41 @@ class SecondFactorStage:
         can_challenge = rules.CAN_CHALLENGE[login.mode]
         step = rules.decide(result, at, self.mfa.challenge.attempts, locked, can_challenge)
         if step.kind is StepKind.ACCEPT:
+            if at.stage is Stage.ENROL:  # the operator's window is used up
+                await self.services.users.run(
+                    lambda s: s.close_enrolment(login.user.name, login.now)
+                )
             return await self._succeeded(login, at.method, step)
+        if step.kind is StepKind.BEGIN_ENROLMENT:
+            return await self._begin_enrolment(login, previous)
         if step.kind is StepKind.CHALLENGE:
             assert step.stage is not None
             prompt = result.prompt or ""
             if step.stage is Stage.CODE:
                 prompt = self._prompt(login, result.prompt, at.method)
+            if step.stage is Stage.VERIFY:
+                prompt = reply_message(PROMPT_VERIFY + prompt)
             session = self._session(login, step.stage, at.method, result.pending, prompt)
             session = replace(session, attempts=step.attempts)
+            if enrolling is not None:
+                session = replace(
+                    session, enrol_method=enrolling.method, enrol_proof=enrolling.proof
+                )
             return await self._challenge(login, session, prompt, step.reason)
         if step.kind is StepKind.RETRY:
             retry = self._retry_session(login, step, at, previous)
             return await self._challenge(login, retry, retry_prompt(retry.prompt), step.reason)
         return self._reject(step.reason, step.message)
+
+    async def _begin_enrolment(self, login: Login, previous: Session | None) -> Answer:
+        """The address on file is proven: show the enrolment of the method it was for."""
+        method = previous.enrol_method if previous is not None else None
+        factor = self.factors.get(method) if method is not None else None
+        if method is None or factor is None:
+            return self._reject("method_disabled")
+        result = await factor.begin_enrolment(login.factor_request())
+        at = Round(Stage.ENROL, method, None)
+        return await self._judge(login, at, result, enrolling=Enrolling(method, MAILED))
 
     async def _settle(self, login: Login, result: FactorResult, attempt: Attempt | None) -> bool:
         """Count or give back what `result` cost; True when a failure locked the user."""
@@ -453,46 +536,13 @@ class SecondFactorStage:
         self, login: Login, response: str, method: str, previous: Session | None
     ) -> Answer:
         """File a reset request and say truthfully what became of it."""
-        user, now = login.user.name, login.now
-        created = await self.services.users.run(lambda s: s.request_reset(user, "radius", now))
-        if not created:
-            outcome, message = "reset_pending", rules.MSG_RESET_PENDING
-        elif await self._send_reset_email(login):
-            outcome, message = "reset_emailed", rules.MSG_RESET_EMAILED
-        else:
-            outcome, message = "reset_recorded", rules.MSG_RESET_RECORDED
+        user = login.user
+        asked = ResetAsked(
+            user.name, user.login_name, login.client, login.nas, login.request_id, login.now
+        )
+        outcome, message = await self.resets.request(asked)
         login.audit.update(mfa_result=outcome)
         return self._reject("reset_requested", message)
-
-    def reset_recipients(self) -> list[str]:
-        if self.mfa.send_reset_email_to == "specific_email":
-            return [self.mfa.specific_email] if self.mfa.specific_email else []
-        return list(self.mfa.administrators.emails)
-
-    async def _send_reset_email(self, login: Login) -> bool:
-        """Mail the reset request to the administrators; True when the mail server took it."""
-        recipients = self.reset_recipients()
-        if self.services.mail is None or not recipients:
-            log.warning(
-                "reset_email_not_sent", user=login.user.name, reason="no smtp or recipients"
-            )
-            return False
-        body = (
-            f"User {login.user.login_name} asked for a reset of their multifactor "
-            f"authentication from network device {login.client} ({login.nas}).\n\n"
-            f"Approve it (this clears the user's second factor; they enrol again):\n"
-            f"    mfaproxy users resets approve {login.user.name}\n"
-            f"Or dismiss it:\n    mfaproxy users resets clear {login.user.name}\n\n"
-            f"Request id: {login.request_id}\n"
-        )
-        try:
-            await self.services.mail.send(
-                recipients, f"MFA reset requested by {login.user.name}", body
-            )
-        except UpstreamError:
-            log.error("reset_email_failed", user=login.user.name)
-            return False
-        return True
 
 
 def login_from_session(

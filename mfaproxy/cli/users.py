@@ -25,6 +25,8 @@ import segno
 
 from mfaproxy.cli import collisions as cli_collisions
 from mfaproxy.cli import enrol as cli_enrol
+from mfaproxy.cli import enrolment_window
+from mfaproxy.cli.enrolment_window import DEFAULT_WINDOW, duration, window_text
 from mfaproxy.cli.ownership import NotTheServiceUser, as_state_owner
 from mfaproxy.config.multifactor import METHODS, Method
 from mfaproxy.config.schema import Config, load_config
@@ -182,12 +184,14 @@ def cmd_show(store: UserRepository, config: Config, args: argparse.Namespace) ->
     if record is None:
         _note(f"{args.user}: not in the user store")
         return EXIT_INVALID
-    lock = store.lock_state(args.user, time.time())
+    now = time.time()
+    lock = store.lock_state(args.user, now)
     default = config.multifactor.default or "none"
     rows = [
         ("user", record.name),
         ("method", record.method or f"(server default: {default})"),
         ("configure later", "yes" if record.configure_later else "no"),
+        ("enrolment window", enrolment_window.window_text(record.enrol_until, now)),
         ("enrolled", ", ".join(sorted(record.enrolled)) or "-"),
         ("TOTP", "enrolled" if "totp" in record.enrolled else "not enrolled"),
         ("backup codes left", str(record.backup_codes_remaining)),
@@ -208,6 +212,8 @@ def cmd_list(store: UserRepository, config: Config, args: argparse.Namespace) ->
         if record is None:  # deleted between the two reads
             continue
         flags = " (configure later)" if record.configure_later else ""
+        if record.enrolment_open(time.time()):
+            flags += " (enrolment window open)"
         print(f"{name:<32} {record.method or '-'}{flags}")
     return EXIT_OK
 
@@ -221,10 +227,16 @@ def cmd_set_method(store: UserRepository, config: Config, args: argparse.Namespa
         enabled = ", ".join(config.multifactor.enabled)
         _note(f"{method} is not in multifactor.enabled ({enabled})")
         return EXIT_INVALID
-    store.set_method(args.user, method, time.time(), configure_later=args.configure_later)
+    now = time.time()
+    store.set_method(args.user, method, now, configure_later=args.configure_later)
+    later = ""
+    if args.configure_later:
+        # "Configure later" is an operator's intent, so it opens a window: inline
+        # enrolment never rests on the password alone (multifactor.inline_enrolment).
+        store.open_enrolment(args.user, now + args.window, now)
+        later = f"; the user enrols at a login, window {window_text(now + args.window, now)}"
     record = store.get_user(args.user)
     shown = method or f"none (server default: {config.multifactor.default or 'none'})"
-    later = "; the user enrols at the next login" if args.configure_later else ""
     print(f"{args.user}: method {shown}{later}")
     hint = _NEEDS_ENROLMENT.get(method or "")
     if hint and record and method not in record.enrolled and not args.configure_later:
@@ -359,11 +371,20 @@ def register(sub: SubParsers, common: argparse.ArgumentParser) -> SubParsers:
     setm.add_argument(
         "--configure-later",
         action="store_true",
-        help="the user enrols the method inline at their next login",
+        help="the user enrols the method inline at a login (opens an enrolment window)",
+    )
+    setm.add_argument(
+        "--for",
+        dest="window",
+        type=duration,
+        default=duration(DEFAULT_WINDOW),
+        metavar="DURATION",
+        help=f"with --configure-later: how long the window stays open (default {DEFAULT_WINDOW})",
     )
     _add(commands, "list", [common], "list the users in the store", cmd_list, user=False)
     _add(commands, "unlock", [common], "clear failures and any lockout", cmd_unlock)
     _add(commands, "delete", [common], "delete a user from the store", cmd_delete)
+    enrolment_window.register(lambda *a: _add(commands, *a), common)
     _register_resets(commands, common)
     cli_collisions.register(commands, common)
     return commands

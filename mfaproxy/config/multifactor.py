@@ -20,6 +20,7 @@ from mfaproxy.config.base import (
     Strict,
     take_secrets,
 )
+from mfaproxy.config.enrolment import InlineEnrolmentConfig
 from mfaproxy.otp.backup_codes import BackupCodeSettings
 from mfaproxy.otp.totp import TotpSettings
 
@@ -249,9 +250,10 @@ class MultifactorConfig(Strict):
     default: Method | None = "totp"
     alternate: list[Alternate] = Field(default_factory=lambda: list[Alternate](["backup_codes"]))
     # Users with no method under mfa_required may enrol the default method inside the
-    # RADIUS flow. Off by default: whoever knows the password could enrol their own
-    # device. Users marked "configure later" by an operator may always enrol inline.
+    # RADIUS flow, given what inline_enrolment.allow asks for (an operator's window,
+    # or a code sent to their address): the password alone never enrols a device.
     enrol_unconfigured_users: bool = False
+    inline_enrolment: InlineEnrolmentConfig = InlineEnrolmentConfig()
     send_reset_email_to: Literal["administrators", "specific_email"] = "administrators"
     specific_email: str | None = None
     administrators: AdministratorsConfig = AdministratorsConfig()

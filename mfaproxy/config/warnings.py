@@ -74,8 +74,20 @@ class Rule:
 
 
 def _inline_enrolment(facts: Facts) -> Where:
-    if facts.config.multifactor.enrol_unconfigured_users:
-        yield ("multifactor", "enrol_unconfigured_users"), "inline enrolment is on for every user"
+    # An operator's window is per user and time-bounded: not worth a warning. A code
+    # mailed to the address on file, offered to every user without a method, is.
+    mfa = facts.config.multifactor
+    inline = mfa.inline_enrolment
+    if mfa.enrol_unconfigured_users and "email_code" in inline.allow and not inline.networks:
+        loc = ("multifactor", "enrol_unconfigured_users")
+        yield loc, "every user without a method can enrol after a code mailed to them"
+
+
+def _inline_enrolment_administrators(facts: Facts) -> Where:
+    inline = facts.config.multifactor.inline_enrolment
+    if inline.administrators and inline.allow:
+        loc = ("multifactor", "inline_enrolment", "administrators")
+        yield loc, "administrators may enrol a second factor inside the RADIUS flow"
 
 
 def _ldap(facts: Facts) -> LdapConfig | None:
@@ -215,6 +227,9 @@ def _mail_without_smtp(facts: Facts) -> Where:
         yield ("multifactor", "enabled"), "the email method is enabled but smtp is not set"
     elif "email" in mfa.alternate:
         yield ("multifactor", "alternate"), "email is offered as an alternate but smtp is not set"
+    if "email_code" in mfa.inline_enrolment.allow:
+        loc = ("multifactor", "inline_enrolment", "allow")
+        yield loc, "enrolment after an email code is allowed but smtp is not set"
     if "sms" in mfa.enabled and mfa.sms is not None and mfa.sms.provider == "email_gateway":
         yield ("multifactor", "sms", "provider"), "SMS through an email gateway without smtp"
 
@@ -263,12 +278,20 @@ def _hash_cost_below_peak(facts: Facts) -> Where:
 RULES: tuple[Rule, ...] = (
     Rule(
         "inline_enrolment",
-        risk="anyone who knows a user's password can enrol their own device as that"
-        " user's second factor",
-        fix="set enrol_unconfigured_users: false and enrol users with `mfaproxy users"
-        " enroll USER METHOD` (or mark one user with `users set-method USER METHOD"
-        " --configure-later`)",
+        risk="whoever knows a user's password and can read their mail (often with the same"
+        " password) can enrol their own device as that user's second factor",
+        fix="keep inline_enrolment.allow to operator_window and open a window per user"
+        " (`mfaproxy users allow-enrolment USER --for 24h`), enrol users with `mfaproxy"
+        " users enroll USER METHOD`, or limit inline_enrolment.networks",
         where=_inline_enrolment,
+    ),
+    Rule(
+        "inline_enrolment_administrators",
+        risk="the accounts that matter most can have a second factor bound by whoever"
+        " holds their password while their window is open",
+        fix="set inline_enrolment.administrators: false and enrol administrators with"
+        " `mfaproxy users enroll USER METHOD`",
+        where=_inline_enrolment_administrators,
     ),
     Rule(
         "ldap_certificate_not_verified",

@@ -52,6 +52,7 @@ class PlanKind(enum.Enum):
     SKIP = "skip"  # no second factor: Accept after the primary check
     USE = "use"  # challenge (or check the appended code) with `method`
     ENROL = "enrol"  # the user enrols `method` inside the RADIUS flow
+    ENROL_AFTER_EMAIL = "enrol_after_email"  # first a code sent to the address on file
     BACKUP = "backup"  # no usable method, but backup codes an operator issued
     REFUSE = "refuse"  # MFA is required but cannot happen: Reject with `message`
 
@@ -72,6 +73,41 @@ class UserMfa:
     configure_later: bool
     # Backup codes left and offered (`backup_codes` in multifactor.alternate).
     backup_codes: bool = False
+    # An operator's enrolment window is open for the user (`users allow-enrolment`).
+    enrol_window: bool = False
+
+
+class EnrolmentGate(enum.Enum):
+    """What stands between a password holder and binding a new authenticator."""
+
+    WINDOW = "operator_window"  # an operator opened a window for this user: enrol
+    EMAIL_CODE = "email_code"  # first type back a code sent to the address on file
+    CLOSED = "closed"  # no inline enrolment for this login
+
+
+@dataclass(frozen=True)
+class EnrolmentFacts:
+    window_open: bool
+    has_email: bool  # an address on file (the directory's) to send a code to
+    administrator: bool
+    from_allowed_network: bool  # True when no networks are configured
+
+
+def enrolment_gate(
+    allow: Sequence[str], administrators: bool, facts: EnrolmentFacts
+) -> tuple[EnrolmentGate, str]:
+    """Which proof, if any, lets this login enrol inline; with the audit reason.
+    Administrators are refused unless `administrators` is on, then requests from
+    outside the configured networks; an operator's window beats an email code."""
+    if facts.administrator and not administrators:
+        return EnrolmentGate.CLOSED, "enrolment_administrator"
+    if not facts.from_allowed_network:
+        return EnrolmentGate.CLOSED, "enrolment_network"
+    if "operator_window" in allow and facts.window_open:
+        return EnrolmentGate.WINDOW, "enrolment_window"
+    if "email_code" in allow and facts.has_email:
+        return EnrolmentGate.EMAIL_CODE, "enrolment_email_code"
+    return EnrolmentGate.CLOSED, "enrolment_closed"
 
 
 def plan_second_factor(
@@ -82,34 +118,44 @@ def plan_second_factor(
     is_enrolled: Callable[[str], bool],
     can_enrol_inline: Callable[[str], bool],
     enrol_unconfigured: bool,
+    gate: EnrolmentGate = EnrolmentGate.CLOSED,
 ) -> Plan:
     """Map the MFA policy action and the user's set-up to what happens next.
 
     - mfa_skipped: no second factor.
-    - mfa_optional_per_user: a second factor only for users who have a method.
+    - mfa_optional_per_user: a second factor only for users who have a method (or
+      whom an operator means to enrol: "configure later", an open enrolment window).
     - mfa_required: the user's method, else the server default. A method the operator
-      has since disabled falls back to the default. A user who is not enrolled yet
-      enrols inline when an operator marked them "configure later" (or the operator
-      allows enrolment of unconfigured users) and the method can be enrolled through a
-      text prompt. A user who has none of that but holds backup codes an operator
-      issued is asked for one (Duo's bypass codes: a new hire whose phone has not come
-      yet). Otherwise the login is refused with a message saying why.
+      has since disabled falls back to the default. A user who is not enrolled yet may
+      enrol inline when an operator means them to (configure later, a window) or when
+      `enrol_unconfigured` covers users without a method, the method can be enrolled
+      through a text prompt, and the `gate` lets this login through (enrolment_gate:
+      an operator's window, or a code sent to the address on file first). A user who
+      has none of that but holds backup codes an operator issued is asked for one
+      (Duo's bypass codes: a new hire whose phone has not come yet). Otherwise the
+      login is refused with a message saying why.
     """
     if action == "mfa_skipped":
         return Plan(PlanKind.SKIP, reason="mfa_skipped")
     own = user.method if user.method in enabled else None
-    if action == "mfa_optional_per_user" and own is None and not user.configure_later:
+    meant = user.configure_later or user.enrol_window
+    if action == "mfa_optional_per_user" and own is None and not meant:
         return Plan(PlanKind.SKIP, reason="mfa_optional_not_configured")
     method = own or default
     if method is not None and is_enrolled(method):
         return Plan(PlanKind.USE, method, reason="enrolled")
-    may_enrol = user.configure_later or (enrol_unconfigured and own is None)
-    if method is not None and may_enrol and can_enrol_inline(method):
+    candidate = method is not None and (meant or (enrol_unconfigured and own is None))
+    inline = candidate and method is not None and can_enrol_inline(method)
+    if inline and gate is EnrolmentGate.WINDOW:
         return Plan(PlanKind.ENROL, method, reason="inline_enrolment")
+    if inline and gate is EnrolmentGate.EMAIL_CODE:
+        return Plan(PlanKind.ENROL_AFTER_EMAIL, method, reason="inline_enrolment_email")
     if user.backup_codes:
         return Plan(PlanKind.BACKUP, BACKUP_CODES, reason="backup_codes_only")
     if method is None:
         return Plan(PlanKind.REFUSE, reason="no_method", message=MSG_NO_METHOD)
+    if inline:
+        return Plan(PlanKind.REFUSE, method, reason="enrolment_not_allowed", message=MSG_NOT_SET_UP)
     return Plan(PlanKind.REFUSE, method, reason="not_enrolled", message=MSG_NOT_SET_UP)
 
 
@@ -122,6 +168,7 @@ class Stage(enum.StrEnum):
     CODE = "code"  # a code, or a keyword, for the login's method
     ENROL = "enrol"  # the first code of an inline enrolment
     BACKUP = "backup"  # a backup code
+    VERIFY = "verify"  # the code sent to the address on file, before an enrolment
 
 
 class Action(enum.Enum):
@@ -133,6 +180,7 @@ class Action(enum.Enum):
     ASK_BACKUP_CODE = "ask_backup_code"  # challenge for a backup code
     BEGIN_EMAIL = "begin_email"  # the email factor sends a code; then a CODE stage
     RESET = "reset"  # file a reset request, tell the user, reject
+    VERIFY_ADDRESS = "verify_address"  # the email factor checks the code it sent
 
 
 # Only a CODE prompt reads keywords; an enrolment or backup-code prompt takes the text
@@ -145,6 +193,7 @@ ROUTES: Mapping[tuple[Stage, IntentKind], Action] = {
     (Stage.CODE, IntentKind.RESET): Action.RESET,
     (Stage.ENROL, IntentKind.RESPONSE): Action.FINISH_ENROLMENT,
     (Stage.BACKUP, IntentKind.RESPONSE): Action.CHECK_BACKUP_CODE,
+    (Stage.VERIFY, IntentKind.RESPONSE): Action.VERIFY_ADDRESS,
 }
 
 # In append mode the response came with the password: nothing could answer a request
@@ -176,6 +225,7 @@ CHECK_STAGE: Mapping[Action, Stage] = {
     Action.CHECK: Stage.CODE,
     Action.FINISH_ENROLMENT: Stage.ENROL,
     Action.CHECK_BACKUP_CODE: Stage.BACKUP,
+    Action.VERIFY_ADDRESS: Stage.VERIFY,
 }
 
 
@@ -209,6 +259,7 @@ class StepKind(enum.Enum):
     CHALLENGE = "challenge"  # a new challenge in `Step.stage` with the factor's prompt
     RETRY = "retry"  # "Wrong code, try again." and the same prompt, one attempt spent
     REJECT = "reject"
+    BEGIN_ENROLMENT = "begin_enrolment"  # the address is proven: start the enrolment
 
 
 def _transitions() -> dict[tuple[Stage, Event], tuple[StepKind, bool]]:
@@ -221,6 +272,9 @@ def _transitions() -> dict[tuple[Stage, Event], tuple[StepKind, bool]]:
         ends = (Event.EXHAUSTED, Event.REFUSED, Event.UNAVAILABLE, Event.LOCKED, Event.UNASKABLE)
         for end in ends:
             table[(stage, end)] = (StepKind.REJECT, False)
+    # The code sent to the address on file proves the mailbox, not the login: passing
+    # it opens the enrolment; only the enrolment's own first code accepts.
+    table[(Stage.VERIFY, Event.PASSED)] = (StepKind.BEGIN_ENROLMENT, False)
     return table
 
 
@@ -282,6 +336,8 @@ def decide(
     stage = at.stage if stays else None
     if kind is StepKind.ACCEPT:
         return Step(kind, f"mfa_{result.reason}")
+    if kind is StepKind.BEGIN_ENROLMENT:
+        return Step(kind, f"{at.method}_{result.reason}", stage=Stage.ENROL)
     if kind is StepKind.CHALLENGE:
         return Step(kind, f"{at.method}_{result.reason}", stage=stage, attempts=spent)
     if kind is StepKind.RETRY:

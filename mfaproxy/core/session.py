@@ -58,6 +58,10 @@ class Session:
     # The normalised typed name of the first round (realm removed): an answer must name
     # the same (an empty one, from an older version, matches nothing).
     login_key: str = ""
+    # Inline enrolment: the method being enrolled (at VERIFY: once the address is
+    # proven) and what let this login enrol (operator_window | email_code).
+    enrol_method: str | None = None
+    enrol_proof: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "stage": self.stage.value}

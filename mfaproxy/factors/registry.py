@@ -31,8 +31,10 @@ def builder(name: str) -> Builder:
 
 
 def build_factors(config: MultifactorConfig, services: FactorServices) -> dict[str, Factor]:
-    """Every enabled method, plus email when it is only an alternate way."""
+    """Every enabled method, plus email when it is only an alternate way or the proof
+    of an address before an inline enrolment."""
     names = list(config.enabled)
-    if "email" in config.alternate and "email" not in names:
+    wanted = "email" in config.alternate or "email_code" in config.inline_enrolment.allow
+    if wanted and "email" not in names:
         names.append("email")
     return {name: builder(name)(config, services) for name in names}

@@ -48,6 +48,8 @@ MIGRATIONS: tuple[str | Rekey, ...] = (
     """,
     # 4: every user re-keyed by the one user-name normaliser (store/rekey.py).
     REKEY,
+    # 5: the operator's inline-enrolment window (`users allow-enrolment`).
+    "ALTER TABLE users ADD COLUMN enrol_until DOUBLE PRECISION;",
 )
 
 # Creates the user's row if missing and row-locks it either way (ON CONFLICT DO UPDATE

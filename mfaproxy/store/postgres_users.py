@@ -80,6 +80,20 @@ SERVICE = "postgres"
 # Transaction-scoped advisory lock serialising migrations ("mfaproxy" as a bigint).
 MIGRATION_LOCK = int.from_bytes(b"mfaproxy", "big")
 _ROLLBACK_RETRIES = 3
+ENROLMENT_WINDOWS_VERSION = 5
+_SELECT_RECORD = (
+    "SELECT u.method, u.configure_later, u.totp_secret IS NOT NULL, u.totp_last_step,"
+    " u.failures, u.locked_until, u.created_at, u.updated_at,"
+    " ARRAY(SELECT e.method FROM enrolments e WHERE e.user_name = u.name),"
+    " (SELECT count(*) FROM backup_codes b"
+    "  WHERE b.user_name = u.name AND b.used_at IS NULL), u.enrol_until,"
+    " r.id, r.user_name, r.requested_at, r.via, r.status, r.decided_at"
+    " FROM users u LEFT JOIN LATERAL (SELECT * FROM reset_requests"
+    "  WHERE user_name = u.name ORDER BY id DESC LIMIT 1) r ON true"
+    " WHERE u.name = %s"
+)
+# The same on a store opened short of migration 5 (a repair before the re-key).
+_SELECT_RECORD_BEFORE_WINDOWS = _SELECT_RECORD.replace("u.enrol_until", "NULL")
 
 _LOCK_USER = (
     "INSERT INTO users (name, created_at, updated_at) VALUES (%s, %s, %s)"
@@ -144,7 +158,10 @@ class PostgresUserStore:
         )
         self._up: bool | None = None
         try:
-            self._migrate(len(MIGRATIONS) if migrate_to is None else migrate_to)
+            target = len(MIGRATIONS) if migrate_to is None else migrate_to
+            self._migrate(target)
+            # A store opened short of migration 5 (a repair) has no enrolment windows.
+            self._enrolment_windows = target >= ENROLMENT_WINDOWS_VERSION
         except BaseException:
             self.close()
             raise
@@ -273,18 +290,8 @@ class PostgresUserStore:
 
     def stored_record(self, name: str) -> UserRecord | None:
         """The record stored under exactly `name` (for repairs: no normalisation)."""
-        row = self._one(  # one statement: one snapshot
-            "SELECT u.method, u.configure_later, u.totp_secret IS NOT NULL, u.totp_last_step,"
-            " u.failures, u.locked_until, u.created_at, u.updated_at,"
-            " ARRAY(SELECT e.method FROM enrolments e WHERE e.user_name = u.name),"
-            " (SELECT count(*) FROM backup_codes b"
-            "  WHERE b.user_name = u.name AND b.used_at IS NULL),"
-            " r.id, r.user_name, r.requested_at, r.via, r.status, r.decided_at"
-            " FROM users u LEFT JOIN LATERAL (SELECT * FROM reset_requests"
-            "  WHERE user_name = u.name ORDER BY id DESC LIMIT 1) r ON true"
-            " WHERE u.name = %s",
-            (name,),
-        )
+        query = _SELECT_RECORD if self._enrolment_windows else _SELECT_RECORD_BEFORE_WINDOWS
+        row = self._one(query, (name,))  # one statement: one snapshot
         if row is None:
             return None
         methods = set(row[8])
@@ -299,9 +306,10 @@ class PostgresUserStore:
             backup_codes_remaining=int(row[9]),
             failures=int(row[4]),
             locked_until=row[5],
-            last_reset=None if row[10] is None else ResetRequest(*row[10:]),
+            last_reset=None if row[11] is None else ResetRequest(*row[11:]),
             created_at=row[6],
             updated_at=row[7],
+            enrol_until=row[10],
         )
 
     def list_users(self) -> list[str]:
@@ -580,6 +588,31 @@ class PostgresUserStore:
             "UPDATE users SET failures = 0, locked_until = NULL WHERE name = %s",
             (identity_key(user),),
         )
+
+    # ----------------------------------------------------------------- enrolment windows
+
+    def open_enrolment(self, user: str, until: float, now: float) -> None:
+        """Let `user` enrol inside the RADIUS flow until `until` (replaces any window)."""
+        self._rowcount(
+            "INSERT INTO users (name, enrol_until, created_at, updated_at)"
+            " VALUES (%(name)s, %(until)s, %(now)s, %(now)s)"
+            " ON CONFLICT (name) DO UPDATE SET enrol_until = excluded.enrol_until,"
+            " updated_at = excluded.updated_at",
+            {"name": identity_key(user), "until": until, "now": now},
+        )
+
+    def close_enrolment(self, user: str, now: float) -> bool:
+        """Close the user's window; False when none was open."""
+        return (
+            self._rowcount(
+                "UPDATE users SET enrol_until = NULL, updated_at = %s WHERE name = %s"
+                " AND enrol_until IS NOT NULL",
+                (now, identity_key(user)),
+            )
+            == 1
+        )
+
+    # ----------------------------------------------------------------- attempts
 
     def reserve_attempt(
         self, user: str, now: float, max_failures: int, lockout_seconds: float

@@ -61,6 +61,12 @@ class UserRecord:
     last_reset: ResetRequest | None  # the most recent request, whatever its status
     created_at: float
     updated_at: float
+    # Until when an operator allows this user to enrol inside the RADIUS flow
+    # (`users allow-enrolment`); None when no window was opened or it was closed.
+    enrol_until: float | None = None
+
+    def enrolment_open(self, now: float) -> bool:
+        return self.enrol_until is not None and now < self.enrol_until
 
 
 class UserRepository(Protocol):
@@ -97,6 +103,8 @@ class UserRepository(Protocol):
         self, user: str, now: float, max_failures: int, lockout_seconds: float
     ) -> LockState: ...
     def reset_failures(self, user: str) -> None: ...
+    def open_enrolment(self, user: str, until: float, now: float) -> None: ...
+    def close_enrolment(self, user: str, now: float) -> bool: ...
     def reserve_attempt(
         self, user: str, now: float, max_failures: int, lockout_seconds: float
     ) -> Reservation: ...

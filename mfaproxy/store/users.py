@@ -113,7 +113,18 @@ MIGRATIONS: tuple[str | Rekey, ...] = (
     """,
     # 4: every user re-keyed by the one user-name normaliser (store/rekey.py).
     REKEY,
+    # 5: the operator's inline-enrolment window (`users allow-enrolment`).
+    "ALTER TABLE users ADD COLUMN enrol_until REAL;",
 )
+
+
+ENROLMENT_WINDOWS_VERSION = 5
+_SELECT_RECORD = (
+    "SELECT method, configure_later, totp_secret IS NOT NULL, totp_last_step, failures,"
+    " locked_until, created_at, updated_at, enrol_until FROM users WHERE name = ?"
+)
+# The same on a store opened short of migration 5 (a repair before the re-key).
+_SELECT_RECORD_BEFORE_WINDOWS = _SELECT_RECORD.replace("enrol_until", "NULL")
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -150,7 +161,10 @@ class UserStore:
         self._closed = False
         self._create_file()
         try:
-            self._migrate(len(MIGRATIONS) if migrate_to is None else migrate_to)
+            target = len(MIGRATIONS) if migrate_to is None else migrate_to
+            self._migrate(target)
+            # A store opened short of migration 5 (a repair) has no enrolment windows.
+            self._enrolment_windows = target >= ENROLMENT_WINDOWS_VERSION
         except BaseException:
             self.close()
             raise
@@ -306,8 +320,7 @@ class UserStore:
         conn.execute("BEGIN")  # one snapshot for the several reads below
         try:
             row = conn.execute(
-                "SELECT method, configure_later, totp_secret IS NOT NULL, totp_last_step,"
-                " failures, locked_until, created_at, updated_at FROM users WHERE name = ?",
+                _SELECT_RECORD if self._enrolment_windows else _SELECT_RECORD_BEFORE_WINDOWS,
                 (name,),
             ).fetchone()
             if row is None:
@@ -335,6 +348,7 @@ class UserStore:
             last_reset=resets[0] if resets else None,
             created_at=row[6],
             updated_at=row[7],
+            enrol_until=row[8],
         )
 
     def list_users(self) -> list[str]:
@@ -607,6 +621,29 @@ class UserStore:
                 "UPDATE users SET failures = 0, locked_until = NULL WHERE name = ?",
                 (identity_key(user),),
             )
+
+    # ----------------------------------------------------------------- enrolment windows
+
+    def open_enrolment(self, user: str, until: float, now: float) -> None:
+        """Let `user` enrol inside the RADIUS flow until `until` (replaces any window)."""
+        name = identity_key(user)
+        with self._write() as conn:
+            self._ensure(conn, name, now)
+            conn.execute(
+                "UPDATE users SET enrol_until = ?, updated_at = ? WHERE name = ?",
+                (until, now, name),
+            )
+
+    def close_enrolment(self, user: str, now: float) -> bool:
+        """Close the user's window; False when none was open."""
+        cursor = self._conn().execute(
+            "UPDATE users SET enrol_until = NULL, updated_at = ? WHERE name = ?"
+            " AND enrol_until IS NOT NULL",
+            (now, identity_key(user)),
+        )
+        return cursor.rowcount == 1
+
+    # ----------------------------------------------------------------- attempts
 
     def reserve_attempt(
         self, user: str, now: float, max_failures: int, lockout_seconds: float

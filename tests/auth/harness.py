@@ -165,6 +165,12 @@ class Harness:
         self.totp_secrets[user] = secret
         return secret
 
+    async def write(self, change: Callable[[UserRepository], object]) -> None:
+        """Change the user store as the daemon's own calls do (through its pool, which
+        empties its read cache): what a test writes between two logins is seen at once.
+        Writes straight to `store` are seen only when the cache next asks SQLite."""
+        await self.services.users.run(change)
+
     def code(self, user: str, offset_steps: int = 0) -> str:
         period = self.config.multifactor.totp.period
         return pyotp.TOTP(self.totp_secrets[user]).at(self.clock.now + offset_steps * period)

@@ -124,6 +124,7 @@ async def test_append_mode(tmp_path: Path) -> None:
 async def test_inline_enrolment_for_configure_later(tmp_path: Path) -> None:
     async with Harness(tmp_path) as h:
         h.store.set_method("carol", "totp", h.clock.now, configure_later=True)
+        h.store.open_enrolment("carol", h.clock.now + 3600, h.clock.now)
         first = await h.send("carol", password("carol"))
         assert first.outcome is CHALLENGE and first.reply_message is not None
         key = first.reply_message.split(": ", 1)[1].split(" then")[0].replace(" ", "")

@@ -198,7 +198,9 @@ def challenge_backup_code(h: Harness) -> list[Step]:
 
 
 def inline_enrolment(h: Harness) -> list[Step]:
-    # carol has no method: mfa_required with enrol_unconfigured_users enrols her inline.
+    # carol has no method: mfa_required with enrol_unconfigured_users enrols her inline,
+    # in the window an operator opened for her.
+    h.store.open_enrolment("carol", h.clock.now + 3600, h.clock.now)
     wrong = f"{(int(pyotp.TOTP(pyotp.random_base32()).now()) + 1) % 1_000_000:06d}"
     return [Step(password("carol"), False), *(Step(wrong, True) for _ in range(3))]
 

@@ -16,7 +16,7 @@ import pytest
 
 from mfaproxy.cli.main import main
 from mfaproxy.store.rekey import REKEY_VERSION
-from mfaproxy.store.users import UserStore
+from mfaproxy.store.users import MIGRATIONS, UserStore
 from tests.store.test_identity_migration import version, write_old_user
 from tests.store.test_user_store_contract import KEY, SqliteBackend
 from tests.support.daemon import REPO
@@ -101,7 +101,7 @@ def test_collisions_lists_each_record_then_keep_repairs(
     code, out, _ = run("users", "collisions", "keep", "stra\u00dfe")
     assert code == 0, out
     assert "deleted 'strasse'" in out and "re-keyed" in out
-    assert version(colliding) == REKEY_VERSION
+    assert version(colliding) == len(MIGRATIONS)  # the re-key, then the later steps
     code, out, _ = run("users", "show", "STRASSE")
     assert code == 0 and "user:                strasse" in out
     store = UserStore(colliding.path, KEY)

@@ -186,7 +186,10 @@ def test_list_and_delete(run: Runner, store: UserRepository) -> None:
     code, out, _ = run("users", "list")
     assert code == 0
     lines = [line.split() for line in out.splitlines()]
-    assert lines == [["alice", "totp"], ["bob", "email", "(configure", "later)"]]
+    assert lines == [
+        ["alice", "totp"],
+        ["bob", "email", "(configure", "later)", "(enrolment", "window", "open)"],
+    ]
     code, _, _ = run("users", "delete", "alice")
     assert code == 0 and store.list_users() == ["bob"]
 

@@ -52,9 +52,22 @@ MEASURED: dict[str, dict[str, Any]] = {
 # warning's `fix` says)
 CASES: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {
     "inline_enrolment": (
-        {"multifactor.enrol_unconfigured_users": True},
+        {
+            "multifactor.enrol_unconfigured_users": True,
+            "multifactor.inline_enrolment": {"allow": ["email_code"]},
+            "smtp": {"host": "127.0.0.1"},
+        },
         "multifactor.enrol_unconfigured_users",
-        {"multifactor.enrol_unconfigured_users": False},
+        {
+            "multifactor.enrol_unconfigured_users": True,
+            "multifactor.inline_enrolment": {"allow": ["operator_window"]},
+            "smtp": {"host": "127.0.0.1"},
+        },
+    ),
+    "inline_enrolment_administrators": (
+        {"multifactor.inline_enrolment": {"administrators": True}},
+        "multifactor.inline_enrolment.administrators",
+        {"multifactor.inline_enrolment": {"administrators": False}},
     ),
     "ldap_certificate_not_verified": (
         {"directory.backend": "ldap", "directory.ldap": {**LDAP, "verify_certificate": False}},

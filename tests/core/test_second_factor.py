@@ -15,6 +15,8 @@ from mfaproxy.core.second_factor import (
     ROUTES,
     TRANSITIONS,
     Action,
+    EnrolmentFacts,
+    EnrolmentGate,
     Event,
     PlanKind,
     Round,
@@ -23,6 +25,7 @@ from mfaproxy.core.second_factor import (
     UserMfa,
     blocked,
     decide,
+    enrolment_gate,
     route,
     route_appended,
 )
@@ -39,16 +42,22 @@ def plan(
     inline: tuple[str, ...] = ("totp",),
     default: str | None = "totp",
     enrol_unconfigured: bool = False,
+    gate: EnrolmentGate = EnrolmentGate.CLOSED,
+    window: bool = False,
 ) -> rules.Plan:
     return rules.plan_second_factor(
         action,
-        UserMfa(method, configure_later, backup_codes),
+        UserMfa(method, configure_later, backup_codes, window),
         default,
         ENABLED,
         lambda m: m in enrolled,
         lambda m: m in inline,
         enrol_unconfigured,
+        gate,
     )
+
+
+WINDOW, EMAIL_CODE = EnrolmentGate.WINDOW, EnrolmentGate.EMAIL_CODE
 
 
 def test_skipped_needs_nothing() -> None:
@@ -61,9 +70,15 @@ def test_optional_per_user_skips_users_without_a_method() -> None:
     assert (used.kind, used.method) == (PlanKind.USE, "totp")
 
 
-def test_optional_per_user_with_configure_later_enrols() -> None:
-    result = plan("mfa_optional_per_user", None, configure_later=True)
+def test_optional_per_user_with_configure_later_enrols_through_the_gate() -> None:
+    result = plan("mfa_optional_per_user", None, configure_later=True, gate=WINDOW)
     assert (result.kind, result.method) == (PlanKind.ENROL, "totp")
+    # an open window alone means the operator wants the user enrolled
+    opened = plan("mfa_optional_per_user", None, window=True, gate=WINDOW)
+    assert opened.kind is PlanKind.ENROL
+    # marked, but the gate is closed: refused, never skipped into a password-only login
+    closed = plan("mfa_optional_per_user", None, configure_later=True)
+    assert (closed.kind, closed.reason) == (PlanKind.REFUSE, "enrolment_not_allowed")
 
 
 def test_required_uses_the_users_method_over_the_default() -> None:
@@ -79,8 +94,43 @@ def test_required_falls_back_to_the_default_for_a_disabled_method() -> None:
 def test_required_without_enrolment_is_refused_unless_allowed() -> None:
     refused = plan("mfa_required")
     assert refused.kind is PlanKind.REFUSE and refused.message
-    assert plan("mfa_required", enrol_unconfigured=True).kind is PlanKind.ENROL
-    assert plan("mfa_required", configure_later=True).kind is PlanKind.ENROL
+    # enrol_unconfigured_users alone no longer lets a password holder enrol
+    alone = plan("mfa_required", enrol_unconfigured=True)
+    assert (alone.kind, alone.reason) == (PlanKind.REFUSE, "enrolment_not_allowed")
+    assert plan("mfa_required", configure_later=True).kind is PlanKind.REFUSE
+    assert plan("mfa_required", enrol_unconfigured=True, gate=WINDOW).kind is PlanKind.ENROL
+    assert plan("mfa_required", configure_later=True, gate=WINDOW).kind is PlanKind.ENROL
+    by_mail = plan("mfa_required", enrol_unconfigured=True, gate=EMAIL_CODE)
+    assert (by_mail.kind, by_mail.method) == (PlanKind.ENROL_AFTER_EMAIL, "totp")
+
+
+def test_a_gate_alone_enrols_nobody_the_operator_did_not_mean() -> None:
+    # not configure later, no window, enrol_unconfigured off: the gate is not enough
+    for gate in EnrolmentGate:
+        assert plan("mfa_required", gate=gate).kind is PlanKind.REFUSE
+
+
+def test_enrolment_gate_order() -> None:
+    def gate(
+        allow: tuple[str, ...] = ("operator_window", "email_code"),
+        admins: bool = False,
+        window: bool = False,
+        email: bool = False,
+        admin: bool = False,
+        network: bool = True,
+    ) -> tuple[EnrolmentGate, str]:
+        facts = EnrolmentFacts(window, email, admin, network)
+        return enrolment_gate(allow, admins, facts)
+
+    assert gate(window=True) == (WINDOW, "enrolment_window")
+    assert gate(email=True) == (EMAIL_CODE, "enrolment_email_code")
+    assert gate(window=True, email=True) == (WINDOW, "enrolment_window")
+    assert gate() == (EnrolmentGate.CLOSED, "enrolment_closed")
+    assert gate(allow=("operator_window",), email=True)[0] is EnrolmentGate.CLOSED
+    assert gate(allow=(), window=True)[0] is EnrolmentGate.CLOSED
+    assert gate(window=True, admin=True) == (EnrolmentGate.CLOSED, "enrolment_administrator")
+    assert gate(window=True, admin=True, admins=True)[0] is WINDOW
+    assert gate(window=True, network=False) == (EnrolmentGate.CLOSED, "enrolment_network")
 
 
 def test_required_with_a_method_that_cannot_enrol_inline_is_refused() -> None:
@@ -110,7 +160,9 @@ def test_backup_codes_do_not_shadow_a_method_or_an_enrolment() -> None:
     assert plan("mfa_required", "totp", enrolled=("totp",), backup_codes=True).kind is (
         PlanKind.USE
     )
-    assert plan("mfa_required", configure_later=True, backup_codes=True).kind is PlanKind.ENROL
+    assert plan("mfa_required", configure_later=True, backup_codes=True).kind is PlanKind.BACKUP
+    enrol = plan("mfa_required", configure_later=True, backup_codes=True, gate=WINDOW)
+    assert enrol.kind is PlanKind.ENROL
     # optional per user: no method means no second factor, codes or not
     assert plan("mfa_optional_per_user", backup_codes=True).kind is PlanKind.SKIP
 
@@ -132,6 +184,18 @@ def test_every_stage_routes_a_plain_response_and_only_code_prompts_read_keywords
     assert route(BACKUP, IntentKind.ASK_EMAIL) is Action.CHECK_BACKUP_CODE
     assert route(CODE, IntentKind.RESET) is Action.RESET
     assert route(CODE, IntentKind.BACKUP_CODE) is Action.CHECK_BACKUP_CODE
+    assert route(Stage.VERIFY, IntentKind.RESET) is Action.VERIFY_ADDRESS
+
+
+def test_proving_the_address_opens_the_enrolment_and_never_accepts() -> None:
+    step = decide(FactorResult.accept("code_ok"), Round(Stage.VERIFY, "email", 0), 3)
+    assert (step.kind, step.stage, step.reason) == (
+        StepKind.BEGIN_ENROLMENT,
+        ENROL,
+        "email_code_ok",
+    )
+    wrong = decide(WRONG, Round(Stage.VERIFY, "email", 0), 3)
+    assert (wrong.kind, wrong.stage) == (StepKind.RETRY, Stage.VERIFY)
 
 
 def test_append_mode_routes_only_backup_codes_apart() -> None:
@@ -216,7 +280,12 @@ def test_the_machine_never_accepts_a_non_accept_nor_retries_past_the_budget(
     result: FactorResult, stage: Stage, attempts: int | None, max_attempts: int, locked: bool
 ) -> None:
     step = decide(result, Round(stage, "totp", attempts), max_attempts, locked)
-    assert (step.kind is StepKind.ACCEPT) == (result.verdict is Verdict.ACCEPT)
+    if step.kind is StepKind.ACCEPT:
+        assert result.verdict is Verdict.ACCEPT and stage is not Stage.VERIFY
+    if result.verdict is Verdict.ACCEPT:
+        # proving the address only opens the enrolment; it never accepts the login
+        expected = StepKind.BEGIN_ENROLMENT if stage is Stage.VERIFY else StepKind.ACCEPT
+        assert step.kind is expected
     if step.kind is StepKind.RETRY:
         assert attempts is not None and step.attempts == attempts + 1 < max_attempts
         assert result.is_failure and not locked and step.stage is stage

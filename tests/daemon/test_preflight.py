@@ -323,10 +323,10 @@ def test_check_config_prints_each_warning_with_its_line_risk_and_fix() -> None:
     done = mfaproxy("check-config", "--config", str(REPO / "config" / "mfaproxy.yaml"))
     assert done.returncode == 0, done.stderr
     out = done.stdout.splitlines()
-    start = out.index("2 warning(s):")
+    # the shipped demo keeps only its demo secret; it lets no password holder enrol
+    start = out.index("1 warning(s):")
     assert out[start + 1].startswith("  clients.0.secret (line ")
     assert out[start + 2].startswith("    risk: ") and out[start + 3].startswith("    fix: ")
-    assert out[start + 4].startswith("  multifactor.enrol_unconfigured_users (line ")
     strict = mfaproxy("check-config", "--strict", "--config", str(REPO / "config/mfaproxy.yaml"))
     assert strict.returncode == 1
 
@@ -336,10 +336,10 @@ def test_serve_logs_each_warning_at_start(tmp_path: Path) -> None:
     write(tmp_path, BASE)
     config = yaml.safe_load(BASE.replace("users.yaml", str(tmp_path / "users.yaml")))
     config["clients"][0]["secret"] = "testing123"
-    config["multifactor"] = {"enrol_unconfigured_users": True}
+    config["multifactor"] = {"inline_enrolment": {"administrators": True}}
     with Daemon(tmp_path, config) as daemon:
         warned = {e["warning"]: e for e in daemon.events if e.get("event") == "config_warning"}
-    assert sorted(warned) == ["demo_shared_secret", "inline_enrolment"]
+    assert sorted(warned) == ["demo_shared_secret", "inline_enrolment_administrators"]
     assert warned["demo_shared_secret"]["where"] == "clients.0.secret"
     assert warned["demo_shared_secret"]["level"] == "warning"
     assert all(e["risk"] and e["fix"] for e in warned.values())

@@ -10,6 +10,7 @@ the fakes received, never from the daemon.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -108,6 +109,7 @@ def codes(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpServer) -> Iterato
         store.set_enrolment("yuki", "yubikey", {"public_id": key.public_id}, 0)
         store.set_method("yuki", "yubikey", 0)
         store.set_method("yoko", "yubikey", 0, configure_later=True)
+        store.open_enrolment("yoko", time.time() + 3600, 0)  # as set-method does
         for user in ("emma", "mark"):
             store.set_method(user, "email", 0)
         store.set_method("sam", "sms", 0)

@@ -4,6 +4,7 @@ challenges, and a real SMTP server for reset notices."""
 from __future__ import annotations
 
 import signal
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -141,6 +142,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             store.set_totp_secret(user, secrets[user], 0)
             store.set_method(user, "totp", 0)
         store.set_method("heidi", "totp", 0, configure_later=True)
+        store.open_enrolment("heidi", time.time() + 3600, 0)  # as set-method does
         store.replace_backup_codes("alice", generate_codes(3), 0)  # so the prompt offers them
         with daemon:
             yield Setup(daemon, smtp, store, secrets)

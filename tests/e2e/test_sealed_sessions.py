@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             secrets[user] = pyotp.random_base32()
             store.set_totp_secret(user, secrets[user], 0)
             store.set_method(user, "totp", 0)
+        # bobby has no method: an operator's window lets him enrol inline
+        store.open_enrolment("bobby", time.time() + 3600, 0)
         with daemon:
             yield Setup(daemon, redis, store, secrets, metrics_port)
         store.close()

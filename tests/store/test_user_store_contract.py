@@ -759,6 +759,34 @@ def test_failure_arguments_are_checked(store: VersionedStore) -> None:
         store.record_failure("alice", T0, max_failures=1, lockout_seconds=-1)
 
 
+# ----------------------------------------------------------------- enrolment windows
+
+
+def test_an_enrolment_window_opens_closes_and_survives_a_restart(
+    backend: Backend, store: VersionedStore
+) -> None:
+    record = store.get_user("carol")
+    assert record is None
+    store.open_enrolment("Carol", T0 + 3600, T0)
+    record = store.get_user("carol")
+    assert record is not None and record.enrol_until == T0 + 3600
+    assert record.enrolment_open(T0 + 3599) and not record.enrolment_open(T0 + 3600)
+    store.close()
+    reopened = backend.open()
+    assert reopened.close_enrolment("carol", T0 + 1)
+    assert not reopened.close_enrolment("carol", T0 + 2)  # nothing left to close
+    record = reopened.get_user("carol")
+    assert record is not None and record.enrol_until is None and not record.enrolment_open(T0)
+
+
+def test_a_new_window_replaces_the_old_one_and_mfa_is_untouched(store: VersionedStore) -> None:
+    store.set_totp_secret("alice", "JBSWY3DPEHPK3PXP", T0)
+    store.open_enrolment("alice", T0 + 60, T0)
+    store.open_enrolment("alice", T0 + 10, T0)
+    record = store.get_user("alice")
+    assert record is not None and record.enrol_until == T0 + 10 and "totp" in record.enrolled
+
+
 # ----------------------------------------------------------------- attempt reservations
 
 
