@@ -12,9 +12,10 @@ The counters of an attempt (README "Security" states the rule with its numbers):
   spraying). None without a Calling-Station-Id: the NAS alone would lump all its users
   together, and one guesser could lock them all out.
 - `user:` the normalised typed name, at sources the user has not logged in from
-  (unknown sources), plus `id:` the directory's identity of that name once learnt
-  (aliases: `sam` and `sam@example.org` of one LDAP entry share it).
-- `known:` (user, source) at a known source: one where the user's password was right in
+  (unknown sources), plus the counter of the directory's identity for that name once
+  learnt (scope `identity`; it is `user:<identity>`, so `sam` typed as such and the
+  aliases `sam@example.org` and `EXAMPLE\\sam` of one entry all add up on `user:sam`).
+- `known_source:` (user, source) at a known source: one where the user's password was right in
   the last `known_source_days`. The user counter does not apply there, so guessing from
   elsewhere can lock the user out of new sources only, never out of one they use; a
   success there forgets that counter's failures (NIST SP 800-63B section 5.2.2 asks to
@@ -103,8 +104,14 @@ class PasswordGuard:
     # ------------------------------------------------------------------ counters
 
     def _counter(self, scope: Scope, name: str) -> Counter:
+        """A user and an identity share one namespace: the identity `sam` is counted
+        where the typed name `sam` is, so failures under every alias add up there."""
         rule = self.source_rule if scope == "source" else self.user_rule
-        return (f"{scope}:{name}", rule)
+        prefix = "user" if scope == "identity" else scope
+        return (f"{prefix}:{name}", rule)
+
+    def _names(self, attempt: Attempt) -> list[str]:
+        return [self._counter(scope, name)[0] for scope, name in attempt.reserved]
 
     def _planned(self, attempt: Attempt) -> list[tuple[Scope, str]]:
         user, source = attempt.user, attempt.source
@@ -189,7 +196,7 @@ class PasswordGuard:
     async def _succeeded(
         self, attempt: Attempt, identity: str | None, now: float
     ) -> Throttled | None:
-        await self.throttle.release([f"{s}:{n}" for s, n in attempt.reserved], attempt.token)
+        await self.throttle.release(self._names(attempt), attempt.token)
         if attempt.known:
             await self.throttle.clear(self._counter("known_source", attempt.reserved[0][1])[0])
         elif identity is not None and identity not in (attempt.user, attempt.identity):
@@ -209,7 +216,7 @@ class PasswordGuard:
         if not attempt.reserved:
             return
         try:
-            await self.throttle.release([f"{s}:{n}" for s, n in attempt.reserved], attempt.token)
+            await self.throttle.release(self._names(attempt), attempt.token)
         except UpstreamError as exc:
             log.warning("password_attempt_not_released", error=str(exc))
 

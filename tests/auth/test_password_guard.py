@@ -71,3 +71,15 @@ async def test_known_sources_are_kept_apart_per_user() -> None:
     await g.succeeded(ok, None, NOW)
     other = await g.begin("a", home, NOW)
     assert isinstance(other, Attempt) and not other.known
+
+
+async def test_the_identity_is_the_counter_of_its_own_name() -> None:
+    """Guesses typed as the identity itself (`sam`) count for every alias mapped to it."""
+    g = guard()
+    learnt = await g.begin("sam.alias", SOMEWHERE, NOW)
+    assert isinstance(learnt, Attempt)
+    assert await g.succeeded(learnt, "sam", NOW) is None  # sam.alias -> sam
+    for i in range(5):
+        await fail(g, "sam", None, source_of("vpn", f"192.0.2.{i}"))
+    refused = await g.begin("sam.alias", source_of("vpn", "192.0.2.99"), NOW)
+    assert refused == Throttled("identity", 1.0)

@@ -21,6 +21,7 @@ from mfaproxy.observability import metrics
 from mfaproxy.store.redis_state import RedisStateStore
 from mfaproxy.store.redis_throttle import RedisThrottle
 from tests.auth.harness import Harness, password
+from tests.support.freeradius import FreeRadiusServer, UserSpec
 from tests.support.redis_server import RedisServer
 
 ACCEPT, REJECT = Outcome.ACCEPT, Outcome.REJECT
@@ -266,3 +267,41 @@ async def test_the_counter_store_down(tmp_path: Path, redis_server: RedisServer)
             assert after == (before or 0.0) + 1
         finally:
             redis_server.start()
+
+
+# --------------------------------------------------------------------------- aliases
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FreeRadiusServer]:
+    """A real FreeRADIUS that knows sam under several names (an upstream with aliases):
+    `sam.alias` answers with User-Name `Sam`, so its identity is `sam`."""
+    users = {
+        "sam": UserSpec("sam-pw"),
+        "SAM": UserSpec("sam-pw"),
+        "sam.alias": UserSpec("sam-pw", reply={"User-Name": "Sam"}),
+    }
+    with FreeRadiusServer(users, secret="alias-secret") as server:
+        yield server
+
+
+async def test_aliases_of_one_user_share_the_budget(
+    tmp_path: Path, upstream: FreeRadiusServer
+) -> None:
+    server = {"host": upstream.host, "port": upstream.port, "secret": "alias-secret"}
+    directory = {"backend": "radius", "radius": {"servers": [server], "timeout": 2, "retries": 1}}
+    async with Harness(tmp_path, {**SKIP_MFA, "directory": directory}) as h:
+        checks = counting(h)
+        home = "192.0.2.10"
+        assert (await guess(h, "sam.alias", "sam-pw", home)).outcome is ACCEPT  # learnt
+        for i in range(5):
+            assert (await guess(h, "sam", f"g{i}", f"198.51.100.{i}")).reason == "bad_password"
+        # Every other spelling now waits, without the upstream being asked.
+        asked = checks.count
+        for typed in ("sam.alias", "SAM", "Sam"):
+            answer = await guess(h, typed, "sam-pw", "203.0.113.50")
+            assert answer.reason == "password_throttled", typed
+        assert h.last_audit["password_throttle"] == "user"
+        assert checks.count == asked
+        # ...except where sam logged in before.
+        assert (await guess(h, "sam.alias", "sam-pw", home)).outcome is ACCEPT
