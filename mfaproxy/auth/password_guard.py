@@ -29,7 +29,6 @@ logged and counted as `mfaproxy_store_failmode_total{action="unthrottled"}`.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,6 +38,7 @@ from mfaproxy.config.throttle import PasswordThrottleConfig
 from mfaproxy.core.throttle import Rule
 from mfaproxy.errors import UpstreamError
 from mfaproxy.observability import metrics
+from mfaproxy.store.ids import unique_token
 from mfaproxy.store.state import StateStore
 from mfaproxy.store.throttle import Counter, Throttle
 
@@ -140,7 +140,7 @@ class PasswordGuard:
 
     async def begin(self, user: str, source: str | None, now: float) -> Attempt | Throttled:
         """Reserve an attempt for `user` from `source`, or say why it must wait."""
-        attempt = Attempt(secrets.token_hex(12), user, source, known=False)
+        attempt = Attempt(unique_token(), user, source, known=False)
         if not self.settings.enabled:
             return attempt
         try:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mfaproxy.errors import StateStoreUnavailable
+from mfaproxy.store.ids import unique_token
 from mfaproxy.store.ownership import create_private
 from mfaproxy.store.state import JsonDict
 
@@ -252,7 +252,7 @@ class SqliteStateStore:
     async def reserve(
         self, namespace: str, key: str, now: float, *, max_events: int, window: float
     ) -> str | None:
-        token = secrets.token_hex(8)
+        token = unique_token()
 
         def body(conn: sqlite3.Connection) -> str | None:
             (count,) = conn.execute(

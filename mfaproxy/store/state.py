@@ -12,9 +12,10 @@ Values are JSON-compatible dicts so that a shared store can serialise them.
 
 from __future__ import annotations
 
-import secrets
 from collections import deque
 from typing import Any, Protocol
+
+from mfaproxy.store.ids import unique_token
 
 JsonDict = dict[str, Any]
 
@@ -175,7 +176,7 @@ class MemoryStateStore:
         events = self._window(namespace, key, now, window)
         if len(events) >= max_events:
             return None
-        token = secrets.token_hex(8)
+        token = unique_token()
         events.append((now, token))
         return token
 
