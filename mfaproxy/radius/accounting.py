@@ -147,64 +147,67 @@ class AccountingPacket:
 # --------------------------------------------------------------------------- values
 
 
-def _first(attrs: Attributes, attr_type: int) -> bytes | None:
-    return next((v for t, v in attrs if t == attr_type), None)
+# The first value of each attribute type: what the record's fields read.
+FirstValues = dict[int, bytes]
 
 
-def _text(attrs: Attributes, attr_type: int) -> str | None:
-    value = _first(attrs, attr_type)
+def _text(first: FirstValues, attr_type: int) -> str | None:
+    value = first.get(attr_type)
     return value.decode("utf-8", errors="replace") if value is not None else None
 
 
-def _integer(attrs: Attributes, attr_type: int) -> int | None:
+def _integer(first: FirstValues, attr_type: int) -> int | None:
     """A 32-bit unsigned integer (RFC 2865 section 5); any other length reads as absent."""
-    value = _first(attrs, attr_type)
+    value = first.get(attr_type)
     if value is None or len(value) != 4:
         return None
     return int(struct.unpack("!I", value)[0])
 
 
-def _address(attrs: Attributes, attr_type: int, size: int) -> str | None:
-    value = _first(attrs, attr_type)
+def _address(first: FirstValues, attr_type: int, size: int) -> str | None:
+    value = first.get(attr_type)
     if value is None or len(value) != size:
         return None
     return str(ipaddress.ip_address(value))
 
 
-def _octets(attrs: Attributes, low: int, high: int) -> int | None:
-    octets = _integer(attrs, low)
+def _octets(first: FirstValues, low: int, high: int) -> int | None:
+    octets = _integer(first, low)
     if octets is None:
         return None
-    return ((_integer(attrs, high) or 0) << 32) + octets
+    return ((_integer(first, high) or 0) << 32) + octets
 
 
 def read_record(attrs: Attributes) -> AccountingRecord:
-    status = _integer(attrs, c.ATTR_ACCT_STATUS_TYPE)
-    cause = _integer(attrs, c.ATTR_ACCT_TERMINATE_CAUSE)
-    nas_ip = _address(attrs, c.ATTR_NAS_IP_ADDRESS, 4) or _address(
-        attrs, c.ATTR_NAS_IPV6_ADDRESS, 16
+    first: FirstValues = {}
+    for attr_type, value in attrs:
+        first.setdefault(attr_type, value)
+    status = _integer(first, c.ATTR_ACCT_STATUS_TYPE)
+    cause = _integer(first, c.ATTR_ACCT_TERMINATE_CAUSE)
+    nas_ip = _address(first, c.ATTR_NAS_IP_ADDRESS, 4) or _address(
+        first, c.ATTR_NAS_IPV6_ADDRESS, 16
     )
     return AccountingRecord(
         status_type=STATUS_TYPES.get(status, STATUS_OTHER) if status is not None else STATUS_OTHER,
         status_value=status,
-        user_name=_text(attrs, c.ATTR_USER_NAME),
-        session_id=_text(attrs, c.ATTR_ACCT_SESSION_ID),
-        multi_session_id=_text(attrs, c.ATTR_ACCT_MULTI_SESSION_ID),
+        user_name=_text(first, c.ATTR_USER_NAME),
+        session_id=_text(first, c.ATTR_ACCT_SESSION_ID),
+        multi_session_id=_text(first, c.ATTR_ACCT_MULTI_SESSION_ID),
         nas_ip_address=nas_ip,
-        nas_identifier=_text(attrs, c.ATTR_NAS_IDENTIFIER),
-        nas_port=_integer(attrs, c.ATTR_NAS_PORT),
-        calling_station_id=_text(attrs, c.ATTR_CALLING_STATION_ID),
-        called_station_id=_text(attrs, c.ATTR_CALLED_STATION_ID),
-        framed_ip_address=_address(attrs, c.ATTR_FRAMED_IP_ADDRESS, 4),
-        framed_ipv6_address=_address(attrs, c.ATTR_FRAMED_IPV6_ADDRESS, 16),
-        input_octets=_octets(attrs, c.ATTR_ACCT_INPUT_OCTETS, c.ATTR_ACCT_INPUT_GIGAWORDS),
-        output_octets=_octets(attrs, c.ATTR_ACCT_OUTPUT_OCTETS, c.ATTR_ACCT_OUTPUT_GIGAWORDS),
-        input_packets=_integer(attrs, c.ATTR_ACCT_INPUT_PACKETS),
-        output_packets=_integer(attrs, c.ATTR_ACCT_OUTPUT_PACKETS),
-        session_time=_integer(attrs, c.ATTR_ACCT_SESSION_TIME),
+        nas_identifier=_text(first, c.ATTR_NAS_IDENTIFIER),
+        nas_port=_integer(first, c.ATTR_NAS_PORT),
+        calling_station_id=_text(first, c.ATTR_CALLING_STATION_ID),
+        called_station_id=_text(first, c.ATTR_CALLED_STATION_ID),
+        framed_ip_address=_address(first, c.ATTR_FRAMED_IP_ADDRESS, 4),
+        framed_ipv6_address=_address(first, c.ATTR_FRAMED_IPV6_ADDRESS, 16),
+        input_octets=_octets(first, c.ATTR_ACCT_INPUT_OCTETS, c.ATTR_ACCT_INPUT_GIGAWORDS),
+        output_octets=_octets(first, c.ATTR_ACCT_OUTPUT_OCTETS, c.ATTR_ACCT_OUTPUT_GIGAWORDS),
+        input_packets=_integer(first, c.ATTR_ACCT_INPUT_PACKETS),
+        output_packets=_integer(first, c.ATTR_ACCT_OUTPUT_PACKETS),
+        session_time=_integer(first, c.ATTR_ACCT_SESSION_TIME),
         terminate_cause=TERMINATE_CAUSES.get(cause, str(cause)) if cause is not None else None,
-        delay_time=_integer(attrs, c.ATTR_ACCT_DELAY_TIME),
-        event_timestamp=_integer(attrs, c.ATTR_EVENT_TIMESTAMP),
+        delay_time=_integer(first, c.ATTR_ACCT_DELAY_TIME),
+        event_timestamp=_integer(first, c.ATTR_EVENT_TIMESTAMP),
     )
 
 
