@@ -18,14 +18,10 @@ from typing import Any, cast
 
 import structlog
 
+from mfaproxy.auth.login import Login, login_from_session
 from mfaproxy.auth.password_guard import MSG_THROTTLED, PasswordGuard, Throttled, source_of
-from mfaproxy.auth.second_factor import (
-    CHALLENGES,
-    MSG_UNAVAILABLE,
-    Login,
-    SecondFactorStage,
-    login_from_session,
-)
+from mfaproxy.auth.second_factor import MSG_UNAVAILABLE, SecondFactorStage
+from mfaproxy.auth.sessions import CHALLENGES
 from mfaproxy.config.policies import MfaAction
 from mfaproxy.config.schema import ClientConfig, Config
 from mfaproxy.core import replies

@@ -1,5 +1,8 @@
-"""The second-factor stage of a login: challenge sessions, factors, backup codes,
-resets, lockout. The decisions come from core/second_factor.py; this module does the I/O.
+"""The second-factor stage of a login, driven by the pure state machine of
+core/second_factor.py: this module gathers its facts and performs its steps (one
+handler per `Action`), each check of what the user typed as an atomic attempt
+(auth/attempts.py). Around it: the login context (auth/login.py), challenge sessions
+(auth/sessions.py), the enrolment gate (auth/enrolment.py), resets (auth/resets.py).
 
 A challenge session lives in the state store under its State (RFC 2865 section 5.24),
 is bound to the user, the NAS entry and the NAS address, expires, and is taken (removed)
@@ -15,86 +18,46 @@ the same check instead of failing with `unknown_state`.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import structlog
 
 from mfaproxy.auth.attempts import CLIENT_FAILURES, LEASES, NAS_WINDOW, Attempt, AttemptGate
 from mfaproxy.auth.enrolment import gate_for
+from mfaproxy.auth.login import (
+    BACKUP_CODES,
+    EMAIL,
+    Enrolling,
+    Login,
+    address_on_file,
+    alternates,
+)
 from mfaproxy.auth.resets import ResetAsked, Resets
+from mfaproxy.auth.sessions import PROMPT_BACKUP, challenge, new_session, retry_session
 from mfaproxy.config.policies import MfaAction
 from mfaproxy.config.schema import Config, SecondFactorMode
 from mfaproxy.core import replies
 from mfaproxy.core import second_factor as rules
-from mfaproxy.core.answer import Answer, Outcome
+from mfaproxy.core.answer import Answer
 from mfaproxy.core.factor_result import FactorResult, Verdict
-from mfaproxy.core.primary import PrimaryResult
 from mfaproxy.core.responses import IntentKind, classify_response, retry_prompt, with_options
 from mfaproxy.core.second_factor import Action, Round, Stage, Step, StepKind
-from mfaproxy.core.session import (
-    STATE_RANDOM_BYTES,
-    Session,
-    primary_from_json,
-    primary_to_json,
-    session_key,
-    state_from_random,
-)
-from mfaproxy.factors.base import Factor, FactorRequest, FactorServices, FactorUser
+from mfaproxy.core.session import Session
+from mfaproxy.factors.base import Factor, FactorServices
 from mfaproxy.observability import metrics
 from mfaproxy.radius.text import reply_message
 from mfaproxy.store.records import UserRecord
 
 log = structlog.get_logger(__name__)
 
-CHALLENGES = "challenge"
 HELD = "held_session"  # request key -> the session a held check answers
 HELD_LEASE = "held_lease"  # request key -> the user lease a held check runs under
 
 MSG_UNAVAILABLE = rules.MSG_UNAVAILABLE
-PROMPT_BACKUP = "Enter one of your backup codes"
 PROMPT_VERIFY = "To set up your second factor, first confirm your address. "
-BACKUP_CODES = rules.BACKUP_CODES
-EMAIL = "email"
 ENROLMENT_PLANS = (rules.PlanKind.ENROL, rules.PlanKind.ENROL_AFTER_EMAIL)
 WINDOW, MAILED = "operator_window", "email_code"  # what let an inline enrolment start
-
-
-@dataclass
-class Login:
-    """One request's second-factor context, as the flow fills it in."""
-
-    request_id: str
-    client: str
-    nas: str
-    user: FactorUser
-    primary: PrimaryResult
-    now: float
-    client_ip: str | None
-    audit: dict[str, Any] = field(default_factory=dict)
-    # True once the user's response is being judged or a factor has said no: a store
-    # failure after that is never turned into an Accept by `store_failmode: safe`.
-    responded: bool = False
-    # The RFC 5080 key of the request (see FactorRequest.request_key).
-    request_key: str = ""
-    # How the NAS takes the second factor: whether it can be sent a challenge.
-    mode: SecondFactorMode = "challenge"
-    # A member of multifactor.administrators.group (inline enrolment is refused them
-    # unless configured).
-    administrator: bool = False
-
-    def factor_request(self) -> FactorRequest:
-        return FactorRequest(self.user, self.client, self.client_ip, self.now, self.request_key)
-
-
-@dataclass(frozen=True)
-class Enrolling:
-    """An inline enrolment in progress: the method it binds, what let it start."""
-
-    method: str
-    proof: str
 
 
 # What performs one `Action`: (login, the user's response, method, session answered).
@@ -135,59 +98,12 @@ class SecondFactorStage:
     def _reject(self, reason: str, message: str | None = None) -> Answer:
         return replies.reject(self.config.replies, reason, message)
 
-    async def _challenge(self, login: Login, session: Session, prompt: str, reason: str) -> Answer:
-        """Store the session under a new State; the user's oldest open session beyond
-        `challenge.max_open_per_user` is retired (its State becomes unknown)."""
-        state = state_from_random(secrets.token_bytes(STATE_RANDOM_BYTES))
-        challenge = self.mfa.challenge
-        retired = await self.services.state.put_bounded(
-            CHALLENGES,
-            session_key(state),
-            session.to_json(),
-            challenge.timeout_seconds,
-            login.now,
-            group=login.user.name,
-            limit=challenge.max_open_per_user,
-        )
-        if retired:
-            metrics.CHALLENGES_RETIRED.inc(len(retired))
-        return Answer(Outcome.CHALLENGE, reason, reply_message=reply_message(prompt), state=state)
-
-    def _session(
-        self, login: Login, stage: Stage, method: str, pending: Mapping[str, Any], prompt: str
-    ) -> Session:
-        return Session(
-            user=login.user.name,
-            login_name=login.user.login_name,
-            client=login.client,
-            nas=login.nas,
-            stage=stage,
-            method=method,
-            pending=dict(pending),
-            attempts=0,
-            primary=primary_to_json(login.primary),
-            email=login.user.email,
-            mobile=login.user.mobile,
-            prompt=prompt,
-            login_key=login.user.login_key,
-        )
-
-    @staticmethod
-    def _address_on_file(login: Login) -> bool:
-        record = login.user.record
-        return bool(login.user.email or (record and EMAIL in record.enrolled))
-
     def _alternates(self, login: Login) -> list[str]:
-        """The alternate ways this user can actually use: email only with an address on
-        file, backup codes only while some are left (the prompt lists no dead ends)."""
-        record = login.user.record
-        usable: list[str] = []
-        for way in self.mfa.alternate:
-            if way == EMAIL and self._address_on_file(login):
-                usable.append(way)
-            if way == BACKUP_CODES and record is not None and record.backup_codes_remaining > 0:
-                usable.append(way)
-        return usable
+        return alternates(self.mfa, login)
+
+    async def _challenge(self, login: Login, session: Session, prompt: str, reason: str) -> Answer:
+        settings = self.mfa.challenge
+        return await challenge(self.services.state, settings, login, session, prompt, reason)
 
     def _prompt(self, login: Login, prompt: str | None, method: str) -> str:
         return with_options(prompt or "Enter your code", self._alternates(login), method, True)
@@ -259,7 +175,7 @@ class SecondFactorStage:
             self.mfa.inline_enrolment,
             record,
             login.now,
-            email_on_file=EMAIL in self.factors and self._address_on_file(login),
+            email_on_file=EMAIL in self.factors and address_on_file(login),
             administrator=login.administrator,
             calling_station_id=login.client_ip,
             nas_address=login.nas,
@@ -437,7 +353,7 @@ class SecondFactorStage:
     async def _ask_backup_code(
         self, login: Login, response: str, method: str, previous: Session | None
     ) -> Answer:
-        backup = self._session(login, Stage.BACKUP, BACKUP_CODES, {}, PROMPT_BACKUP)
+        backup = new_session(login, Stage.BACKUP, BACKUP_CODES, {}, PROMPT_BACKUP)
         return await self._challenge(login, backup, PROMPT_BACKUP, "backup_prompt")
 
     async def _begin_email(
@@ -485,7 +401,7 @@ class SecondFactorStage:
                 prompt = self._prompt(login, result.prompt, at.method)
             if step.stage is Stage.VERIFY:
                 prompt = reply_message(PROMPT_VERIFY + prompt)
-            session = self._session(login, step.stage, at.method, result.pending, prompt)
+            session = new_session(login, step.stage, at.method, result.pending, prompt)
             session = replace(session, attempts=step.attempts)
             if enrolling is not None:
                 session = replace(
@@ -493,7 +409,7 @@ class SecondFactorStage:
                 )
             return await self._challenge(login, session, prompt, step.reason)
         if step.kind is StepKind.RETRY:
-            retry = self._retry_session(login, step, at, previous)
+            retry = retry_session(login, step, at, previous)
             return await self._challenge(login, retry, retry_prompt(retry.prompt), step.reason)
         return self._reject(step.reason, step.message)
 
@@ -519,17 +435,6 @@ class SecondFactorStage:
             return False
         return await self.gate.count_failure(user, login.client, login.now)
 
-    def _retry_session(
-        self, login: Login, step: Step, at: Round, previous: Session | None
-    ) -> Session:
-        """The session that asks again: the one answered, unless the response moved the
-        login to another stage (a backup code typed at a code prompt)."""
-        if previous is not None and previous.stage is step.stage:
-            return replace(previous, attempts=step.attempts)
-        assert step.stage is Stage.BACKUP  # the only check judged outside its session
-        backup = self._session(login, Stage.BACKUP, at.method, {}, PROMPT_BACKUP)
-        return replace(backup, attempts=step.attempts)
-
     # ------------------------------------------------------------------ alternates
 
     async def _reset(
@@ -543,33 +448,3 @@ class SecondFactorStage:
         outcome, message = await self.resets.request(asked)
         login.audit.update(mfa_result=outcome)
         return self._reject("reset_requested", message)
-
-
-def login_from_session(
-    session: Session,
-    request_id: str,
-    client_ip: str | None,
-    now: float,
-    record: UserRecord | None,
-    request_key: str = "",
-) -> Login:
-    primary = primary_from_json(session.primary)
-    user = FactorUser(
-        name=session.user,
-        login_name=session.login_name,
-        email=session.email,
-        mobile=session.mobile,
-        groups=primary.groups,
-        record=record,
-        login_key=session.login_key,
-    )
-    return Login(
-        request_id,
-        session.client,
-        session.nas,
-        user,
-        primary,
-        now,
-        client_ip,
-        request_key=request_key,
-    )

@@ -21,7 +21,7 @@ from typing import TypeAlias
 from mfaproxy.adapters.geoip import GeoIpDatabase
 from mfaproxy.adapters.radius_client import RadiusClient, RadiusServer
 from mfaproxy.adapters.smtp import SmtpSender
-from mfaproxy.auth.second_factor import CHALLENGES
+from mfaproxy.auth.sessions import CHALLENGES
 from mfaproxy.cli.ownership import NotTheServiceUser, as_state_owner
 from mfaproxy.config.schema import Config
 from mfaproxy.core.doctor import Check, Status

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from mfaproxy.auth.second_factor import CHALLENGES
+from mfaproxy.auth.sessions import CHALLENGES
 from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.errors import StoreError, UpstreamError
 from mfaproxy.store.async_users import AsyncUserStore

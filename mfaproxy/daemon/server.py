@@ -23,7 +23,7 @@ from mfaproxy.adapters.smtp import SmtpSender
 from mfaproxy.adapters.status_http import StatusServer
 from mfaproxy.adapters.udp import open_listener
 from mfaproxy.auth.engine import Engine
-from mfaproxy.auth.second_factor import CHALLENGES
+from mfaproxy.auth.sessions import CHALLENGES
 from mfaproxy.config.base import parse_host_port
 from mfaproxy.config.schema import Config
 from mfaproxy.daemon import health, preflight

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mfaproxy.auth.second_factor import CHALLENGES
+from mfaproxy.auth.sessions import CHALLENGES
 from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.core.identity import normalise
 from mfaproxy.core.session import session_key
