@@ -15,6 +15,7 @@ from argon2 import PasswordHasher
 from tests.support.daemon import REPO, Daemon
 from tests.support.nas import UdpNas, access_request
 from tests.support.ports import free_udp_port
+from tests.support.radclient import radclient
 
 DEMO = REPO / "config" / "mfaproxy.yaml"
 SECRET = "messages-test-secret"
@@ -104,3 +105,22 @@ def test_the_debug_log_shows_the_packet_type(tmp_path: Path) -> None:
         received = daemon.wait_for(lambda e: e.get("event") == "request_received")
     assert received["packet_type"] == "Access-Request"
     assert "[redacted]" not in str(received)
+
+
+@pytest.mark.e2e
+def test_a_shared_secret_of_128_octets_works_with_radclient(tmp_path: Path) -> None:
+    # The warning asks for long secrets (16 octets or more): the longest a NAS commonly
+    # takes must work end to end, with FreeRADIUS's own client as the NAS.
+    secret = "S" * 64 + "e" * 63 + "!"
+    config = yaml.safe_load(config_for(tmp_path).read_text())
+    config["clients"][0]["secret"] = secret
+    with Daemon(tmp_path, config) as daemon:
+        result = radclient(
+            daemon.port,
+            secret,
+            {"User-Name": "alice", "User-Password": "pw", "Message-Authenticator": "0x00"},
+        )
+        warned = [e for e in daemon.events if e.get("warning") == "short_shared_secret"]
+    assert len(secret.encode()) == 128
+    assert result.code == "Access-Accept", result.output
+    assert warned == []
