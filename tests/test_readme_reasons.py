@@ -68,6 +68,10 @@ def reject_reasons() -> set[str]:
     reasons |= set(AD_REASONS.values())
     for path in (PACKAGE / "directory").rglob("*.py"):
         reasons |= set(re.findall(r'PrimaryOutcome\.REJECT, "([a-z_]+)"', path.read_text()))
+    for path in [*(PACKAGE / "auth").rglob("*.py"), *(PACKAGE / "core").rglob("*.py")]:
+        text = path.read_text()
+        reasons |= set(re.findall(r'StepKind\.REJECT,\s*"([a-z_]+)"', text))
+        reasons |= set(re.findall(r'PlanKind\.REFUSE[^)]*?reason="([a-z_]+)"', text))
     for path in (PACKAGE / "factors").rglob("*.py"):
         text = path.read_text()
         reasons |= set(re.findall(r'FactorResult\.reject\(\s*"([a-z_]+)"', text))
