@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 from typing import TypeAlias
 
 from mfaproxy.adapters.geoip import GeoIpDatabases
+from mfaproxy.cli.identity import resolve
 from mfaproxy.config.schema import ClientConfig, Config, load_config
-from mfaproxy.core.identity import normalise, read_login_name
+from mfaproxy.core.identity import read_login_name
 from mfaproxy.core.policy import PolicyContext
 from mfaproxy.core.policy_explain import explain
 from mfaproxy.directory.local import load_users_file
@@ -60,12 +61,6 @@ def _source_address(client: ClientConfig) -> IPAddress:
     """The client's first configured address; for a range, its first host address."""
     network = client.address[0]
     return ipaddress.ip_address(str(next(iter(network.hosts()), network.network_address)))
-
-
-def _identity(config: Config, user: str) -> str:
-    """Who `user` is after the password check, as far as the CLI can tell without a
-    password: the realm removed and normalised, as the engine keys the login."""
-    return normalise(read_login_name(user, config.directory.realms).user)
 
 
 def _ldap_groups(config: Config, login: str) -> frozenset[str] | None:
@@ -119,9 +114,11 @@ def _is_admin(config: Config, groups: frozenset[str] | None, given: bool | None)
 
 def _context(config: Config, client: ClientConfig, args: argparse.Namespace) -> PolicyContext:
     backend = args.backend or config.directory.backend
-    user = _identity(config, args.user)
-    if user != args.user:
-        _note(f"{args.user!r} is the user {user!r} once the directory has answered")
+    # Who the user is after the password check: the directory's identity (cli/identity).
+    resolved = resolve(config, args.user)
+    user = resolved.identity
+    if resolved.note is not None:
+        _note(resolved.note)
     groups = args.groups
     if groups is None:
         login = read_login_name(args.user, config.directory.realms).user

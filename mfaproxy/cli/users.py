@@ -5,7 +5,9 @@
 Data a script may want (the otpauth:// URI, backup codes, listings) goes to standard
 output; notes for the operator go to standard error. Secrets are printed only by the
 commands that create them (`enroll`, `backup-codes`), once; `show` never prints one.
-The store normalises user names (case, surrounding space), so they may be typed freely.
+USER is read as the daemon reads a User-Name and looked up in the directory
+(cli/identity.py): every command acts on the identity a login would reach, and says
+so when the name is that of another user or unknown to the directory.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mfaproxy.cli import collisions as cli_collisions
 from mfaproxy.cli import enrol as cli_enrol
 from mfaproxy.cli import enrolment_window
 from mfaproxy.cli.enrolment_window import DEFAULT_WINDOW, duration, window_text
+from mfaproxy.cli.identity import resolve
 from mfaproxy.cli.ownership import NotTheServiceUser, as_state_owner
 from mfaproxy.config.multifactor import METHODS, Method
 from mfaproxy.config.schema import Config, load_config
@@ -57,9 +60,10 @@ _NEEDS_ENROLMENT: dict[str, str] = {
 
 def _user(text: str) -> str:
     try:
-        return identity_key(text)
+        identity_key(text)  # refused here when nothing is left of it
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
 
 
 def _note(message: str) -> None:
@@ -79,12 +83,23 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
         config = load_config(args.config)
         try:
             with as_state_owner(config, _note):
+                _resolve_user(config, args)
                 return _with_store(handler, config, args)
         except NotTheServiceUser as exc:
             _note(str(exc))
             return EXIT_RUNTIME
 
     return run
+
+
+def _resolve_user(config: Config, args: argparse.Namespace) -> None:
+    """Every command acts on the identity the daemon would use for USER (cli/identity)."""
+    if getattr(args, "user", None) is None or getattr(args, "stored", False):
+        return
+    resolved = resolve(config, args.user)
+    if resolved.note is not None:
+        _note(resolved.note)
+    args.user = resolved.identity
 
 
 def _with_store(handler: Handler, config: Config, args: argparse.Namespace) -> int:
@@ -383,7 +398,13 @@ def register(sub: SubParsers, common: argparse.ArgumentParser) -> SubParsers:
     )
     _add(commands, "list", [common], "list the users in the store", cmd_list, user=False)
     _add(commands, "unlock", [common], "clear failures and any lockout", cmd_unlock)
-    _add(commands, "delete", [common], "delete a user from the store", cmd_delete)
+    delete = _add(commands, "delete", [common], "delete a user from the store", cmd_delete)
+    delete.add_argument(
+        "--stored",
+        action="store_true",
+        help="USER is the stored name as `users list` shows it, not looked up in the"
+        " directory (a record no login reaches)",
+    )
     enrolment_window.register(lambda *a: _add(commands, *a), common)
     _register_resets(commands, common)
     cli_collisions.register(commands, common)

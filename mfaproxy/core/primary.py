@@ -43,3 +43,20 @@ class PrimaryResult:
     @property
     def accepted(self) -> bool:
         return self.outcome is PrimaryOutcome.ACCEPT
+
+
+class LookupStatus(enum.Enum):
+    FOUND = "found"
+    NOT_FOUND = "not_found"
+    # The directory cannot say (no way to search without the password, unreachable).
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class IdentityLookup:
+    """Whether the directory knows a user name, and as whom (for the CLI: no password
+    is checked)."""
+
+    status: LookupStatus
+    identity: str | None = None
+    detail: str = ""  # why UNKNOWN, for the operator

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mfaproxy.core.primary import PrimaryResult
+from mfaproxy.core.primary import IdentityLookup, PrimaryResult
 
 
 class PasswordChecker(Protocol):
@@ -18,6 +18,11 @@ class PasswordChecker(Protocol):
     async def health(self) -> str | None:
         """None when the backend can answer logins now; otherwise why not (for
         /readyz: a directory that is down makes the instance not ready)."""
+        ...
+
+    async def find_identity(self, username: str) -> IdentityLookup:
+        """Who `username` is, without a password (for `mfaproxy users`): the identity
+        `authenticate` would return, NOT_FOUND, or UNKNOWN when the backend cannot say."""
         ...
 
     async def close(self) -> None: ...

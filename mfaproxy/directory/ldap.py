@@ -37,7 +37,7 @@ import structlog
 
 from mfaproxy.config.directory import LdapConfig
 from mfaproxy.core.identity import normalise, normalise_dn
-from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
+from mfaproxy.core.primary import IdentityLookup, LookupStatus, PrimaryOutcome, PrimaryResult
 from mfaproxy.directory.ldap_pool import ConnectionFactory, ConnectionPool, TlsFailure, Unreachable
 from mfaproxy.errors import ConfigError
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
@@ -173,6 +173,37 @@ class LdapChecker:
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         for pools in self._pools.values():
             pools.close()
+
+    async def find_identity(self, username: str) -> IdentityLookup:
+        """The identity of the entry `user_filter` (or the DN template) names, read with
+        the service account; UNKNOWN without one, or when no server answers."""
+        if self._config.bind_dn is None:
+            return IdentityLookup(LookupStatus.UNKNOWN, detail="direct bind: no account to search")
+        loop = asyncio.get_running_loop()
+        for url in self._servers_in_order(time.monotonic()):
+            try:
+                return await loop.run_in_executor(self._executor, self._lookup, url, username)
+            except (_ServerError, Unreachable, TlsFailure, ldap.LDAPError):
+                continue
+        return IdentityLookup(LookupStatus.UNKNOWN, detail="no LDAP server answered")
+
+    def _lookup(self, url: str, username: str) -> IdentityLookup:
+        config, service = self._config, self._pools[url].service
+        try:
+            if config.user_dn_template is not None:
+                dn = config.user_dn_template.replace(
+                    "{username}", ldap.dn.escape_dn_chars(username)
+                )
+                entry = service.run(lambda conn: self._read_entry(conn, dn))
+                if not entry.attributes:
+                    return IdentityLookup(LookupStatus.NOT_FOUND)
+            else:
+                entry = service.run(lambda conn: self._find_user(conn, username))
+        except _RejectError as rejected:
+            if rejected.reason == "no_such_user":
+                return IdentityLookup(LookupStatus.NOT_FOUND)
+            return IdentityLookup(LookupStatus.UNKNOWN, detail=rejected.reason)
+        return IdentityLookup(LookupStatus.FOUND, self._identity(entry))
 
     def idle_connections(self, url: str) -> tuple[int, int]:
         """(service, bind) connections kept open to `url` (for tests and operators)."""

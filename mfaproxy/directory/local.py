@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import re
 import time
 from collections import Counter
@@ -36,7 +37,7 @@ from pydantic import Field, ValidationError, field_validator
 from mfaproxy.config.base import Strict
 from mfaproxy.config.problems import render_all, schema_problems, yaml_line_map
 from mfaproxy.core.identity import name_problem, normalise
-from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
+from mfaproxy.core.primary import IdentityLookup, LookupStatus, PrimaryOutcome, PrimaryResult
 from mfaproxy.errors import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -236,6 +237,12 @@ def typical_cost(users: dict[str, LocalUser]) -> HashCost:
     return known[0][0] if known else DEFAULT_COST
 
 
+@functools.cache
+def _dummy_hash(cost: HashCost) -> str:
+    # One per cost and process: a reload (or a CLI command) does not hash again.
+    return hash_password("mfaproxy timing equaliser", cost)
+
+
 class LocalChecker:
     """Checks passwords against the local users file."""
 
@@ -244,7 +251,7 @@ class LocalChecker:
     def __init__(self, users_file: Path, workers: int = HASH_THREADS):
         self._users = load_users_file(users_file)
         # Unknown users cost what most known users cost: timing tells no names.
-        self._dummy_hash = hash_password("mfaproxy timing equaliser", typical_cost(self._users))
+        self._dummy_hash = _dummy_hash(typical_cost(self._users))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
 
     @property
@@ -282,6 +289,12 @@ class LocalChecker:
 
     async def health(self) -> str | None:
         return None  # the file was read at start: nothing to be down
+
+    async def find_identity(self, username: str) -> IdentityLookup:
+        key = normalise(username)
+        if key in self._users:
+            return IdentityLookup(LookupStatus.FOUND, key)
+        return IdentityLookup(LookupStatus.NOT_FOUND)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -39,7 +39,13 @@ from mfaproxy.adapters.radius_client import (
 )
 from mfaproxy.config.directory import RadiusDirectoryConfig, RealmRule
 from mfaproxy.core.identity import directory_identity
-from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult, ReplyAttribute
+from mfaproxy.core.primary import (
+    IdentityLookup,
+    LookupStatus,
+    PrimaryOutcome,
+    PrimaryResult,
+    ReplyAttribute,
+)
 from mfaproxy.errors import UpstreamUnavailable, UpstreamUnsigned
 
 log = structlog.get_logger(__name__)
@@ -109,6 +115,12 @@ class RadiusChecker:
         """Passive: the last exchange's outcome. Many upstreams (NPS) do not answer
         Status-Server, so probing would call a working server down."""
         return self._down
+
+    async def find_identity(self, username: str) -> IdentityLookup:
+        # RADIUS has no lookup without a password (a Status-Server says nothing of users).
+        return IdentityLookup(
+            LookupStatus.UNKNOWN, detail="an upstream RADIUS server cannot be asked about a user"
+        )
 
     async def close(self) -> None:
         # One socket per exchange: nothing is held between requests.

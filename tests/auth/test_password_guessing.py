@@ -15,7 +15,7 @@ import pytest
 
 from mfaproxy.config.stores import RedisSettings
 from mfaproxy.core.answer import Answer, Outcome
-from mfaproxy.core.primary import PrimaryResult
+from mfaproxy.core.primary import IdentityLookup, PrimaryResult
 from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.observability import metrics
 from mfaproxy.store.redis_state import RedisStateStore
@@ -42,6 +42,9 @@ class Checks:
 
     async def health(self) -> str | None:
         return await self.inner.health()
+
+    async def find_identity(self, username: str) -> IdentityLookup:
+        return await self.inner.find_identity(username)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -32,10 +32,14 @@ multifactor:
 Run = tuple[int, str, str]  # exit code, stdout, stderr
 Runner = Callable[..., Run]
 
+# The directory knows alice and bob (the CLI looks names up; a hash no password matches).
+_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"
+USERS_FILE = f"users:\n  alice: {{password_hash: '{_HASH}'}}\n  bob: {{password_hash: '{_HASH}'}}\n"
+
 
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
-    (tmp_path / "users.yaml").write_text("users: {}\n", encoding="utf-8")
+    (tmp_path / "users.yaml").write_text(USERS_FILE, encoding="utf-8")
     path = tmp_path / "mfaproxy.yaml"
     path.write_text(CONFIG, encoding="utf-8")
     return path

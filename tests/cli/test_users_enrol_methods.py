@@ -34,6 +34,10 @@ LOCAL: dict[str, Any] = {"validation": "local"}
 Run = tuple[int, str, str]  # exit code, stdout, stderr
 Runner = Callable[..., Run]
 
+# The directory knows alice and bob (the CLI looks names up; a hash no password matches).
+_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"
+USERS_FILE = f"users:\n  alice: {{password_hash: '{_HASH}'}}\n  bob: {{password_hash: '{_HASH}'}}\n"
+
 
 def write_config(
     path: Path,
@@ -61,7 +65,7 @@ def cloud_settings(*urls: str) -> dict[str, Any]:
 
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
-    (tmp_path / "users.yaml").write_text("users: {}\n", encoding="utf-8")
+    (tmp_path / "users.yaml").write_text(USERS_FILE, encoding="utf-8")
     path = tmp_path / "mfaproxy.yaml"
     write_config(path)
     return path
