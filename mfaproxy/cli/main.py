@@ -22,7 +22,7 @@ from mfaproxy.cli import policy as cli_policy
 from mfaproxy.cli import radtest as cli_radtest
 from mfaproxy.cli import users as cli_users
 from mfaproxy.cli.ownership import NotTheServiceUser, check_owner, give_back
-from mfaproxy.config.schema import DEFAULT_CONFIG_PATH
+from mfaproxy.config.schema import DEFAULT_CONFIG_PATH, Config
 from mfaproxy.daemon import preflight
 from mfaproxy.errors import (
     EXIT_BROKEN_PIPE,
@@ -71,13 +71,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_RUNTIME
 
 
+def _accounting_summary(config: Config) -> str:
+    accounting = config.server.accounting
+    if accounting is None:
+        return "off"
+    upstream = accounting.upstream
+    if upstream is None:
+        return f"{', '.join(accounting.listen)}; records logged, not forwarded"
+    servers = ", ".join(f"{s.host}:{s.port}" for s in upstream.servers)
+    return f"{', '.join(accounting.listen)}; forwarded to {servers} (answer {upstream.answer})"
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = preflight.load(args.config)
     print(f"configuration {args.config} is valid")
     print(f"  listen: {', '.join(config.server.listen)}")
+    print(f"  accounting: {_accounting_summary(config)}")
     for client in config.clients:
         networks = ", ".join(str(n) for n in client.address)
         ma = "required" if client.require_message_authenticator else "NOT required"
+        if not client.require_message_authenticator:
+            ma += "; unsigned Proxy-State " + (
+                "dropped" if client.limits_proxy_state else "ALLOWED"
+            )
         print(
             f"  client {client.name}: {networks}; Message-Authenticator {ma}; "
             f"second factor by {client.second_factor}"

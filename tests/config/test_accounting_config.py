@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from mfaproxy.config.schema import parse_config
@@ -92,18 +96,46 @@ def test_accounting_may_not_share_a_port_with_authentication() -> None:
     assert "accounting.listen" in found and "own port" in found
 
 
-def test_the_commented_accounting_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The block in config/mfaproxy.yaml, uncommented, is a valid `server.accounting`."""
+@pytest.mark.parametrize("example", ["mfaproxy.yaml", "production.yaml"])
+def test_the_commented_accounting_examples_are_valid(
+    example: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The block in each shipped example, uncommented, is a valid `server.accounting`
+    (its secret file moved under a temporary directory)."""
     monkeypatch.setenv("ACCT_SECRET", "from-the-environment")
-    lines = (REPO / "config/mfaproxy.yaml").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "accounting.secret").write_text("a-long-accounting-secret\n", encoding="utf-8")
+    lines = (REPO / "config" / example).read_text(encoding="utf-8").splitlines()
     start = lines.index("  # accounting:")
     block = ["  accounting:"]
     for line in lines[start + 1 :]:
         if not line.startswith("  #   "):
             break
-        block.append("  " + line[len("  # ") :])
+        block.append("  " + line[len("  # ") :].replace("/etc/mfaproxy/", f"{tmp_path}/"))
     config = parse_config(config_text("server:\n" + "\n".join(block) + "\n"))
     assert config.server.accounting is not None
-    assert config.server.accounting.listen_addresses() == [("127.0.0.1", 1813), ("::1", 1813)]
+    assert config.server.accounting.listen_addresses()[0][1] == 1813
     upstream = config.server.accounting.upstream
     assert upstream is not None and upstream.answer == "after_upstream"
+    assert upstream.servers[0].port == 1813
+
+
+def test_check_config_summarises_accounting_and_the_proxy_state_limit(tmp_path: Path) -> None:
+    (tmp_path / "users.yaml").write_text("users: {}\n", encoding="utf-8")
+    server = """
+server:
+  accounting:
+    listen: ["127.0.0.1:1813"]
+    upstream: {servers: [{host: 10.0.0.5, secret: a-long-upstream-secret}], answer: at_once}
+"""
+    text = config_text(server, client=("require_message_authenticator: false",))
+    path = tmp_path / "mfaproxy.yaml"
+    path.write_text(text.replace("s3cret", "a-long-client-secret-x"), encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "-m", "mfaproxy", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    ).stdout
+    assert "accounting: 127.0.0.1:1813; forwarded to 10.0.0.5:1813 (answer at_once)" in out
+    assert "Message-Authenticator NOT required; unsigned Proxy-State dropped" in out
