@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from pyrad import packet as pyrad_packet
 
 from tests.support.cluster import (
     APPEND_SOURCE,
@@ -36,7 +37,7 @@ from tests.support.redis_server import RedisServer
 pytestmark = pytest.mark.e2e
 
 TOTP_USERS = ["alice", "bob", "carol"]
-DUO_USERS = ("dave", "erin", "fred")
+DUO_USERS = ("dave", "erin", "fred", "gina")
 TAKEN_OVER = "mfaproxy_duplicates_total{action=taken_over}"
 LEASE = 1.5  # server.duplicate_lease_seconds, short to keep the takeover tests fast
 IN_FLIGHT = "mfaproxy_duplicates_total{action=ignored_in_flight}"
@@ -112,9 +113,13 @@ def test_a_state_is_single_use_across_instances(
     assert reused.rejected, reused.message
 
 
-def receive_from(nas: UdpNas, port: int, identifier: int) -> bytes:
-    """The next datagram to `nas` from the instance on `port` with `identifier`;
-    a datagram from anyone else fails the test."""
+def receive_from(
+    nas: UdpNas, port: int, identifier: int, send: pyrad_packet.AuthPacket | None = None
+) -> bytes:
+    """The next datagram to `nas` from the instance on `port` with `identifier` (after
+    sending `send` there, when given); a datagram from anyone else fails the test."""
+    if send is not None:
+        nas.sock.sendto(send.RequestPacket(), ("127.0.0.1", port))
     data, sender = nas.sock.recvfrom(4096)
     assert sender == ("127.0.0.1", port), f"reply from {sender}, expected port {port}"
     assert data[1] == identifier
@@ -158,6 +163,34 @@ def test_a_push_retransmitted_to_the_other_instance_is_sent_once(
         nas.close()
     assert cluster.duo.auth_calls("dave") == 1
     assert b.audit(login_name="dave") == []  # B never processed it
+
+
+def test_checks_for_one_user_are_serialised_across_instances(
+    cluster: Cluster, pair: tuple[Daemon, Daemon, int]
+) -> None:
+    """While A checks gina's second factor (a push she has not answered yet), a new
+    request for her through B finds her lease taken in the shared Redis: refused at
+    once, nothing checked, no second push."""
+    a, b, _ = pair
+    duo_user = cluster.duo.add_user("gina", hold=True)
+    nas_a = UdpNas(a.port, source=APPEND_SOURCE, timeout=40)
+    nas_b = UdpNas(b.port, source=APPEND_SOURCE, timeout=20)
+    try:
+        held = access_request(SECRET, "gina", password("gina") + ",push")
+        nas_a.send(held.RequestPacket())
+        assert duo_user.push_sent.wait(20), "A never sent the push"
+        meanwhile = access_request(SECRET, "gina", password("gina") + ",push")
+        busy = Reply(receive_from(nas_b, b.port, meanwhile.id, meanwhile), SECRET)
+        assert busy.rejected and "being checked" in busy.message, busy.message
+        b.wait_audit(user="gina", reason="user_busy")
+        duo_user.release.set()
+        done = Reply(receive_from(nas_a, a.port, held.id), SECRET)
+        assert done.accepted, done.message
+    finally:
+        duo_user.release.set()
+        nas_a.close()
+        nas_b.close()
+    assert cluster.duo.auth_calls("gina") == 1
 
 
 def test_an_instance_killed_mid_flow_the_login_completes_on_the_other(
