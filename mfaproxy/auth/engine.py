@@ -29,7 +29,7 @@ from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.core.identity import LoginName, check_login_name
 from mfaproxy.core.policy import CountryLookup, PolicyContext, early_login_denial, evaluate
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
-from mfaproxy.core.responses import split_append
+from mfaproxy.core.responses import decode_scrv1, split_append
 from mfaproxy.core.second_factor import APPENDED_MODES
 from mfaproxy.core.session import Session, is_well_formed_state, session_key
 from mfaproxy.directory.base import PasswordChecker
@@ -106,11 +106,11 @@ class Engine:
         answer: Answer | None = None
         dropped = "internal_error"
         try:
-            answer = await self._decide(ctx, request, self.clock())
+            answer = self._fitted(ctx, await self._decide(ctx, request, self.clock()))
         except UpstreamError as exc:
             # Factors report their own outages as UNAVAILABLE; what is raised here is
             # the state or user store (Redis, PostgreSQL, SQLite) failing.
-            answer = self._store_failure(ctx, exc)
+            answer = self._fitted(ctx, self._store_failure(ctx, exc))
         except Shed as exc:
             dropped = exc.reason  # overload: no answer, the NAS retransmits or fails over
             raise
@@ -120,6 +120,11 @@ class Engine:
         finally:
             self._audit(ctx, request, answer, dropped, time.monotonic() - started)
         return answer
+
+    def _fitted(self, ctx: RequestContext, answer: Answer) -> Answer:
+        """Every Reply-Message to this NAS at most its max_prompt long (core/prompts.py)."""
+        message = self.mfa.prompts.cut(ctx.client.name, answer.reply_message)
+        return answer if message == answer.reply_message else replace(answer, reply_message=message)
 
     def _store_failure(self, ctx: RequestContext, exc: UpstreamError) -> Answer:
         mode = self.config.server.store_failmode
@@ -181,6 +186,10 @@ class Engine:
     ) -> tuple[str, str | None]:
         if ctx.client.second_factor not in APPENDED_MODES:
             return password, None
+        if ctx.client.append_format == "scrv1":
+            decoded = decode_scrv1(password)
+            if decoded is not None:
+                return decoded[0], decoded[1].strip() or None
         method = (record.method if record else None) or self.config.multifactor.default
         factor = self.factors.get(method) if method else None
         backup_codes = "backup_codes" in self.config.multifactor.alternate

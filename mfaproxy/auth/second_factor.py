@@ -34,19 +34,19 @@ from mfaproxy.auth.login import (
     alternates,
 )
 from mfaproxy.auth.resets import ResetAsked, Resets
-from mfaproxy.auth.sessions import PROMPT_BACKUP, challenge, new_session, retry_session
+from mfaproxy.auth.sessions import challenge, new_session, retry_session
 from mfaproxy.config.policies import MfaAction
 from mfaproxy.config.schema import Config, SecondFactorMode
 from mfaproxy.core import replies
 from mfaproxy.core import second_factor as rules
 from mfaproxy.core.answer import Answer
 from mfaproxy.core.factor_result import FactorResult, Verdict
-from mfaproxy.core.responses import IntentKind, classify_response, retry_prompt, with_options
+from mfaproxy.core.prompts import ClientPrompts, keywords, render, render_text
+from mfaproxy.core.responses import IntentKind, classify_response
 from mfaproxy.core.second_factor import Action, Round, Stage, Step, StepKind
 from mfaproxy.core.session import Session
 from mfaproxy.factors.base import Factor, FactorServices
 from mfaproxy.observability import metrics
-from mfaproxy.radius.text import reply_message
 from mfaproxy.store.records import UserRecord
 
 log = structlog.get_logger(__name__)
@@ -76,6 +76,8 @@ class SecondFactorStage:
         self.services = services
         self.gate = AttemptGate(config.multifactor, services)
         self.resets = Resets(config.multifactor, services)
+        # Each NAS's wording of the prompts (config/prompts.py, core/prompts.py).
+        self.prompts = ClientPrompts(config)
         # One handler per `Action` of the machine.
         self._handlers: Mapping[Action, Handler] = {
             Action.CHECK: self._check,
@@ -105,8 +107,28 @@ class SecondFactorStage:
         settings = self.mfa.challenge
         return await challenge(self.services.state, settings, login, session, prompt, reason)
 
-    def _prompt(self, login: Login, prompt: str | None, method: str) -> str:
-        return with_options(prompt or "Enter your code", self._alternates(login), method, True)
+    def _prompt(self, login: Login, result: FactorResult, method: str, step: Step) -> str:
+        """The factor's prompt in the NAS's wording; at a code prompt, with the words
+        the user may type instead."""
+        profile = self.prompts.profile(login.client)
+        words = keywords(self._alternates(login), method, True) if step.stage is Stage.CODE else []
+        if result.template is None:
+            return render_text(profile, result.prompt or "Enter your code", words)
+        fields = {**result.fields, **self._common_fields(method, step.attempts)}
+        return render(profile, result.template, fields, words)
+
+    def _common_fields(self, method: str, spent: int) -> dict[str, str]:
+        left = max(self.mfa.challenge.attempts - spent, 0)
+        return {"method": method, "attempts_left": str(left)}
+
+    def _backup_prompt(self, login: Login, spent: int = 0) -> str:
+        profile = self.prompts.profile(login.client)
+        return render(profile, "backup", self._common_fields(BACKUP_CODES, spent))
+
+    def _retry_prompt(self, login: Login, retry: Session) -> str:
+        profile = self.prompts.profile(login.client)
+        fields = {"prompt": retry.prompt, **self._common_fields(retry.method, retry.attempts)}
+        return render(profile, "retry", fields)
 
     async def _blocked(self, login: Login) -> Step | None:
         """Lockout per user, throttle per NAS: checked before any code is looked at."""
@@ -353,8 +375,9 @@ class SecondFactorStage:
     async def _ask_backup_code(
         self, login: Login, response: str, method: str, previous: Session | None
     ) -> Answer:
-        backup = new_session(login, Stage.BACKUP, BACKUP_CODES, {}, PROMPT_BACKUP)
-        return await self._challenge(login, backup, PROMPT_BACKUP, "backup_prompt")
+        prompt = self._backup_prompt(login)
+        backup = new_session(login, Stage.BACKUP, BACKUP_CODES, {}, prompt)
+        return await self._challenge(login, backup, prompt, "backup_prompt")
 
     async def _begin_email(
         self, login: Login, response: str, method: str, previous: Session | None
@@ -396,11 +419,9 @@ class SecondFactorStage:
             return await self._begin_enrolment(login, previous)
         if step.kind is StepKind.CHALLENGE:
             assert step.stage is not None
-            prompt = result.prompt or ""
-            if step.stage is Stage.CODE:
-                prompt = self._prompt(login, result.prompt, at.method)
+            prompt = self._prompt(login, result, at.method, step)
             if step.stage is Stage.VERIFY:
-                prompt = reply_message(PROMPT_VERIFY + prompt)
+                prompt = self.prompts.cut(login.client, PROMPT_VERIFY + prompt) or prompt
             session = new_session(login, step.stage, at.method, result.pending, prompt)
             session = replace(session, attempts=step.attempts)
             if enrolling is not None:
@@ -409,8 +430,9 @@ class SecondFactorStage:
                 )
             return await self._challenge(login, session, prompt, step.reason)
         if step.kind is StepKind.RETRY:
-            retry = retry_session(login, step, at, previous)
-            return await self._challenge(login, retry, retry_prompt(retry.prompt), step.reason)
+            retry = retry_session(login, step, at, previous, self._backup_prompt(login))
+            prompt = self._retry_prompt(login, retry)
+            return await self._challenge(login, retry, prompt, step.reason)
         return self._reject(step.reason, step.message)
 
     async def _begin_enrolment(self, login: Login, previous: Session | None) -> Answer:

@@ -26,7 +26,6 @@ from mfaproxy.radius.text import reply_message
 from mfaproxy.store.state import StateStore
 
 CHALLENGES = "challenge"
-PROMPT_BACKUP = "Enter one of your backup codes"
 
 
 def new_session(
@@ -74,11 +73,14 @@ async def challenge(
     return Answer(Outcome.CHALLENGE, reason, reply_message=reply_message(prompt), state=issued)
 
 
-def retry_session(login: Login, step: Step, at: Round, previous: Session | None) -> Session:
+def retry_session(
+    login: Login, step: Step, at: Round, previous: Session | None, backup_prompt: str
+) -> Session:
     """The session that asks again: the one answered, unless the response moved the
-    login to another stage (a backup code typed at a code prompt)."""
+    login to another stage (a backup code typed at a code prompt: `backup_prompt`, in
+    the NAS's wording)."""
     if previous is not None and previous.stage is step.stage:
         return replace(previous, attempts=step.attempts)
     assert step.stage is Stage.BACKUP  # the only check judged outside its session
-    backup = new_session(login, Stage.BACKUP, at.method, {}, PROMPT_BACKUP)
+    backup = new_session(login, Stage.BACKUP, at.method, {}, backup_prompt)
     return replace(backup, attempts=step.attempts)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mfaproxy.config.multifactor import Method, YubikeyMethodConfig
 from mfaproxy.config.schema import Config
+from mfaproxy.core.prompts import default_text
 from mfaproxy.errors import (
     EXIT_INVALID,
     EXIT_OK,
@@ -117,7 +118,7 @@ def enrol(store: UserRepository, config: Config, args: argparse.Namespace) -> in
 def _read_otp() -> str:
     """One line from standard input: a touched YubiKey types its OTP and Enter."""
     if sys.stdin.isatty():
-        print(f"{yubikey.ENROL_PROMPT}: ", end="", file=sys.stderr, flush=True)
+        print(f"{default_text('yubikey_enrol')}: ", end="", file=sys.stderr, flush=True)
     return sys.stdin.readline().strip()
 
 

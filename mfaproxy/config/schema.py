@@ -13,7 +13,7 @@ import functools
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -32,6 +32,11 @@ from mfaproxy.config.directory import DirectoryConfig
 from mfaproxy.config.multifactor import MultifactorConfig, SmtpConfig
 from mfaproxy.config.policies import AccessPoliciesConfig
 from mfaproxy.config.problems import LineMap, render_all, schema_problems, yaml_line_map
+from mfaproxy.config.prompts import (
+    ClientPromptsConfig,
+    MaxPrompt,
+    PromptProfileConfig,
+)
 from mfaproxy.config.stores import MemoryStateStoreConfig, StateStoreConfig, UserStoreConfig
 from mfaproxy.config.throttle import PasswordThrottleConfig
 from mfaproxy.errors import ConfigError
@@ -174,9 +179,19 @@ class ClientConfig(Strict):
     limit_proxy_state: bool | None = None
     second_factor: SecondFactorMode = "challenge"
     append_delimiter: str = Field(default=",", min_length=1, max_length=4)
+    # How an appended response reaches us: plain (`password,code`, or password and code
+    # run together when the code's length is known) or scrv1 (OpenVPN's static
+    # challenge, `SCRV1:<base64 password>:<base64 response>`, as radiusplugin sends it;
+    # a password not in that form is read as plain). Only for append and auto.
+    append_format: Literal["plain", "scrv1"] = "plain"
     # How long this NAS waits for an answer before it gives up (its timeout x (retries
     # + 1)). Only checked against the methods' waits (check-config warns); not enforced.
     nas_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+    # The wording of this NAS's challenge prompts (config/prompts.py): a profile's name
+    # (default, short, openvpn, or one of prompt_profiles) or a mapping with templates.
+    prompts: ClientPromptsConfig = ClientPromptsConfig()
+    # The longest Reply-Message this NAS shows; unset: its prompt profile's.
+    max_prompt: MaxPrompt | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -197,6 +212,15 @@ class ClientConfig(Strict):
         if not value.get_secret_value():
             raise ValueError("the shared secret must not be empty (RFC 2865 section 3)")
         return value
+
+    @model_validator(mode="after")
+    def _scrv1_appends(self) -> ClientConfig:
+        if self.append_format == "scrv1" and self.second_factor == "challenge":
+            raise ValueError(
+                "append_format scrv1 needs second_factor append or auto (the static-challenge"
+                " response comes with the password)"
+            )
+        return self
 
     @property
     def limits_proxy_state(self) -> bool:
@@ -239,6 +263,10 @@ class RepliesConfig(Strict):
 # --------------------------------------------------------------------------- root
 
 
+# A named prompt profile; names of the built-in ones are refused (daemon/preflight.py).
+ProfileName = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
 class Config(Strict):
     server: ServerConfig = ServerConfig()
     clients: list[ClientConfig] = Field(min_length=1)
@@ -248,6 +276,8 @@ class Config(Strict):
     multifactor: MultifactorConfig = MultifactorConfig()
     smtp: SmtpConfig | None = None
     password_throttle: PasswordThrottleConfig = PasswordThrottleConfig()
+    # Named prompt profiles the clients refer to (`clients[].prompts: NAME`).
+    prompt_profiles: dict[ProfileName, PromptProfileConfig] = Field(default_factory=dict)
     # Where the file was read from; relative paths were resolved against its folder.
     source: Path | None = Field(default=None, exclude=True)
 

@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mfaproxy.config.prompts import PromptName
+from mfaproxy.core.prompts import default_text
+
 
 class Verdict(enum.Enum):
     ACCEPT = "accept"  # the factor passed
@@ -31,6 +34,10 @@ class FactorResult:
     # A REJECT that is not the user's fault (an expired code, a flood limit) does not
     # count towards the lockout.
     counts_as_failure: bool = True
+    # Which prompt of a prompt profile (config/prompts.py) `prompt` is, and its fields,
+    # so the engine words it for the client's NAS; None: `prompt` is shown as it is.
+    template: PromptName | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
 
     @staticmethod
     def accept(reason: str = "ok") -> FactorResult:
@@ -42,9 +49,33 @@ class FactorResult:
 
     @staticmethod
     def challenge(
-        prompt: str, pending: Mapping[str, Any] | None = None, reason: str = "challenge"
+        prompt: str,
+        pending: Mapping[str, Any] | None = None,
+        reason: str = "challenge",
+        *,
+        template: PromptName | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> FactorResult:
-        return FactorResult(Verdict.CHALLENGE, reason, prompt=prompt, pending=dict(pending or {}))
+        return FactorResult(
+            Verdict.CHALLENGE,
+            reason,
+            prompt=prompt,
+            pending=dict(pending or {}),
+            template=template,
+            fields=dict(fields or {}),
+        )
+
+    @staticmethod
+    def prompted(
+        template: PromptName,
+        fields: Mapping[str, str] | None = None,
+        pending: Mapping[str, Any] | None = None,
+        reason: str = "challenge",
+    ) -> FactorResult:
+        """A CHALLENGE with the profile prompt `template`; the text is the default
+        profile's wording (core/prompts.py words it for the client)."""
+        text = default_text(template, fields)
+        return FactorResult.challenge(text, pending, reason, template=template, fields=fields)
 
     @staticmethod
     def unavailable(reason: str = "unreachable") -> FactorResult:

@@ -1,21 +1,22 @@
 """Reading what the user typed at a second-factor prompt (the `response`, as opposed to
-the `Answer` mfaproxy sends back), splitting `password,code` in append mode, and the
-prompt texts. Pure: no I/O, no clock.
+the `Answer` mfaproxy sends back) and splitting `password,code` in append mode (the
+prompts themselves: core/prompts.py). Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 from collections.abc import Callable, Sequence
 
 from mfaproxy.otp.backup_codes import looks_like_backup_code
 from mfaproxy.otp.codes import digit_code
-from mfaproxy.radius.constants import MAX_STRING_OCTETS
-from mfaproxy.radius.text import reply_message
 
 KEYWORD_BACKUP = "backup"
 KEYWORD_EMAIL = "email"
 KEYWORD_RESET = "reset"
+SCRV1_PREFIX = "SCRV1:"
 
 
 class IntentKind(enum.Enum):
@@ -81,22 +82,24 @@ def split_append(
     return password, None
 
 
-def with_options(prompt: str, alternates: Sequence[str], current: str, reset_allowed: bool) -> str:
-    """Append the words the user can type instead: `backup`, `email`, `reset`."""
-    words = []
-    if "backup_codes" in alternates:
-        words.append(KEYWORD_BACKUP)
-    if "email" in alternates and current != "email":
-        words.append(KEYWORD_EMAIL)
-    if reset_allowed:
-        words.append(KEYWORD_RESET)
-    if not words or current == "backup_codes":
-        return reply_message(prompt)
-    suffix = f" (or type {', '.join(words)})"
-    if len(prompt) + len(suffix) > MAX_STRING_OCTETS:
-        return reply_message(prompt)
-    return reply_message(prompt + suffix)
-
-
-def retry_prompt(prompt: str) -> str:
-    return reply_message("Wrong code, try again. " + prompt)
+def decode_scrv1(text: str) -> tuple[str, str] | None:
+    """OpenVPN's static-challenge encoding of a password and its response,
+    `SCRV1:<base64 password>:<base64 response>` (OpenVPN management-notes.txt, "Static
+    challenge"): what radiusplugin (openvpn-auth-radius) sends as User-Password, since
+    it does not take the encoding apart. (password, response), or None when `text` is
+    not in that form: both parts strict base64 of UTF-8 text without NUL."""
+    if not text.startswith(SCRV1_PREFIX):
+        return None
+    parts = text[len(SCRV1_PREFIX) :].split(":")
+    if len(parts) != 2:
+        return None
+    decoded = []
+    for part in parts:
+        try:
+            value = base64.b64decode(part, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return None
+        if "\x00" in value:
+            return None
+        decoded.append(value)
+    return decoded[0], decoded[1]

@@ -39,7 +39,10 @@ from mfaproxy.config.problems import (
     schema_problems,
     yaml_line_map,
 )
+from mfaproxy.config.prompt_checks import prompt_problems
+from mfaproxy.config.prompts import PromptProfileConfig
 from mfaproxy.config.schema import (
+    ClientConfig,
     Config,
     Document,
     RepliesConfig,
@@ -72,6 +75,8 @@ class Parts:
     multifactor: MultifactorConfig | None = None
     smtp: SmtpConfig | None = None
     dictionary: Dictionary | None = None
+    clients: tuple[ClientConfig, ...] | None = None
+    prompt_profiles: dict[str, PromptProfileConfig] | None = None
 
     @classmethod
     def of(cls, config: Config) -> Parts:
@@ -82,6 +87,8 @@ class Parts:
             config.access_policies,
             config.multifactor,
             config.smtp,
+            clients=tuple(config.clients),
+            prompt_profiles=config.prompt_profiles,
         )
 
     @classmethod
@@ -99,7 +106,13 @@ class Parts:
             for name, value in sections.items()
             if name in kinds and isinstance(value, kinds[name])
         }
-        return cls(**valid)  # type: ignore[arg-type]
+        clients = sections.get("clients")
+        profiles = sections.get("prompt_profiles")
+        return cls(
+            **valid,  # type: ignore[arg-type]
+            clients=tuple(clients) if isinstance(clients, list) else None,
+            prompt_profiles=profiles if isinstance(profiles, dict) else None,
+        )
 
 
 # --------------------------------------------------------------------------- the checks
@@ -161,6 +174,15 @@ def _users_rules(parts: Parts) -> Iterator[Problem]:
                 yield Problem(loc, f"{name!r} is no user name ({problem})")
 
 
+def _prompts(parts: Parts) -> Iterator[Problem]:
+    """Every prompt a client is sent fits its max_prompt (config/prompt_checks.py)."""
+    if parts.clients is None:
+        return
+    yield from prompt_problems(
+        parts.clients, parts.prompt_profiles or {}, parts.multifactor, parts.replies
+    )
+
+
 def _ca_files(parts: Parts) -> Iterator[tuple[Loc, Path]]:
     """Every CA bundle a backend that will be built loads at start or first use."""
     directory, mfa = parts.directory, parts.multifactor
@@ -208,6 +230,7 @@ CHECKS: tuple[tuple[str, Callable[[Parts], Iterator[Problem]]], ...] = (
     ("directory backend (users file, pass-through attributes)", _directory),
     ("geo-IP databases", _geoip),
     ("users rules against the realm rules", _users_rules),
+    ("prompts against each client's max_prompt", _prompts),
     ("CA bundles", _ca_bundles),
     ("state directory and master key file", _key_file),
 )

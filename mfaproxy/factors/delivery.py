@@ -306,7 +306,5 @@ class DeliveryFactor:
         log.info("code_sent", factor=self.method, user=request.user.name, to=masked)
         if enrolment:
             pending["destination"] = destination
-        prompt = reply_message(f"Enter the code sent to {masked}")
-        return FactorResult.challenge(
-            prompt, pending, reason="enrolment" if enrolment else "code_sent"
-        )
+        reason = "enrolment" if enrolment else "code_sent"
+        return FactorResult.prompted("code_sent", {"destination": masked}, pending, reason)

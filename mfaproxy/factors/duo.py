@@ -75,9 +75,6 @@ OUT_OF_BAND = ("push", "phone", "sms")
 PASSCODE = re.compile(r"[0-9]{6,16}")
 # Bound what the challenge session keeps about a user's devices.
 MAX_DEVICES = 10
-SMS_PROMPT = "Enter the passcode sent by SMS"
-PASSCODE_PROMPT = "Enter a Duo passcode"
-VERIFIED_PROMPT = "Duo Verified Push: enter {code} in Duo Mobile, then press Enter here"
 MSG_PUSH_PENDING = "A Duo request is already waiting on your phone. Answer it first."
 MSG_PUSH_LIMITED = "Too many Duo requests. Wait a few minutes, or use a passcode."
 MSG_INTERRUPTED = "Your Duo login was interrupted. Try again."
@@ -86,11 +83,16 @@ MSG_AFTER_PROMPT = "Duo could not finish the check. Try again later."
 DENY_REASONS = {"fraud": "fraud", "locked_out": "duo_locked_out"}
 
 
-def menu_prompt(capabilities: set[str]) -> str:
+def menu(capabilities: set[str], pending: Mapping[str, Any], reason: str) -> FactorResult:
+    """The challenge that offers what the user's devices can do (a passcode always)."""
     words = [w for w in OUT_OF_BAND if w in capabilities]
     if not words:
-        return PASSCODE_PROMPT
-    return "Duo: type " + ", ".join(words) + ", or a passcode"
+        return FactorResult.prompted("duo_passcode", None, pending, reason)
+    return FactorResult.prompted("duo_menu", {"choices": ", ".join(words)}, pending, reason)
+
+
+def menu_prompt(capabilities: set[str]) -> str:
+    return menu(capabilities, {}, "challenge").prompt or ""
 
 
 def device_summary(devices: object) -> list[dict[str, Any]]:
@@ -218,7 +220,7 @@ class DuoFactor:
             verified = verified_push_offer(answer)
             if verified is not None:
                 pending[PENDING_VERIFIED] = verified
-            return FactorResult.challenge(menu_prompt(capabilities(pending)), pending)
+            return menu(capabilities(pending), pending, "challenge")
         raise DuoFailure(f"unexpected preauth result {reply_message(result, 40)!r}")
 
     async def _answer(
@@ -227,7 +229,7 @@ class DuoFactor:
         caps = capabilities(pending)
         word = answer or self._default_word(caps)
         if word is None:
-            return FactorResult.challenge(PASSCODE_PROMPT, pending, reason="passcode_needed")
+            return FactorResult.prompted("duo_passcode", None, pending, "passcode_needed")
         if word in OUT_OF_BAND:
             if word not in caps:
                 prompt = reply_message(f"No Duo device can do {word}. {menu_prompt(caps)}")
@@ -282,8 +284,9 @@ class DuoFactor:
             # The user types the code into Duo Mobile; the answer to this challenge
             # waits for Duo's verdict. The pending record stays until then.
             record = {"txid": txid, "started": now, "factor": factor}
-            prompt = reply_message(VERIFIED_PROMPT.format(code=verified["code"]))
-            return FactorResult.challenge(prompt, {PENDING_PUSH: record}, "verified_push")
+            fields = {"code": str(verified["code"])}
+            pending_push = {PENDING_PUSH: record}
+            return FactorResult.prompted("duo_verified_push", fields, pending_push, "verified_push")
         return await self._wait(request, factor, txid, self.settings.timeout)
 
     async def _finish_verified(
@@ -325,7 +328,7 @@ class DuoFactor:
             ipaddr=client_ip(request),
         )
         if answer.get("status") == "sent":
-            return FactorResult.challenge(SMS_PROMPT, pending, reason="sms_sent")
+            return FactorResult.prompted("duo_sms", None, pending, "sms_sent")
         if answer.get("result") == "allow":
             return FactorResult.accept("sms_allowed")
         return self._denied("sms", answer)

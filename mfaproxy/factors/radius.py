@@ -48,7 +48,6 @@ from mfaproxy.radius.text import reply_message
 log = structlog.get_logger(__name__)
 
 SERVICE: Final = "otp_radius"
-PROMPT: Final = "Enter your one-time code"
 # Shown when an upstream Access-Challenge carries no Reply-Message (RFC 2865 section
 # 5.18 makes it optional), so the user still sees a question.
 NEXT_PROMPT: Final = "Enter the next code"
@@ -126,7 +125,7 @@ class RadiusFactor:
 
     async def begin(self, request: FactorRequest) -> FactorResult:
         # No network call: the upstream is asked only once there is a code to check.
-        return FactorResult.challenge(PROMPT)
+        return FactorResult.prompted("otp")
 
     async def check(
         self, request: FactorRequest, answer: str, pending: Mapping[str, Any]

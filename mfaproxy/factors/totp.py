@@ -9,8 +9,6 @@ from mfaproxy.config.multifactor import MultifactorConfig
 from mfaproxy.factors.base import Factor, FactorRequest, FactorResult, FactorServices, FactorUser
 from mfaproxy.otp import totp
 
-PROMPT = "Enter the code from your authenticator app"
-
 
 class TotpFactor:
     name = "totp"
@@ -31,7 +29,7 @@ class TotpFactor:
         return True  # the base32 key fits in a Reply-Message
 
     async def begin(self, request: FactorRequest) -> FactorResult:
-        return FactorResult.challenge(PROMPT)
+        return FactorResult.prompted("totp")
 
     async def check(
         self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
@@ -56,11 +54,12 @@ class TotpFactor:
     async def begin_enrolment(self, request: FactorRequest) -> FactorResult:
         secret = totp.new_secret(self.settings)
         spaced = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
-        prompt = (
-            f"Add this key to your authenticator app ({self.settings.digits} digits, "
-            f"{self.settings.period}s): {spaced} then enter the code it shows"
-        )
-        return FactorResult.challenge(prompt, {"secret": secret}, reason="enrolment")
+        fields = {
+            "key": spaced,
+            "digits": str(self.settings.digits),
+            "period": str(self.settings.period),
+        }
+        return FactorResult.prompted("totp_enrol", fields, {"secret": secret}, "enrolment")
 
     async def finish_enrolment(
         self, request: FactorRequest, answer: str, pending: Mapping[str, Any]

@@ -50,8 +50,6 @@ log = structlog.get_logger(__name__)
 OTP_LENGTH = 44
 PUBLIC_ID_LENGTH = 12
 MODHEX = frozenset("cbdefghijklnrtuv")
-PROMPT = "Touch your YubiKey"
-ENROL_PROMPT = "Touch your YubiKey to register it"
 # A verify answer is a dozen short lines; anything much longer is not YubiCloud.
 _MAX_BODY = 4096
 
@@ -299,7 +297,7 @@ class YubikeyFactor:
         return self.cloud is not None
 
     async def begin(self, request: FactorRequest) -> FactorResult:
-        return FactorResult.challenge(PROMPT)
+        return FactorResult.prompted("yubikey")
 
     async def check(
         self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
@@ -337,7 +335,7 @@ class YubikeyFactor:
     async def begin_enrolment(self, request: FactorRequest) -> FactorResult:
         if self.cloud is None:
             return FactorResult.reject("enrolment_unavailable", counts_as_failure=False)
-        return FactorResult.challenge(ENROL_PROMPT, reason="enrolment")
+        return FactorResult.prompted("yubikey_enrol", reason="enrolment")
 
     async def finish_enrolment(
         self, request: FactorRequest, answer: str, pending: Mapping[str, Any]

@@ -1,8 +1,12 @@
-"""Reading the user's response at a prompt, append-mode splitting, prompt texts."""
+"""Reading the user's response at a prompt, append-mode splitting, OpenVPN's SCRV1."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mfaproxy.core import responses as rules
 from mfaproxy.core.responses import IntentKind
@@ -59,14 +63,6 @@ def test_split_append_takes_a_backup_code() -> None:
     assert rules.split_append(f"pw,{code}", ",", 6, frozenset(), False) == (f"pw,{code}", None)
 
 
-def test_prompts_fit_one_reply_message_and_list_options() -> None:
-    prompt = rules.with_options("Enter the code", ["backup_codes", "email"], "totp", True)
-    assert prompt == "Enter the code (or type backup, email, reset)"
-    long = rules.with_options("x" * 300, ["backup_codes"], "totp", True)
-    assert len(long) <= 253
-    assert rules.retry_prompt("Enter").startswith("Wrong code")
-
-
 def test_split_append_uses_the_methods_code_shape() -> None:
     otp = "cccccccfhcbe" + "l" * 32  # 44 modhex characters, a YubiKey OTP
     is_otp = lambda text: len(text) == 44 and set(text) <= set("cbdefghijklnrtuv")  # noqa: E731
@@ -76,3 +72,36 @@ def test_split_append_uses_the_methods_code_shape() -> None:
         "pw,123456",
         None,
     )
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def scrv1(password: str, response: str) -> str:
+    return f"SCRV1:{b64(password)}:{b64(response)}"
+
+
+@given(st.text(max_size=40), st.text(max_size=20))
+def test_scrv1_decodes_what_openvpn_encodes(password: str, response: str) -> None:
+    decoded = rules.decode_scrv1(scrv1(password, response))
+    if "\x00" in password + response:
+        assert decoded is None  # never a NUL into a directory bind
+    else:
+        assert decoded == (password, response)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SCRV1:",
+        "SCRV1:cGFzcw==",  # no response part
+        "SCRV1:cGFzcw==:MTIz:MTIz",  # one part too many
+        "SCRV1:not base64!:MTIz",
+        "scrv1:cGFzcw==:MTIz",  # the prefix is exact
+        "SCRV1:/w==:MTIz",  # not UTF-8
+        "password,123456",
+    ],
+)
+def test_text_not_in_scrv1_form_is_not_decoded(text: str) -> None:
+    assert rules.decode_scrv1(text) is None

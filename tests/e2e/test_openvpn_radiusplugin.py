@@ -6,6 +6,7 @@ Interim-Update every Acct-Interim-Interval seconds, Stop when the client leaves)
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def wait_record(daemon: Daemon, status: str, timeout: float = 30, **fields: Any)
     )
 
 
-def openvpn_daemon(tmp: Path, auth_port: int, acct_port: int) -> tuple[Daemon, str]:
+def openvpn_daemon(tmp: Path, auth_port: int, acct_port: int, **client: Any) -> tuple[Daemon, str]:
     config = daemon_config(tmp, {"alice": {}}, {"enabled": ["totp"], "default": "totp"})
     config["clients"] = [
         {
@@ -42,6 +43,7 @@ def openvpn_daemon(tmp: Path, auth_port: int, acct_port: int) -> tuple[Daemon, s
             "secret": SECRET,
             "require_message_authenticator": False,  # radiusplugin cannot sign
             "second_factor": "append",  # nor show a challenge: password,123456
+            **client,
         }
     ]
     config["server"] = {
@@ -98,3 +100,27 @@ def test_radiusplugin_with_a_wrong_code_is_refused(tmp_path: Path) -> None:
             client.stop()
         daemon.wait_audit(user="alice", outcome="reject")
     assert not [e for e in daemon.events if e.get("event") == "accounting_record"]
+
+
+def scrv1(secret: str, response: str) -> str:
+    """What an OpenVPN client with `static-challenge` sends as its password (OpenVPN
+    management-notes.txt), and radiusplugin passes on as User-Password unchanged."""
+    parts = (base64.b64encode(text.encode()).decode() for text in (secret, response))
+    return "SCRV1:" + ":".join(parts)
+
+
+def test_radiusplugin_with_openvpns_static_challenge_logs_in(tmp_path: Path) -> None:
+    """The client's password is the static-challenge encoding (the bytes an OpenVPN
+    client with `static-challenge "OTP" 1` puts on the wire; written into its
+    auth-user-pass file here, since a static challenge is otherwise typed at a
+    terminal); mfaproxy reads it with append_format scrv1."""
+    auth_port, acct_port = free_short_udp_port(), free_short_udp_port()
+    daemon, key = openvpn_daemon(tmp_path, auth_port, acct_port, append_format="scrv1")
+    with daemon, OpenVpnServer(tmp_path / "openvpn", auth_port, acct_port, SECRET) as server:
+        client = server.client("alice", scrv1(password("alice"), pyotp.TOTP(key).now()))
+        try:
+            client.wait_for("Initialization Sequence Completed")
+            decision = daemon.wait_audit(user="alice", outcome="accept")
+        finally:
+            client.stop()
+    assert (decision["client"], decision["reason"]) == ("openvpn", "mfa_code_ok")
