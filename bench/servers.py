@@ -154,7 +154,7 @@ class Mfaproxy:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 240.0) -> None:
         argv = [sys.executable, "-m", "mfaproxy", "serve", "--config", str(self.config_path)]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(

@@ -8,6 +8,7 @@ from typing import Any
 from mfaproxy.config.multifactor import MultifactorConfig
 from mfaproxy.factors.base import Factor, FactorRequest, FactorResult, FactorServices, FactorUser
 from mfaproxy.otp import totp
+from mfaproxy.store.records import UserRepository
 
 
 class TotpFactor:
@@ -34,22 +35,28 @@ class TotpFactor:
     async def check(
         self, request: FactorRequest, answer: str, pending: Mapping[str, Any]
     ) -> FactorResult:
-        user = request.user.name
-        if totp.normalise_code(answer, self.settings) is None:
+        user, now, settings = request.user.name, request.now, self.settings
+        if totp.normalise_code(answer, settings) is None:
             return FactorResult.reject("malformed_code")
-        secret = await self.services.users.run(lambda s: s.get_totp_secret(user))
-        if secret is None:
-            return FactorResult.reject("not_enrolled")
         last = request.user.record.totp_last_step if request.user.record else None
-        step = totp.verify(secret, answer, request.now, self.settings, last)
-        if step is None:
-            # Tell a replay from a typo in the audit log (RFC 6238 section 5.2).
-            seen = totp.verify(secret, answer, request.now, self.settings) is not None
-            return FactorResult.reject("replayed" if seen else "bad_code")
-        # The atomic compare-and-set: of two requests with the same code, one wins.
-        if not await self.services.users.run(lambda s: s.accept_totp_step(user, step)):
-            return FactorResult.reject("replayed")
-        return FactorResult.accept("code_ok")
+
+        def check(store: UserRepository) -> str:
+            # One trip to the store's thread for the read, the check and the write.
+            secret = store.get_totp_secret(user)
+            if secret is None:
+                return "not_enrolled"
+            step = totp.verify(secret, answer, now, settings, last)
+            if step is None:
+                # Tell a replay from a typo in the audit log (RFC 6238 section 5.2).
+                seen = totp.verify(secret, answer, now, settings) is not None
+                return "replayed" if seen else "bad_code"
+            # The atomic compare-and-set: of two requests with the same code, one wins.
+            return "code_ok" if store.accept_totp_step(user, step) else "replayed"
+
+        reason = await self.services.users.run(check)
+        if reason == "code_ok":
+            return FactorResult.accept(reason)
+        return FactorResult.reject(reason)
 
     async def begin_enrolment(self, request: FactorRequest) -> FactorResult:
         secret = totp.new_secret(self.settings)
