@@ -21,7 +21,7 @@ from mfaproxy.cli import doctor as cli_doctor
 from mfaproxy.cli import policy as cli_policy
 from mfaproxy.cli import radtest as cli_radtest
 from mfaproxy.cli import users as cli_users
-from mfaproxy.cli.ownership import NotTheServiceUser, check_owner, give_back
+from mfaproxy.cli.ownership import give_back
 from mfaproxy.config.schema import DEFAULT_CONFIG_PATH, Config
 from mfaproxy.daemon import preflight
 from mfaproxy.errors import (
@@ -39,11 +39,9 @@ from mfaproxy.observability.logging import apply_log_config, configure_logging
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = preflight.load(args.config)  # the same checks as check-config
-    try:
-        check_owner(config)
-    except NotTheServiceUser as exc:
-        print(f"mfaproxy: cannot start: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
+    # The daemon is the service: it runs as whoever runs it (a container may give it a
+    # group-writable volume). Root-owned files an operator's root run left are given
+    # back to the directory's owner when root starts it; the unit runs it as mfaproxy.
     for note in give_back(config):
         print(f"mfaproxy: {note}", file=sys.stderr)
     apply_log_config(config.server.log)

@@ -4,8 +4,8 @@ The service runs as its own user (`mfaproxy`, README "Install as a service"); op
 run `mfaproxy users ...` as root or as themselves. Run as root, a command gives the
 files it created to the directory's owner (store/ownership.py), and gives back state
 files an earlier root run left root-owned (the service refuses a key it cannot read),
-saying so. Run as another ordinary user, it refuses: files it wrote would belong to
-that user, and the service could not read them.
+saying so. Run as another ordinary user who cannot write there (the shipped mode is
+0700), it refuses and says whom to run as, rather than failing on "permission denied".
 
 Only known state files are touched (the key, the SQLite stores and their -wal, -shm and
 -journal files), and only regular files with one link that belong to root: the service
@@ -75,14 +75,18 @@ def give_back(config: Config) -> list[str]:
 
 
 def check_owner(config: Config) -> None:
-    """Refuse to write state as an ordinary user who does not own the state directory."""
+    """Refuse to write state as an ordinary user who neither owns the state directory
+    nor may write to it, naming the user who can."""
     directory = config.server.state_dir
     try:
         owner = directory.stat().st_uid
     except FileNotFoundError:
         return  # created now, by whoever runs this (the demo's ./state)
     me = os.geteuid()
-    if me in (0, owner):
+    if me in (0, owner) or os.access(directory, os.W_OK | os.X_OK):
+        # Root gives its files back; a user who may write there shares the directory
+        # on purpose (a container's group-writable volume, where the CLI runs as the
+        # service's own uid).
         return
     service = _name(owner)
     raise NotTheServiceUser(

@@ -67,8 +67,12 @@ def test_another_ordinary_user_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
     (tmp_path / "state").mkdir()
     owner = (tmp_path / "state").stat().st_uid
     monkeypatch.setattr(os, "geteuid", lambda: owner + 4242)
+    monkeypatch.setattr(os, "access", lambda *_a, **_k: False)  # as mode 0700 makes it
     with pytest.raises(NotTheServiceUser, match=r"belongs to .*Run it as"):
         check_owner(config)
+    # A user who may write there (a shared, group-writable volume) is let through.
+    monkeypatch.setattr(os, "access", lambda *_a, **_k: True)
+    check_owner(config)
 
 
 def test_the_owner_and_root_may_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
