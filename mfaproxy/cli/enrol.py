@@ -129,7 +129,7 @@ async def _bind_key(
     args: argparse.Namespace,
     otp: str,
 ) -> str:
-    users = AsyncUserStore(store, workers=1)
+    users = AsyncUserStore(store, threads=1)
     services = FactorServices(
         users=users,
         state=MemoryStateStore(),

@@ -22,6 +22,10 @@ class LocalDirectoryConfig(Strict):
     # The busiest login rate this server must serve (a shift change, a VPN reconnect
     # storm): check-config warns when the users file's hash cost cannot serve it here.
     peak_logins_per_second: float | None = Field(default=None, gt=0, le=1_000_000)
+    # argon2 verifications run on this many threads (each uses its parallelism in
+    # lanes); at most `hash_queue` wait for one before new first rounds are shed.
+    hash_threads: int = Field(default=2, ge=1, le=64)
+    hash_queue: int = Field(default=64, ge=1, le=100_000)
 
 
 class LdapGroupSearchConfig(Strict):
@@ -68,6 +72,8 @@ class LdapConfig(Strict):
     connect_timeout: float = Field(default=3.0, gt=0, le=60)
     timeout: float = Field(default=5.0, gt=0, le=120)
     pool_size: int = Field(default=8, ge=1, le=256)
+    # LDAP attempts that may wait for one of the pool_size threads (then shed).
+    queue: int = Field(default=64, ge=1, le=100_000)
     attributes: LdapAttributesConfig = LdapAttributesConfig()
     group_search: LdapGroupSearchConfig | None = None
     # The attribute of the user's entry that is their identity (the key of their MFA

@@ -114,6 +114,10 @@ class UserStoreConfig(Strict):
     backend: Literal["sqlite", "postgres"] = "sqlite"
     path: ConfigPath | None = None
     dsn: SecretStr | None = None  # postgresql://user@host/db (password via dsn_file/env)
+    # The bounded pool the daemon calls the store through (admission/pool.py): threads,
+    # and calls that may wait for one before new first rounds are shed.
+    threads: int = Field(default=4, ge=1, le=64)
+    queue: int = Field(default=256, ge=1, le=100_000)
 
     @model_validator(mode="before")
     @classmethod

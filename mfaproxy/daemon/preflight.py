@@ -315,7 +315,8 @@ def facts(config: Config) -> Facts:
     # One check at the file's most common cost, timed on this host.
     cost = typical_cost(users)
     cpus = len(os.sched_getaffinity(0))
-    return Facts(config, hashes, checks_per_second(cost, cpus), str(cost))
+    rate = checks_per_second(cost, cpus, local.hash_threads)  # the threads that serve them
+    return Facts(config, hashes, rate, str(cost))
 
 
 def warnings(config: Config) -> list[Finding]:

@@ -22,11 +22,9 @@ log line, metric label or exception message.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import ssl
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +33,7 @@ import ldap.dn
 import ldap.filter
 import structlog
 
+from mfaproxy.admission.pool import BoundedPool
 from mfaproxy.config.directory import LdapConfig
 from mfaproxy.core.identity import normalise, normalise_dn
 from mfaproxy.core.primary import IdentityLookup, LookupStatus, PrimaryOutcome, PrimaryResult
@@ -128,9 +127,8 @@ class LdapChecker:
     def __init__(self, config: LdapConfig) -> None:
         self._config = config
         _check_ca_file(config)
-        self._executor = ThreadPoolExecutor(
-            max_workers=config.pool_size, thread_name_prefix="mfaproxy-ldap"
-        )
+        # Bounded and fair (admission/pool.py): no backlog of binds nobody waits for.
+        self._executor = BoundedPool("ldap", config.pool_size, config.queue)
         factory = ConnectionFactory(config)
         # Each thread holds at most one connection of each kind: pool_size bounds both.
         self._pools = {
@@ -170,7 +168,7 @@ class LdapChecker:
     async def close(self) -> None:
         self._closed = True
         # Running attempts end within their socket timeouts; queued ones are dropped.
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        await self._executor.close(wait=True)
         for pools in self._pools.values():
             pools.close()
 
@@ -211,13 +209,10 @@ class LdapChecker:
         return pools.service.idle, pools.bind.idle
 
     async def _try_servers(self, username: str, password: str) -> PrimaryResult:
-        loop = asyncio.get_running_loop()
         reason = "unreachable"
         for url in self._servers_in_order(time.monotonic()):
             try:
-                result = await loop.run_in_executor(
-                    self._executor, self._attempt, url, username, password
-                )
+                result = await self._executor.run(self._attempt, url, username, password)
             except _ServerError as failure:
                 reason = failure.reason
                 self._failed_at[url] = time.monotonic()

@@ -16,7 +16,6 @@ operator can raise the cost (`users hash-password --cost`) user by user.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -24,7 +23,6 @@ import functools
 import re
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from pydantic import Field, ValidationError, field_validator
 
+from mfaproxy.admission.pool import BoundedPool
 from mfaproxy.config.base import Strict
 from mfaproxy.config.problems import render_all, schema_problems, yaml_line_map
 from mfaproxy.core.identity import name_problem, normalise
@@ -248,11 +247,13 @@ class LocalChecker:
 
     name = "local"
 
-    def __init__(self, users_file: Path, workers: int = HASH_THREADS):
+    def __init__(self, users_file: Path, threads: int = HASH_THREADS, queue: int = 64):
         self._users = load_users_file(users_file)
         # Unknown users cost what most known users cost: timing tells no names.
         self._dummy_hash = _dummy_hash(typical_cost(self._users))
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
+        # Bounded and fair (admission/pool.py): under a flood of logins, hashes nobody
+        # waits for any more are shed, never queued without end.
+        self._pool = BoundedPool("hash", threads, queue)
 
     @property
     def users(self) -> dict[str, LocalUser]:
@@ -271,8 +272,7 @@ class LocalChecker:
         key = normalise(username)
         user = self._users.get(key)
         stored = user.password_hash if user else self._dummy_hash
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(self._pool, self._verify, stored, password)
+        ok = await self._pool.run(self._verify, stored, password)
         if user is None:
             return PrimaryResult(PrimaryOutcome.REJECT, self.name, reason="no_such_user")
         if not ok or not password:
@@ -297,4 +297,4 @@ class LocalChecker:
         return IdentityLookup(LookupStatus.NOT_FOUND)
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        await self._pool.close()

@@ -18,7 +18,8 @@ def _local(config: DirectoryConfig, _dictionary: Dictionary) -> PasswordChecker:
     from mfaproxy.directory.local import LocalChecker
 
     assert config.local is not None
-    return LocalChecker(config.local.users_file)
+    local = config.local
+    return LocalChecker(local.users_file, local.hash_threads, local.hash_queue)
 
 
 def _ldap(config: DirectoryConfig, _dictionary: Dictionary) -> PasswordChecker:

@@ -146,3 +146,49 @@ ACCOUNTING_FORWARDS_PENDING = Gauge(
     "Accounting records being forwarded in the background (answer: at_once).",
     registry=REGISTRY,
 )
+
+# --------------------------------------------------------------------------- admission
+
+REQUESTS_SHED = Counter(
+    "mfaproxy_requests_shed",
+    "Requests refused unprocessed under overload, by where and why: intake_full (the"
+    " intake queue was full), intake_wait (waited past server.max_queue_wait), and"
+    " <pool>_full / <pool>_wait for the hash, ldap and user_store pools.",
+    ["reason"],
+    registry=REGISTRY,
+)
+QUEUE_WAIT = Histogram(
+    "mfaproxy_queue_wait_seconds",
+    "Time from datagram received to the start of its processing, by round.",
+    ["round"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+INTAKE_DEPTH = Gauge(
+    "mfaproxy_intake_queue_depth",
+    "Datagrams waiting for a worker.",
+    registry=REGISTRY,
+)
+POOL_BUSY = Gauge(
+    "mfaproxy_pool_busy_threads",
+    "Threads of a bounded pool running a call now.",
+    ["pool"],
+    registry=REGISTRY,
+)
+POOL_WAITING = Gauge(
+    "mfaproxy_pool_waiting",
+    "Calls waiting for a thread of a bounded pool.",
+    ["pool"],
+    registry=REGISTRY,
+)
+RECEIVE_BUFFER_DROPS = Counter(
+    "mfaproxy_receive_buffer_drops",
+    "Datagrams the kernel dropped because a listening socket's receive buffer was full"
+    " (from /proc/net/udp): load the daemon never saw.",
+    registry=REGISTRY,
+)
+REPLIES_DELAYED = Gauge(
+    "mfaproxy_replies_delayed",
+    "Access-Rejects computed and waiting for server.reject_delay to pass.",
+    registry=REGISTRY,
+)

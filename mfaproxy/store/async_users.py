@@ -9,13 +9,12 @@ with `server.store_failmode` and writes its audit event.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar, runtime_checkable
 
+from mfaproxy.admission.pool import BoundedPool
 from mfaproxy.errors import StoreError, UserStoreUnavailable
 from mfaproxy.store.records import UserRecord, UserRepository
 
@@ -42,9 +41,11 @@ class ChangeCounter(Protocol):
 
 
 class AsyncUserStore:
-    def __init__(self, store: UserRepository, workers: int = 4):
+    def __init__(self, store: UserRepository, threads: int = 4, queue: int = 256):
         self.store = store
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="userstore")
+        # Bounded and fair (admission/pool.py). Calls are short and may come after a
+        # State was taken, so they are never shed for their age, only when it is full.
+        self._pool = BoundedPool("user_store", threads, queue, shed_on_deadline=False)
         # User records read, reused while nothing was written: every call through
         # `run` (which may write) empties the cache at once; a write by another process
         # is noticed within EXTERNAL_CHECK_SECONDS. PostgreSQL offers no cheap change
@@ -100,14 +101,13 @@ class AsyncUserStore:
             self._cache.clear()
 
     async def _call(self, call: Callable[[UserRepository], T]) -> T:
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, call, self.store)
+            return await self._pool.run(call, self.store)
         except UserStoreUnavailable:
             raise
         except DRIVER_ERRORS as exc:
             raise UserStoreUnavailable(f"user store: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        await self._pool.close(wait=True)
         self.store.close()
