@@ -1,11 +1,19 @@
 """UDP listeners: our own asyncio DatagramProtocol (pyrad's servers re-run handlers on
-retransmissions). Each datagram goes to `submit` (the dispatcher's intake) untouched."""
+retransmissions). Each datagram goes to `submit` (the dispatcher's intake) untouched.
+
+What the daemon never sees is counted too: when the event loop cannot keep up, the
+kernel drops datagrams once a socket's receive buffer is full. `receive_drops` reads
+the per-socket drop counters of /proc/net/udp and /proc/net/udp6 (the last column),
+found by the socket's inode, for `mfaproxy_receive_buffer_drops_total`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, cast
 
 import structlog
@@ -57,3 +65,32 @@ async def open_listener(
         raise OSError(exc.errno, f"UDP {where}: {exc.strerror}") from exc
     transport, _ = await loop.create_datagram_endpoint(lambda: RadiusProtocol(submit), sock=sock)
     return transport, int(sock.getsockname()[1])
+
+
+PROC_TABLES = (Path("/proc/net/udp"), Path("/proc/net/udp6"))
+
+
+def socket_inode(transport: asyncio.BaseTransport) -> int | None:
+    """The inode that names a listener's socket in /proc/net/udp (None if unknown)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        return os.fstat(sock.fileno()).st_ino if sock is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def receive_drops(inodes: Iterable[int], tables: Iterable[Path] = PROC_TABLES) -> dict[int, int]:
+    """Datagrams the kernel dropped per socket (by inode) since it was opened."""
+    wanted = set(inodes)
+    found: dict[int, int] = {}
+    for table in tables:
+        try:
+            lines = table.read_text(encoding="ascii").splitlines()[1:]
+        except OSError:
+            continue  # not Linux, or no IPv6
+        for line in lines:
+            fields = line.split()
+            # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            if len(fields) >= 13 and fields[9].isdigit() and int(fields[9]) in wanted:
+                found[int(fields[9])] = int(fields[12])
+    return found

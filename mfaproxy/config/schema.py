@@ -128,6 +128,16 @@ class ServerConfig(Strict):
     concurrency: int = Field(default=256, ge=1, le=100_000)
     # On SIGTERM, how long requests in flight may take to finish before we exit.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    # Admission control (README "Operations"): a first-round request still waiting for
+    # a worker or a pool this long after it arrived is shed unprocessed (its NAS has
+    # retransmitted or given up by then); answers to a challenge may wait longer.
+    max_queue_wait: float = Field(default=2.0, gt=0, le=60)
+    max_queue_wait_second_round: float = Field(default=5.0, gt=0, le=120)
+    # Access-Reject is sent this long after it is decided (FreeRADIUS reject_delay),
+    # plus up to reject_delay_jitter at random; 0 sends at once. A timer holds it, not
+    # a worker; retransmissions meanwhile are ignored.
+    reject_delay: float = Field(default=1.0, ge=0, le=10)
+    reject_delay_jitter: float = Field(default=0.5, ge=0, le=10)
     # Extra FreeRADIUS-format dictionary files loaded after the shipped ones.
     dictionaries: list[ConfigPath] = Field(default_factory=list)
     # RADIUS accounting listeners (RFC 2866) and where records are forwarded; off unless set.

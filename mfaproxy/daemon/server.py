@@ -8,6 +8,7 @@ STOPPING=1 when SIGTERM arrives. A second SIGTERM/SIGINT exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -17,28 +18,26 @@ from typing import Any
 
 import structlog
 
-from mfaproxy.adapters.geoip import GeoIpDatabases
 from mfaproxy.adapters.sdnotify import SystemdNotifier
 from mfaproxy.adapters.smtp import SmtpSender
 from mfaproxy.adapters.status_http import StatusServer
-from mfaproxy.adapters.udp import open_listener
+from mfaproxy.adapters.udp import open_listener, receive_drops, socket_inode
 from mfaproxy.auth.engine import Engine
 from mfaproxy.auth.sessions import CHALLENGES
 from mfaproxy.config.base import parse_host_port
 from mfaproxy.config.schema import Config
 from mfaproxy.daemon import health, preflight
 from mfaproxy.daemon.accounting import open_accounting, reload_accounting
-from mfaproxy.daemon.runtime import Dispatcher, Runtime
+from mfaproxy.daemon.reload import Prepared, changed_settings, prepare, restart_required
+from mfaproxy.daemon.runtime import Dispatcher, Limits, Runtime
 from mfaproxy.daemon.supervisor import report_ready, worker_index
-from mfaproxy.directory.registry import build_checker
-from mfaproxy.errors import EXIT_INTERRUPTED, ConfigError
+from mfaproxy.errors import EXIT_INTERRUPTED, ConfigError, UpstreamError
 from mfaproxy.factors.base import FactorServices
 from mfaproxy.factors.registry import build_factors
 from mfaproxy.observability import metrics
 from mfaproxy.observability.logging import apply_log_config
 from mfaproxy.radius.clients import ClientTable
-from mfaproxy.radius.codec import load_dictionary
-from mfaproxy.radius.duplicates import DuplicateTable
+from mfaproxy.radius.duplicates import DuplicateTable, ReplayWindow
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.duplicates import Duplicates, LocalDuplicates, SharedDuplicates
 from mfaproxy.store.factory import master_key, open_state_store, open_throttle, open_user_store
@@ -50,6 +49,8 @@ log = structlog.get_logger(__name__)
 
 # Longest a request may stay in flight before the duplicate table forgets it.
 MAX_REQUEST_SECONDS = 300.0
+# How often gauges are refreshed (and the memory store's expiry runs) when idle.
+HOUSEKEEPING_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -73,35 +74,52 @@ def open_shared(config: Config) -> Shared:
     inner = open_state_store(config)
     # Sealed on every backend, memory included: nothing read back is trusted unopened.
     state = SealedStateStore(inner, key)
-    users = AsyncUserStore(open_user_store(config))
+    settings = config.server.user_store
+    users = AsyncUserStore(open_user_store(config), settings.threads, settings.queue)
     return Shared(users, state, key, open_throttle(config, inner))
 
 
 def duplicates_for(config: Config, shared: Shared) -> Duplicates:
-    """In a cluster the duplicate table is shared, so a retransmission that fails over
-    to another instance is recognised there too (no second push)."""
+    """In a cluster the duplicate table and the replay window are shared, so a
+    retransmission that fails over to another instance is recognised there too (no
+    second push), and so is a request replayed to it."""
     reply_ttl = config.server.duplicate_cache_seconds
+    # A Request Authenticator used again within a challenge's lifetime is a replay.
+    replay_ttl = max(reply_ttl, float(config.multifactor.challenge.timeout_seconds))
     if config.server.state_store.backend == "memory":
         return LocalDuplicates(
-            DuplicateTable(reply_ttl=reply_ttl, in_flight_ttl=MAX_REQUEST_SECONDS)
+            DuplicateTable(reply_ttl=reply_ttl, in_flight_ttl=MAX_REQUEST_SECONDS),
+            ReplayWindow(replay_ttl),
         )
     # No hold sized for the longest push any more: an instance that dies mid-request
     # stops holding it within a lease (store/duplicates.py), and the retransmission is
     # taken over where it lands; the TTL only bounds entries nobody finishes.
     lease = config.server.duplicate_lease_seconds
-    return SharedDuplicates(shared.state, reply_ttl, MAX_REQUEST_SECONDS, lease)
+    return SharedDuplicates(
+        shared.state, reply_ttl, MAX_REQUEST_SECONDS, lease, replay_ttl=replay_ttl
+    )
 
 
-def build_runtime(config: Config, shared: Shared) -> Runtime:
-    dictionary = load_dictionary(config.server.dictionaries)
-    preflight.check(config, dictionary)
-    geoip = GeoIpDatabases.open_for(config.access_policies)
+def assemble(prepared: Prepared, shared: Shared) -> Runtime:
+    """The quick, loop-side part of building a runtime (reload.prepare did the rest)."""
+    config, dictionary = prepared.config, prepared.dictionary
     mail = SmtpSender(config.smtp) if config.smtp is not None else None
     services = FactorServices(shared.users, shared.state, mail, dictionary, shared.master_key)
     factors = build_factors(config.multifactor, services)
-    checker = build_checker(config.directory, dictionary)
-    engine = Engine(config, checker, factors, services, geoip, throttle=shared.throttle)
-    return Runtime(ClientTable(config.clients), dictionary, engine, closers=[geoip.close])
+    engine = Engine(
+        config, prepared.checker, factors, services, prepared.geoip, throttle=shared.throttle
+    )
+    return Runtime(
+        ClientTable(config.clients),
+        dictionary,
+        engine,
+        closers=[prepared.geoip.close],
+        limits=Limits.of(config.server),
+    )
+
+
+def build_runtime(config: Config, shared: Shared) -> Runtime:
+    return assemble(prepare(config), shared)
 
 
 class Server:
@@ -121,7 +139,11 @@ class Server:
         self._stop = asyncio.Event()
         self._stopping = False
         self._tasks: set[asyncio.Task[object]] = set()
+        self._reloading = asyncio.Lock()
+        # What this process started with: restart-only settings are compared with it.
+        self.running = config
         self.bound: list[tuple[str, int]] = []
+        self._inodes: dict[int, int] = {}  # listening socket inode -> drops counted
 
     async def start(self) -> None:
         self.dispatcher.start()
@@ -132,6 +154,9 @@ class Server:
             )
             self._transports.append(transport)
             self.bound.append((host, bound_port))
+            inode = socket_inode(transport)
+            if inode is not None:
+                self._inodes[inode] = 0
         if self.accounting is not None:
             await self.accounting.start(reuse_port=worker is not None)
         if self.config.server.metrics is not None:
@@ -157,6 +182,7 @@ class Server:
         interval = self.notifier.watchdog_interval()
         if interval is not None:
             self.spawn(self._watchdog(interval))
+        self.spawn(self._housekeeping())
 
     def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(coro)
@@ -182,28 +208,63 @@ class Server:
         return (False, found) if found is not None else (True, "ok")
 
     async def refresh_gauges(self) -> None:
+        self._count_receive_drops()
         pending = await self.shared.state.size(CHALLENGES, time.time())
         metrics.CHALLENGES_PENDING.set(pending)
+
+    def _count_receive_drops(self) -> None:
+        for inode, drops in receive_drops(self._inodes).items():
+            if drops > self._inodes[inode]:
+                metrics.RECEIVE_BUFFER_DROPS.inc(drops - self._inodes[inode])
+                self._inodes[inode] = drops
+
+    async def _housekeeping(self) -> None:
+        """Gauges stay current without a scraper, and the memory state store's expiry
+        runs even when no request comes."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            # A store outage is reported by readiness and by the requests themselves.
+            with contextlib.suppress(UpstreamError):
+                await self.refresh_gauges()
 
     # ------------------------------------------------------------------ reload
 
     async def reload(self) -> bool:
-        """Re-read the configuration; swap it in for new requests, or keep the old one."""
-        self.notifier.reloading()
+        """Re-read the configuration off the event loop (serving goes on); swap it in
+        for new requests, or keep the old one. READY=1 follows RELOADING=1 always."""
+        async with self._reloading:
+            self.notifier.reloading()
+            try:
+                return await self._reload()
+            finally:
+                self.notifier.ready()
+
+    async def _reload(self) -> bool:
         path = self.config.source
         try:
             if path is None:
                 raise ConfigError(["the configuration was not read from a file"])
-            new_config = preflight.load(path)
-            new_runtime = build_runtime(new_config, self.shared)
-        except (ConfigError, OSError) as exc:
-            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            prepared = await asyncio.to_thread(lambda: prepare(preflight.load(path)))
+            try:
+                new_runtime = assemble(prepared, self.shared)
+            except BaseException:
+                await prepared.checker.close()
+                prepared.geoip.close()
+                raise
+        except Exception as exc:
+            # Invalid file, unreadable file, or a backend or factor that cannot be built.
+            problems = (
+                exc.problems if isinstance(exc, ConfigError) else [f"{type(exc).__name__}: {exc}"]
+            )
             metrics.CONFIG_RELOADS.labels(result="failure").inc()
             log.error("reload_failed", problems=problems)
-            self.notifier.ready()
             return False
-        if new_config.server.listen != self.config.server.listen:
-            log.warning("reload_listen_unchanged", detail="listen addresses change on restart only")
+        new_config = prepared.config
+        for setting in restart_required(self.running, new_config):
+            log.warning(
+                "reload_restart_required", setting=setting, detail="applies on restart only"
+            )
+        changed = changed_settings(self.config, new_config)
         old = self.dispatcher.runtime
         self.dispatcher.runtime = new_runtime  # new requests only; in-flight keep theirs
         reload_accounting(self.accounting, new_config)
@@ -212,8 +273,12 @@ class Server:
         self.spawn(self._retire(old))
         metrics.CONFIG_RELOADS.labels(result="success").inc()
         metrics.CONFIG_LAST_RELOAD.set(time.time())
-        log.info("reloaded", clients=len(new_config.clients), backend=new_config.directory.backend)
-        self.notifier.ready()
+        log.info(
+            "reloaded",
+            changed=changed,
+            clients=len(new_config.clients),
+            backend=new_config.directory.backend,
+        )
         return True
 
     async def _retire(self, runtime: Runtime) -> None:
@@ -236,16 +301,16 @@ class Server:
         await self._stop.wait()
 
     async def shutdown(self) -> None:
-        """Stop intake, let requests in flight finish within the grace period, close."""
+        """Stop reading; answer what was taken within the grace period, with the
+        sockets still open (a computed answer is always sent); then close."""
         grace = self.config.server.shutdown_grace_seconds
         # Accounting drains beside the authentication dispatcher, within the same grace.
         accounting = self.accounting and asyncio.ensure_future(self.accounting.shutdown(grace))
+        unanswered = await self.dispatcher.drain(grace)
+        if unanswered:
+            log.warning("shutdown_grace_expired", grace_seconds=grace, unanswered=unanswered)
         for transport in self._transports:
             transport.close()
-        try:
-            await asyncio.wait_for(self.dispatcher.drain(), timeout=grace)
-        except TimeoutError:
-            log.warning("shutdown_grace_expired", grace_seconds=grace)
         await self.dispatcher.stop()
         if accounting:
             await accounting
@@ -255,7 +320,7 @@ class Server:
             await self._status.close()
         await self.dispatcher.runtime.close()
         await self.shared.close()
-        log.info("stopped")
+        log.info("stopped", unanswered=unanswered)
 
 
 async def serve(config: Config) -> int:

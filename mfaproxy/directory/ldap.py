@@ -177,10 +177,9 @@ class LdapChecker:
         the service account; UNKNOWN without one, or when no server answers."""
         if self._config.bind_dn is None:
             return IdentityLookup(LookupStatus.UNKNOWN, detail="direct bind: no account to search")
-        loop = asyncio.get_running_loop()
         for url in self._servers_in_order(time.monotonic()):
             try:
-                return await loop.run_in_executor(self._executor, self._lookup, url, username)
+                return await self._executor.run(self._lookup, url, username)
             except (_ServerError, Unreachable, TlsFailure, ldap.LDAPError):
                 continue
         return IdentityLookup(LookupStatus.UNKNOWN, detail="no LDAP server answered")
@@ -343,7 +342,7 @@ class LdapChecker:
         now = time.monotonic()
         if now - self._health_at < HEALTH_CACHE_SECONDS:
             return self._health
-        self._health = await asyncio.get_running_loop().run_in_executor(self._executor, self._probe)
+        self._health = await self._executor.run(self._probe)
         self._health_at = time.monotonic()
         return self._health
 

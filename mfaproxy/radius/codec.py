@@ -97,6 +97,24 @@ def split_attributes(body: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+def carries_state(data: bytes) -> bool:
+    """Whether a datagram looks like an answer to a challenge (has a State attribute),
+    read before anything is verified, only to queue it ahead of first rounds. Never
+    raises: a malformed datagram is simply not one (decoding drops it later)."""
+    if len(data) < MIN_LENGTH:
+        return False
+    end = min(len(data), struct.unpack("!H", data[2:4])[0])
+    offset = MIN_LENGTH
+    while offset + 2 <= end:
+        attr_type, attr_len = data[offset], data[offset + 1]
+        if attr_len < 2:
+            return False
+        if attr_type == ATTR_STATE:
+            return True
+        offset += attr_len
+    return False
+
+
 @dataclass(frozen=True)
 class RadiusRequest:
     """One decoded, verified request. Built once per datagram."""

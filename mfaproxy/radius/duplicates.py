@@ -5,6 +5,11 @@ port, Identifier and Request Authenticator. The first copy is processed; while i
 flight later copies are ignored; once answered, copies get the same reply bytes from the
 cache. A retransmission therefore never repeats a side effect (a push, an SMS, a failure
 count). A new Request Authenticator under the same Identifier is a new request.
+
+`ReplayWindow` remembers the Request Authenticators of processed requests for longer
+(the challenge lifetime). A NAS never reuses one (RFC 2865 section 3: unpredictable and
+unique), so one seen again outside the duplicate window, or from another port or
+Identifier, is a captured request played back, and is dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ class Seen(enum.Enum):
     NEW = "new"
     IN_FLIGHT = "in_flight"
     ANSWERED = "answered"
+    REPLAYED = "replayed"  # not a retransmission: the authenticator was used before
 
 
 @dataclass
@@ -87,3 +93,34 @@ class DuplicateTable:
             if entry.expires > now:
                 break
             del self._entries[key]
+
+
+class ReplayWindow:
+    """Request Authenticators seen in the last `ttl` seconds, per scope (the client)."""
+
+    def __init__(self, ttl: float, max_entries: int = 200_000):
+        self._ttl = ttl
+        self._max_entries = max_entries
+        # One ttl for all: insertion order is expiry order.
+        self._seen: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def admit(self, scope: str, authenticator: bytes, now: float) -> bool:
+        """Record the authenticator; False when it was already seen (a replay)."""
+        while self._seen:
+            key, expires = next(iter(self._seen.items()))
+            if expires > now:
+                break
+            del self._seen[key]
+        if (scope, authenticator) in self._seen:
+            return False
+        self._seen[(scope, authenticator)] = now + self._ttl
+        while len(self._seen) > self._max_entries:
+            self._seen.popitem(last=False)
+        return True
+
+    def forget(self, scope: str, authenticator: bytes) -> None:
+        """A request shed unprocessed: its retransmission is not a replay."""
+        self._seen.pop((scope, authenticator), None)

@@ -13,6 +13,13 @@ Requests shorter than `lease / 3` never write a lease: most cost nothing extra.
 
 Takeover compares the entry's start time with this instance's clock: keep the nodes'
 clocks in sync (NTP), as for every other expiry in the shared store.
+
+Replays: the Request Authenticators of processed requests are remembered per client
+for the replay window (the challenge lifetime), in this process or in the shared store.
+`begin` answers REPLAYED for a request whose authenticator a processed request used,
+outside the duplicate window or from another port (a captured request played back):
+it is dropped. A takeover is the same request continuing, never a replay. `forget`
+undoes `begin` for a request shed unprocessed, so its retransmission is processed.
 """
 
 from __future__ import annotations
@@ -26,43 +33,56 @@ import structlog
 
 from mfaproxy.errors import UpstreamError
 from mfaproxy.observability import metrics
-from mfaproxy.radius.duplicates import DuplicateTable, Lookup, RequestKey, Seen
+from mfaproxy.radius.duplicates import DuplicateTable, Lookup, ReplayWindow, RequestKey, Seen
 from mfaproxy.store.state import StateStore
 
 log = structlog.get_logger(__name__)
 
 NAMESPACE = "duplicates"
 LEASES = f"{NAMESPACE}_lease"  # the leases of the default namespace
+REPLAYS = "replays"
 # Seconds after its owner's last sign of life that an in-flight request is taken over
 # by the instance its retransmission reaches (NAS retransmit every 3-10 s).
 LEASE_SECONDS = 6.0
 
 
 class Duplicates(Protocol):
-    async def begin(self, key: RequestKey, now: float) -> Lookup: ...
+    async def begin(self, key: RequestKey, now: float, scope: str = "") -> Lookup:
+        """NEW, IN_FLIGHT, ANSWERED or REPLAYED; `scope` is the client (replays are
+        recognised per client)."""
+        ...
 
     async def finish(self, key: RequestKey, reply: bytes | None, now: float) -> None: ...
 
-    async def forget(self, key: RequestKey) -> None:
-        """Drop the entry: the next copy of the request is processed as new (a request
-        left unanswered on purpose, e.g. an accounting record no upstream took)."""
+    async def forget(self, key: RequestKey, scope: str = "") -> None:
+        """Drop the entry and its replay mark: the next copy of the request is processed
+        as new (a request shed unprocessed, or left unanswered on purpose, e.g. an
+        accounting record no upstream took)."""
         ...
 
 
 class LocalDuplicates:
-    """One process: the pure table, no I/O."""
+    """One process: the pure table and replay window, no I/O."""
 
-    def __init__(self, table: DuplicateTable):
+    def __init__(self, table: DuplicateTable, replays: ReplayWindow | None = None):
         self.table = table
+        self.replays = replays
 
-    async def begin(self, key: RequestKey, now: float) -> Lookup:
-        return self.table.begin(key, now)
+    async def begin(self, key: RequestKey, now: float, scope: str = "") -> Lookup:
+        lookup = self.table.begin(key, now)
+        fresh = lookup.seen is Seen.NEW
+        if fresh and self.replays is not None and not self.replays.admit(scope, key[3], now):
+            self.table.finish(key, None, now)  # its own copies stay silent
+            return Lookup(Seen.REPLAYED)
+        return lookup
 
     async def finish(self, key: RequestKey, reply: bytes | None, now: float) -> None:
         self.table.finish(key, reply, now)
 
-    async def forget(self, key: RequestKey) -> None:
+    async def forget(self, key: RequestKey, scope: str = "") -> None:
         self.table.forget(key)
+        if self.replays is not None:
+            self.replays.forget(scope, key[3])
 
 
 class SharedDuplicates:
@@ -76,8 +96,12 @@ class SharedDuplicates:
         in_flight_ttl: float,
         lease: float = LEASE_SECONDS,
         namespace: str = NAMESPACE,
+        *,
+        replay_ttl: float = 0.0,
     ):
         self.state = state
+        # 0: no replay window (the accounting table, whose records may repeat).
+        self.replay_ttl = replay_ttl
         self.namespace = namespace
         self.leases = f"{namespace}_lease"
         self.reply_ttl = reply_ttl
@@ -91,12 +115,24 @@ class SharedDuplicates:
         address, port, identifier, authenticator = key
         return f"{address}|{port}|{identifier}|{authenticator.hex()}"
 
-    async def begin(self, key: RequestKey, now: float) -> Lookup:
+    @staticmethod
+    def _replay_key(key: RequestKey, scope: str) -> str:
+        return f"{scope}|{key[3].hex()}"
+
+    async def begin(self, key: RequestKey, now: float, scope: str = "") -> Lookup:
         name = self._key(key)
         entry = await self.state.put_if_absent(
             self.namespace, name, {"done": False, "started": now}, self.in_flight_ttl, now
         )
         if entry is None:
+            if self.replay_ttl > 0:
+                mark = self._replay_key(key, scope)
+                seen = await self.state.put_if_absent(
+                    REPLAYS, mark, {"seen": True}, self.replay_ttl, now
+                )
+                if seen is not None:
+                    await self.finish(key, None, now)  # its own copies stay silent
+                    return Lookup(Seen.REPLAYED)
             self._hold(name)
             return Lookup(Seen.NEW)
         reply = entry.get("reply")
@@ -117,10 +153,12 @@ class SharedDuplicates:
         value = {"done": True, "reply": reply.hex() if reply is not None else None}
         await self.state.put(self.namespace, name, value, self.reply_ttl, now)
 
-    async def forget(self, key: RequestKey) -> None:
+    async def forget(self, key: RequestKey, scope: str = "") -> None:
         name = self._key(key)
         await self._release(name)
         await self.state.delete(self.namespace, name)
+        if self.replay_ttl > 0:
+            await self.state.delete(REPLAYS, self._replay_key(key, scope))
 
     async def _release(self, name: str) -> None:
         renewal = self._renewals.pop(name, None)

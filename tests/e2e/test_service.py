@@ -15,9 +15,10 @@ import pytest
 import yaml
 from argon2 import PasswordHasher
 from prometheus_client.parser import text_string_to_metric_families
+from pyrad import packet as pyrad_packet
 
 from tests.support.daemon import Daemon
-from tests.support.nas import UdpNas, access_request
+from tests.support.nas import DICTIONARY, UdpNas, access_request
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
@@ -261,6 +262,14 @@ def hanging_upstream_daemon(tmp: Path, grace: float) -> tuple[Daemon, socket.soc
     return Daemon(tmp, config).start(), silent
 
 
+def upstream_accept(raw: bytes) -> bytes:
+    """The upstream's Access-Accept (signed) for a request it received."""
+    request = pyrad_packet.AuthPacket(packet=raw, secret=b"x", dict=DICTIONARY)
+    reply = request.CreateReply(message_authenticator=True)
+    reply.code = pyrad_packet.AccessAccept
+    return bytes(reply.ReplyPacket())
+
+
 def send_and_wait_in_flight(daemon: Daemon, silent: socket.socket) -> UdpNas:
     nas = UdpNas(daemon.port)
     nas.send(access_request(SECRET, "dave", "dave-pw").RequestPacket())
@@ -276,10 +285,41 @@ def test_drain_waits_for_requests_in_flight_up_to_the_grace(tmp_path: Path) -> N
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(30) == 0
-        assert any(e.get("event") == "shutdown_grace_expired" for e in daemon.events)
+        expired = daemon.wait_for(lambda e: e.get("event") == "shutdown_grace_expired")
+        assert expired["unanswered"] == 1  # the log says how many answers were lost
     finally:
         nas.close()
         silent.close()
+
+
+def test_sigterm_with_requests_in_flight_sends_their_answers(tmp_path: Path) -> None:
+    """The sockets stay open through the drain: answers computed after SIGTERM (here,
+    the upstream answers only then) still reach the NAS."""
+    daemon, upstream = hanging_upstream_daemon(tmp_path, grace=60)
+    nas = UdpNas(daemon.port)
+    try:
+        requests = [access_request(SECRET, f"user{i}", "pw") for i in range(5)]
+        for request in requests:
+            nas.send(request.RequestPacket())
+        upstream.settimeout(30)
+        forwarded = [upstream.recvfrom(4096) for _ in requests]  # all five in flight
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        daemon.wait_for(lambda e: e.get("event") == "stopping")
+        for raw, peer in forwarded:
+            upstream.sendto(upstream_accept(raw), peer)
+        replies: dict[int, int] = {}
+        while len(replies) < len(requests):
+            raw = nas.receive()
+            replies[raw[1]] = raw[0]
+        assert replies == {request.id: 2 for request in requests}
+        assert daemon.proc.wait(30) == 0
+        stopped = daemon.wait_for(lambda e: e.get("event") == "stopped")
+        assert stopped["unanswered"] == 0
+        assert not any(e.get("event") == "shutdown_grace_expired" for e in daemon.events)
+    finally:
+        nas.close()
+        upstream.close()
 
 
 def test_second_signal_exits_at_once_while_draining(tmp_path: Path) -> None:

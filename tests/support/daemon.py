@@ -32,6 +32,8 @@ class Daemon:
         server.setdefault("listen", [f"127.0.0.1:{self.port}"])
         server.setdefault("log", {"format": "json", "level": "debug"})
         server.setdefault("state_dir", str(workdir / "state"))
+        # Rejects at once unless a test is about the delay: keeps the suite fast.
+        server.setdefault("reject_delay", 0)
         self.config_path = workdir / "mfaproxy.yaml"
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         self.env = {**os.environ, **(env or {})}

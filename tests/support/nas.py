@@ -49,11 +49,14 @@ class UdpNas:
 
     def receive_none(self, wait: float) -> bool:
         """True when nothing arrives within `wait` seconds (an expected silence)."""
+        timeout = self.sock.gettimeout()
         self.sock.settimeout(wait)
         try:
             self.sock.recvfrom(4096)
         except TimeoutError:
             return True
+        finally:
+            self.sock.settimeout(timeout)  # later receives wait as long as before
         return False
 
     def close(self) -> None:
