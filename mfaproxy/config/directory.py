@@ -25,7 +25,7 @@ class LocalDirectoryConfig(Strict):
     # argon2 verifications run on this many threads (each uses its parallelism in
     # lanes); at most `hash_queue` wait for one before new first rounds are shed.
     hash_threads: int = Field(default=2, ge=1, le=64)
-    hash_queue: int = Field(default=64, ge=1, le=100_000)
+    hash_queue: int = Field(default=1024, ge=1, le=100_000)
 
 
 class LdapGroupSearchConfig(Strict):
@@ -73,7 +73,7 @@ class LdapConfig(Strict):
     timeout: float = Field(default=5.0, gt=0, le=120)
     pool_size: int = Field(default=8, ge=1, le=256)
     # LDAP attempts that may wait for one of the pool_size threads (then shed).
-    queue: int = Field(default=64, ge=1, le=100_000)
+    queue: int = Field(default=1024, ge=1, le=100_000)
     attributes: LdapAttributesConfig = LdapAttributesConfig()
     group_search: LdapGroupSearchConfig | None = None
     # The attribute of the user's entry that is their identity (the key of their MFA

@@ -117,7 +117,7 @@ class UserStoreConfig(Strict):
     # The bounded pool the daemon calls the store through (admission/pool.py): threads,
     # and calls that may wait for one before new first rounds are shed.
     threads: int = Field(default=4, ge=1, le=64)
-    queue: int = Field(default=256, ge=1, le=100_000)
+    queue: int = Field(default=1024, ge=1, le=100_000)
 
     @model_validator(mode="before")
     @classmethod

@@ -247,7 +247,7 @@ class LocalChecker:
 
     name = "local"
 
-    def __init__(self, users_file: Path, threads: int = HASH_THREADS, queue: int = 64):
+    def __init__(self, users_file: Path, threads: int = HASH_THREADS, queue: int = 1024):
         self._users = load_users_file(users_file)
         # Unknown users cost what most known users cost: timing tells no names.
         self._dummy_hash = _dummy_hash(typical_cost(self._users))

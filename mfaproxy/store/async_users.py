@@ -41,7 +41,7 @@ class ChangeCounter(Protocol):
 
 
 class AsyncUserStore:
-    def __init__(self, store: UserRepository, threads: int = 4, queue: int = 256):
+    def __init__(self, store: UserRepository, threads: int = 4, queue: int = 1024):
         self.store = store
         # Bounded and fair (admission/pool.py). Calls are short and may come after a
         # State was taken, so they are never shed for their age, only when it is full.
