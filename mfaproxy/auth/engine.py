@@ -26,6 +26,7 @@ from mfaproxy.config.policies import MfaAction
 from mfaproxy.config.schema import ClientConfig, Config
 from mfaproxy.core import replies
 from mfaproxy.core.answer import Answer, Outcome
+from mfaproxy.core.groups import in_group
 from mfaproxy.core.identity import LoginName, check_login_name
 from mfaproxy.core.policy import CountryLookup, PolicyContext, early_login_denial, evaluate
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
@@ -177,9 +178,11 @@ class Engine:
             country_lookup=self.country_lookup,
         )
 
-    def _is_administrator(self, primary: PrimaryResult) -> bool:
+    def _is_administrator(self, primary: PrimaryResult) -> bool | None:
+        """In the administrators group; None (unknown) when the backend has no group
+        data: "administrators always need MFA" must not silently stop applying."""
         group = self.config.multifactor.administrators.group
-        return group is not None and group.casefold() in {g.casefold() for g in primary.groups}
+        return False if group is None else in_group(primary.groups, group)
 
     def _split(
         self, ctx: RequestContext, password: str, record: UserRecord | None
@@ -239,7 +242,7 @@ class Engine:
             backend=primary.backend,
             outcome=primary.outcome.value,
             reason=primary.reason,
-            groups=sorted(primary.groups),
+            groups=None if primary.groups is None else sorted(primary.groups),
         )
         if primary.outcome is PrimaryOutcome.UNAVAILABLE:
             # Fail closed: an outage must never look like a good password.
@@ -271,7 +274,7 @@ class Engine:
             login_name=login.typed,
             email=primary.email,
             mobile=primary.mobile,
-            groups=primary.groups,
+            groups=primary.groups or frozenset(),
             record=record,
             login_key=login.key,
         )

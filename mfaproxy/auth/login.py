@@ -86,7 +86,7 @@ def login_from_session(
         login_name=session.login_name,
         email=session.email,
         mobile=session.mobile,
-        groups=primary.groups,
+        groups=primary.groups or frozenset(),
         record=record,
         login_key=session.login_key,
     )

@@ -135,7 +135,11 @@ async def _login(config: Config, args: argparse.Namespace) -> list[Check]:
     finally:
         await checker.close()
     if result.accepted:
-        groups = ", ".join(sorted(result.groups)) or "none"
+        groups = (
+            "(none: this backend has no group data)"
+            if result.groups is None
+            else ", ".join(sorted(result.groups)) or "none"
+        )
         detail = f"{args.user} accepted by {result.backend}; groups: {groups}"
         return [Check.passed(service, "test login", detail)]
     outcome = result.outcome.value

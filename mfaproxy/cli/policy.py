@@ -22,6 +22,7 @@ from typing import TypeAlias
 from mfaproxy.adapters.geoip import GeoIpDatabases
 from mfaproxy.cli.identity import resolve
 from mfaproxy.config.schema import ClientConfig, Config, load_config
+from mfaproxy.core.groups import in_group
 from mfaproxy.core.identity import read_login_name
 from mfaproxy.core.policy import PolicyContext
 from mfaproxy.core.policy_explain import explain
@@ -107,9 +108,7 @@ def _is_admin(config: Config, groups: frozenset[str] | None, given: bool | None)
     group = config.multifactor.administrators.group
     if group is None:
         return False  # no administrators group configured: nobody is one
-    if groups is None:
-        return None
-    return group.casefold() in {g.casefold() for g in groups}
+    return in_group(groups, group)
 
 
 def _context(config: Config, client: ClientConfig, args: argparse.Namespace) -> PolicyContext:

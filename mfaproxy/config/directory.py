@@ -81,6 +81,11 @@ class LdapConfig(Strict):
     # first RDN of user_dn_template) compares with {username}; required when the filter
     # compares several. An entry without it is known by its DN.
     identity_attribute: str | None = Field(default=None, min_length=1)
+    # Groups named by DN (memberOf) match configured group names only when they lie
+    # under this base (`ou=groups,dc=example,dc=com`); anywhere else they match by full
+    # DN only, so a group of the same name in another part of the tree is not the same
+    # group. group_search results are under its own base_dn.
+    group_base_dn: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -133,6 +138,10 @@ class RadiusDirectoryConfig(Strict):
     nas_identifier: AttributeString | None = None
     # Attributes of the upstream Access-Accept copied into our Access-Accept.
     pass_through_attributes: list[str] = Field(default_factory=list)
+    # The Accept's attribute whose values are the user's groups (Class, Filter-Id...).
+    # Unset: the upstream gives no group data, and group and administrator rules are
+    # unknown (their stricter outcome applies), never "not a member".
+    group_attribute: str | None = Field(default=None, min_length=1)
     # Refuse upstream replies that lack a Message-Authenticator (BlastRADIUS).
     require_message_authenticator: bool = True
 

@@ -4,11 +4,14 @@ backends; serve, reload and `mfaproxy check-config` all run that one pipeline.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from pyrad.dictionary import Dictionary
 
 from mfaproxy.config.directory import RadiusDirectoryConfig
+from mfaproxy.config.multifactor import MultifactorConfig
+from mfaproxy.config.policies import AccessPoliciesConfig, UserGroupsRule
 from mfaproxy.config.problems import Loc, Problem
 from mfaproxy.config.schema import AttributeValue, RepliesConfig
 
@@ -55,4 +58,25 @@ def pass_through_problems(radius: RadiusDirectoryConfig, dictionary: Dictionary)
         )
         for index, name in enumerate(radius.pass_through_attributes)
         if not dictionary.has_key(name)
+    ] + [
+        Problem(("directory", "radius", "group_attribute"), f"unknown RADIUS attribute {name!r}")
+        for name in [radius.group_attribute]
+        if name is not None and not dictionary.has_key(name)
     ]
+
+
+def group_references(
+    policies: AccessPoliciesConfig | None,
+    multifactor: MultifactorConfig | None,
+    replies: RepliesConfig | None,
+) -> Iterator[tuple[Loc, str]]:
+    """Every configured group: user_groups rules, the administrators group, reply maps."""
+    for path, rule in policies.iter_rules() if policies is not None else ():
+        if isinstance(rule, UserGroupsRule):
+            for index, name in enumerate(rule.groups):
+                where = tuple(int(p) if p.isdigit() else p for p in path.split("."))
+                yield ("access_policies", *where, "groups", index), name
+    if multifactor is not None and multifactor.administrators.group is not None:
+        yield ("multifactor", "administrators", "group"), multifactor.administrators.group
+    for index, mapping in enumerate(replies.groups if replies is not None else ()):
+        yield ("replies", "groups", index, "group"), mapping.group

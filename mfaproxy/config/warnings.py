@@ -21,6 +21,7 @@ from mfaproxy.config.directory import LdapConfig
 from mfaproxy.config.problems import LineMap, Loc, line_for
 from mfaproxy.config.schema import Config
 from mfaproxy.config.stores import RedisSettings
+from mfaproxy.config.validate import group_references
 
 # draft-ietf-radext-deprecating-radius ("Shared Secrets"): a secret of 12 octets or
 # fewer can be recovered offline from one captured packet.
@@ -259,6 +260,17 @@ def _waits_beyond_nas_timeout(facts: Facts) -> Where:
                 )
 
 
+def _no_group_data(facts: Facts) -> Where:
+    config = facts.config
+    radius = config.directory.radius
+    if config.directory.backend != "radius" or radius is None or radius.group_attribute:
+        return
+    refs = list(group_references(config.access_policies, config.multifactor, config.replies))
+    if refs:
+        loc, name = refs[0]
+        yield loc, f"group {name!r} (and {len(refs) - 1} more) with no group data upstream"
+
+
 def _hash_cost_below_peak(facts: Facts) -> Where:
     local = facts.config.directory.local
     capacity = facts.hash_checks_per_second
@@ -387,6 +399,15 @@ RULES: tuple[Rule, ...] = (
         fix="raise the NAS's RADIUS timeout (and nas_timeout_seconds) above the method's"
         " wait, or shorten the method's timeout (README: NAS timeouts)",
         where=_waits_beyond_nas_timeout,
+    ),
+    Rule(
+        "no_group_data",
+        risk="the upstream returns no groups: group and administrator rules are unknown for"
+        " every login (their stricter outcome applies: denials and MFA hold, allowances and"
+        " skips by group never do) and reply attributes by group are never sent",
+        fix="set directory.radius.group_attribute to the Accept's attribute that carries"
+        " the groups (Class, Filter-Id), or drop the group rules",
+        where=_no_group_data,
     ),
     Rule(
         "hash_cost_below_peak_rate",

@@ -50,6 +50,7 @@ from mfaproxy.config.policies import (
     UserGroupsRule,
     UsersRule,
 )
+from mfaproxy.core.groups import matching
 from mfaproxy.core.identity import normalise
 from mfaproxy.errors import CountryLookupError
 from mfaproxy.radius.addresses import IPAddress, parse_ip, unmap
@@ -214,9 +215,10 @@ def _match_users(rule: UsersRule, ctx: PolicyContext, now: datetime) -> RuleVerd
 
 def _match_user_groups(rule: UserGroupsRule, ctx: PolicyContext, now: datetime) -> RuleVerdict:
     if ctx.groups is None:
-        return RuleVerdict(Tri.UNKNOWN, "groups not known (before the directory lookup)")
-    wanted = {name.casefold() for name in rule.groups}
-    common = sorted(g for g in ctx.groups if g.casefold() in wanted)
+        return RuleVerdict(
+            Tri.UNKNOWN, "groups not known (before the directory lookup, or no group data)"
+        )
+    common = matching(ctx.groups, rule.groups)
     return _yes(bool(common), f"member of {', '.join(common)}" if common else "in no listed group")
 
 
@@ -256,7 +258,9 @@ def _match_authentication_type(
 
 def _match_administrator(rule: AdministratorRule, ctx: PolicyContext, now: datetime) -> RuleVerdict:
     if ctx.is_administrator is None:
-        return RuleVerdict(Tri.UNKNOWN, "administrator membership not known (before the lookup)")
+        return RuleVerdict(
+            Tri.UNKNOWN, "administrator membership not known (before the lookup, or no groups)"
+        )
     return _yes(
         ctx.is_administrator, f"is {'' if ctx.is_administrator else 'not '}an administrator"
     )
@@ -285,10 +289,13 @@ def _match_geo_ip(rule: GeoIpRule, ctx: PolicyContext, now: datetime) -> RuleVer
 #   users                UNKNOWN until the directory answered (user is None): the rule
 #                        names identities, and the typed name is not one yet
 #   clients              always known (the client entry)
-#   user_groups          UNKNOWN until the directory answered (groups is None)
+#   user_groups          UNKNOWN until the directory answered, and when its backend has
+#                        no group data (groups is None: upstream RADIUS without
+#                        group_attribute); names and DNs compare as core/groups.py says
 #   time                 always known (`now`)
 #   authentication_type  UNKNOWN before the primary check (backend is None)
-#   administrator        UNKNOWN until the directory answered (is_administrator is None)
+#   administrator        UNKNOWN until the directory answered, and without group data
+#                        (is_administrator is None)
 #   geo_ip               UNKNOWN when the Calling-Station-Id is missing or not an IP, when
 #                        no lookup is given or it fails; an address the database places
 #                        in no country (private space) is NO_MATCH

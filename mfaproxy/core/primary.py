@@ -30,7 +30,9 @@ class PrimaryResult:
     # Short machine-readable reason for logs and metrics (`bad_password`, `no_such_user`,
     # `timeout`...). Never contains the password.
     reason: str = ""
-    groups: frozenset[str] = frozenset()
+    # Group names and DNs (core/groups.py); None when the backend has no group data
+    # (an upstream RADIUS server without group_attribute): group rules are then unknown.
+    groups: frozenset[str] | None = frozenset()
     email: str | None = None
     mobile: str | None = None
     # Who the user is, as the directory says (core/identity.py normalised): the users-file

@@ -6,6 +6,7 @@ from typing import Any
 
 from mfaproxy.config.schema import AttributeValue, RepliesConfig
 from mfaproxy.core.answer import Answer, Outcome
+from mfaproxy.core.groups import matching
 from mfaproxy.core.primary import PrimaryResult
 
 
@@ -21,13 +22,13 @@ def accept_attributes(config: RepliesConfig, primary: PrimaryResult) -> list[tup
     """Global attributes, then each matching group's in configuration order, then the
     attributes an upstream RADIUS server returned that the operator passes through.
 
-    Group names compare case-insensitively: Active Directory treats them so, and a
-    mismatch in case would silently deny a VPN role.
+    Groups compare as core/groups.py says (names normalised, DNs as DNs): a mismatch in
+    case would silently deny a VPN role. A backend without group data maps none.
     """
-    groups = {g.casefold() for g in primary.groups}
+    groups = primary.groups or frozenset()
     out = _expand(config.attributes)
     for mapping in config.groups:
-        if mapping.group.casefold() in groups:
+        if matching(groups, [mapping.group]):
             out.extend(_expand(mapping.attributes))
     out.extend((attr.name, attr.value) for attr in primary.reply_attributes)
     return out

@@ -88,7 +88,7 @@ def primary_to_json(primary: PrimaryResult) -> dict[str, Any]:
     return {
         "backend": primary.backend,
         "reason": primary.reason,
-        "groups": sorted(primary.groups),
+        "groups": None if primary.groups is None else sorted(primary.groups),
         "email": primary.email,
         "mobile": primary.mobile,
         "identity": primary.identity,
@@ -101,7 +101,7 @@ def primary_from_json(data: dict[str, Any]) -> PrimaryResult:
         PrimaryOutcome.ACCEPT,
         backend=str(data["backend"]),
         reason=str(data.get("reason", "")),
-        groups=frozenset(data.get("groups", [])),
+        groups=None if data.get("groups") is None else frozenset(data["groups"]),
         email=data.get("email"),
         mobile=data.get("mobile"),
         identity=data.get("identity"),

@@ -52,8 +52,9 @@ from mfaproxy.config.schema import (
     validate_document,
 )
 from mfaproxy.config.stores import RedisSettings
-from mfaproxy.config.validate import pass_through_problems, reply_problems
+from mfaproxy.config.validate import group_references, pass_through_problems, reply_problems
 from mfaproxy.config.warnings import Facts, Finding, config_warnings
+from mfaproxy.core.groups import is_dn
 from mfaproxy.core.identity import name_problem, normalise, read_login_name
 from mfaproxy.directory.local import checks_per_second, load_users_file, typical_cost
 from mfaproxy.errors import ConfigError, GeoIpDatabaseError
@@ -183,6 +184,26 @@ def _prompts(parts: Parts) -> Iterator[Problem]:
     )
 
 
+def _ldap_group_names(parts: Parts) -> Iterator[Problem]:
+    """LDAP gives group names only under group_base_dn (or from group_search): a group
+    named without either would never match, and "administrators always need MFA"
+    would silently stop applying."""
+    directory = parts.directory
+    if directory is None or directory.backend != "ldap" or directory.ldap is None:
+        return
+    if directory.ldap.group_base_dn is not None or directory.ldap.group_search is not None:
+        return
+    references = group_references(parts.access_policies, parts.multifactor, parts.replies)
+    for loc, name in references:
+        if not is_dn(name):
+            yield Problem(
+                loc,
+                f"{name!r} is a group name, but LDAP groups are known by name only under"
+                " directory.ldap.group_base_dn (or from group_search): set it to where the"
+                " groups are kept, or write the group's DN",
+            )
+
+
 def _ca_files(parts: Parts) -> Iterator[tuple[Loc, Path]]:
     """Every CA bundle a backend that will be built loads at start or first use."""
     directory, mfa = parts.directory, parts.multifactor
@@ -231,6 +252,7 @@ CHECKS: tuple[tuple[str, Callable[[Parts], Iterator[Problem]]], ...] = (
     ("geo-IP databases", _geoip),
     ("users rules against the realm rules", _users_rules),
     ("prompts against each client's max_prompt", _prompts),
+    ("LDAP group names against the group base", _ldap_group_names),
     ("CA bundles", _ca_bundles),
     ("state directory and master key file", _key_file),
 )

@@ -306,9 +306,17 @@ class LdapChecker:
         return self._accept(entry, groups)
 
     def member_of(self, entry: _Entry) -> set[str]:
-        """The groups named in the entry's group attribute (`memberOf`): each DN's first
-        RDN value, as written (`CN=VPN Users,OU=...` is `VPN Users`)."""
-        return {first_rdn_value(dn) for dn in entry.values(self._config.attributes.groups)}
+        """The groups named in the entry's group attribute (`memberOf`): each DN, and its
+        first RDN value as written (`CN=VPN Users,OU=...` is `VPN Users`) when the DN is
+        under group_base_dn: a name means something only where groups are kept."""
+        groups: set[str] = set()
+        base = self._config.group_base_dn
+        suffix = "," + normalise_dn(base) if base is not None else None
+        for dn in entry.values(self._config.attributes.groups):
+            groups.add(dn)
+            if suffix is not None and normalise_dn(dn).endswith(suffix):
+                groups.add(first_rdn_value(dn))
+        return groups
 
     # ------------------------------------------------------------------ lookups (no password)
     # For directory/ldap_probe.py: `mfaproxy doctor` and `policy explain`.
@@ -436,7 +444,10 @@ class LdapChecker:
         query = group_search.filter.replace("{user_dn}", escaped)
         name = group_search.name_attribute
         entries = self._search(conn, group_search.base_dn, query, attributes=[name])
-        return {entry.first(name) or first_rdn_value(entry.dn) for entry in entries}
+        # Found under group_search.base_dn: their names are as good as their DNs.
+        return {entry.first(name) or first_rdn_value(entry.dn) for entry in entries} | {
+            entry.dn for entry in entries
+        }
 
     @property
     def _attribute_names(self) -> list[str]:

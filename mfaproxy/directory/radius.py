@@ -71,9 +71,10 @@ class RadiusChecker:
     def __init__(
         self, config: RadiusDirectoryConfig, dictionary: Any, realms: Sequence[RealmRule] = ()
     ) -> None:
-        unknown = [a for a in config.pass_through_attributes if a not in dictionary]
+        named = [*config.pass_through_attributes, *filter(None, [config.group_attribute])]
+        unknown = [a for a in named if a not in dictionary]
         if unknown:
-            raise ValueError(f"pass_through_attributes not in the dictionary: {unknown}")
+            raise ValueError(f"attributes not in the dictionary: {unknown}")
         self._config = config
         self._realms = tuple(realms)
         self._pass_through = frozenset(config.pass_through_attributes)
@@ -132,8 +133,12 @@ class RadiusChecker:
             if identity is None:
                 log.warning("radius_primary_identity_invalid", server=reply.server.label)
                 return self._result(PrimaryOutcome.REJECT, "upstream_identity_invalid")
-            return self._result(
-                PrimaryOutcome.ACCEPT, "", identity=identity, attrs=self._copy_attributes(reply)
+            return PrimaryResult(
+                outcome=PrimaryOutcome.ACCEPT,
+                backend=self.name,
+                identity=identity,
+                groups=self._groups(reply),
+                reply_attributes=self._copy_attributes(reply),
             )
         if reply.challenged:
             log.warning("radius_primary_challenge_unsupported", server=reply.server.label)
@@ -145,6 +150,16 @@ class RadiusChecker:
             "radius_primary_unexpected_code", server=reply.server.label, packet_code=reply.code
         )
         return self._result(PrimaryOutcome.REJECT, "unexpected_reply")
+
+    def _groups(self, reply: RadiusReply) -> frozenset[str] | None:
+        """The values of group_attribute; None (no group data) when none is configured."""
+        name = self._config.group_attribute
+        if name is None:
+            return None
+        values = reply.attributes.get(name, ())
+        return frozenset(
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values
+        )
 
     def _identity(self, reply: RadiusReply, username: str) -> str | None:
         named = reply.first("User-Name")
@@ -161,18 +176,5 @@ class RadiusChecker:
             for value in values
         )
 
-    def _result(
-        self,
-        outcome: PrimaryOutcome,
-        reason: str,
-        *,
-        identity: str | None = None,
-        attrs: tuple[ReplyAttribute, ...] = (),
-    ) -> PrimaryResult:
-        return PrimaryResult(
-            outcome=outcome,
-            backend=self.name,
-            reason=reason,
-            identity=identity,
-            reply_attributes=attrs,
-        )
+    def _result(self, outcome: PrimaryOutcome, reason: str) -> PrimaryResult:
+        return PrimaryResult(outcome=outcome, backend=self.name, reason=reason)

@@ -66,6 +66,7 @@ def ldap_directory(slapd: SlapdServer) -> dict[str, Any]:
             "bind_dn": slapd.service_dn,
             "bind_password": slapd.service_password,
             "user_filter": "(uid={username})",
+            "group_base_dn": "ou=groups,dc=example,dc=org",
         },
     }
 
@@ -140,7 +141,8 @@ def test_doctor_reports_each_dependency_then_names_the_one_stopped(tmp_path: Pat
             f"ldap {slapd.ldap_url}: StartTLS: certificate verified",
             f"ldap {slapd.ldap_url}: service bind: as {slapd.service_dn}",
             f"ldap {slapd.ldap_url}: user search: uid=alice,ou=people,{slapd.base_dn}",
-            f"ldap {slapd.ldap_url}: groups: mfa-admins, vpn-users",
+            f"ldap {slapd.ldap_url}: groups: cn=mfa-admins,ou=groups,dc=example,dc=org,"
+            " cn=vpn-users,ou=groups,dc=example,dc=org, mfa-admins, vpn-users",
             f"smtp 127.0.0.1:{smtp.port}: connect: 220",
             f"smtp 127.0.0.1:{smtp.port}: STARTTLS: certificate verified",
             f"smtp 127.0.0.1:{smtp.port}: auth: as {SMTP_USER}",

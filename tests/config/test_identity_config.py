@@ -109,3 +109,62 @@ def test_users_rules_that_could_never_match_are_refused(users: list[str], found:
         assert problems == []
     else:
         assert len(problems) == 1 and all(part in problems[0] for part in found), problems
+
+
+# --------------------------------------------------------------------------- groups
+
+LDAP_GROUPS = (
+    LDAP % "(uid={username})"
+    + """
+access_policies:
+  login:
+    policies:
+      - name: vpn
+        rules: [{type: user_groups, groups: [vpn-users, "cn=ops,ou=groups,dc=example,dc=org"]}]
+        action_when_matched: continue
+        action_when_not_matched: access_denied
+multifactor: {administrators: {group: mfa-admins}}
+replies: {groups: [{group: vpn-users, attributes: {Filter-Id: vpn}}]}
+"""
+)
+
+
+def deep(text: str) -> list[str]:
+    return preflight.problems(parse_config(text), load_dictionary())
+
+
+def test_ldap_group_names_need_a_group_base() -> None:
+    found = deep(LDAP_GROUPS)
+    where = sorted(p.split(":")[0].split(" (line")[0] for p in found)
+    assert where == [
+        "access_policies.login.policies.0.rules.0.groups.0",
+        "multifactor.administrators.group",
+        "replies.groups.0.group",
+    ]  # the DN is fine
+    assert all("group_base_dn" in p for p in found)
+
+
+@pytest.mark.parametrize(
+    "fix",
+    [
+        '    group_base_dn: "ou=groups,dc=example,dc=org"\n',
+        '    group_search: {base_dn: "ou=groups,dc=example,dc=org"}\n',
+    ],
+)
+def test_a_group_base_or_a_group_search_names_groups(fix: str) -> None:
+    head, tail = LDAP_GROUPS.split("access_policies:", 1)
+    assert deep(head + fix + "access_policies:" + tail) == []
+
+
+def test_an_unknown_group_attribute_is_refused() -> None:
+    text = """
+clients: [{name: vpn, address: 127.0.0.1, secret: s3cret}]
+directory:
+  backend: radius
+  radius:
+    servers: [{host: 10.0.0.5, secret: a-long-upstream-secret}]
+    group_attribute: Not-An-Attribute
+"""
+    assert deep(text) == [
+        "directory.radius.group_attribute: unknown RADIUS attribute 'Not-An-Attribute'"
+    ]

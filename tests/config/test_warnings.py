@@ -150,6 +150,22 @@ CASES: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {
         "multifactor.enabled",
         {"multifactor.enabled": ["totp", "email"], "smtp": {"host": "127.0.0.1"}},
     ),
+    "no_group_data": (
+        {
+            "directory.backend": "radius",
+            "directory.radius": {"servers": [{"host": "10.0.0.5", "secret": LONG}]},
+            "multifactor.administrators": {"group": "mfa-admins"},
+        },
+        "multifactor.administrators.group",
+        {
+            "directory.backend": "radius",
+            "directory.radius": {
+                "servers": [{"host": "10.0.0.5", "secret": LONG}],
+                "group_attribute": "Filter-Id",
+            },
+            "multifactor.administrators": {"group": "mfa-admins"},
+        },
+    ),
     "hash_cost_below_peak_rate": (
         {"directory.local.peak_logins_per_second": 100},
         "directory.local.peak_logins_per_second",

@@ -17,6 +17,7 @@ import pytest
 import structlog
 
 from mfaproxy.config.directory import LdapConfig
+from mfaproxy.core.groups import in_group
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.directory.ldap import LdapChecker, bind_reject_reason, first_rdn_value
@@ -55,9 +56,15 @@ def search_config(slapd: SlapdServer, **overrides: Any) -> LdapConfig:
         "connect_timeout": 2,
         "timeout": 2,
         "pool_size": 4,
+        "group_base_dn": GROUPS_DN,
     }
     data.update(overrides)
     return LdapConfig.model_validate(data)
+
+
+def names(groups: frozenset[str] | None) -> frozenset[str]:
+    """The group names among a user's groups (the DNs are there too: core/groups.py)."""
+    return frozenset(g for g in groups or () if "=" not in g)
 
 
 def direct_config(slapd: SlapdServer, **overrides: Any) -> LdapConfig:
@@ -111,7 +118,7 @@ async def test_search_then_bind_accepts_with_directory_data(
     result = await checker.authenticate("alice", ALICE.password)
     assert result.outcome is PrimaryOutcome.ACCEPT
     assert result.backend == "ldap"
-    assert result.groups == frozenset({"vpn-users", "mfa-admins"})
+    assert names(result.groups) == frozenset({"vpn-users", "mfa-admins"})
     assert result.email == ALICE.mail
     assert result.mobile == ALICE.mobile
     assert result.identity == "alice"
@@ -127,7 +134,7 @@ async def test_groups_and_missing_attributes(
 ) -> None:
     result = await make_checker(search_config(slapd)).authenticate(user.uid, user.password)
     assert result.accepted
-    assert result.groups == frozenset(groups)
+    assert names(result.groups) == frozenset(groups)
     assert result.email == user.mail
     assert result.mobile is None
     assert_identity_of(result, user)
@@ -204,7 +211,7 @@ async def test_direct_bind_accepts_and_reads_own_entry(
     result = await make_checker(direct_config(slapd)).authenticate("alice", ALICE.password)
     assert result.outcome is PrimaryOutcome.ACCEPT
     assert result.identity == "alice"
-    assert result.groups == frozenset({"vpn-users", "mfa-admins"})
+    assert names(result.groups) == frozenset({"vpn-users", "mfa-admins"})
     assert result.email == ALICE.mail
 
 
@@ -213,7 +220,7 @@ async def test_direct_bind_escapes_the_dn(slapd: SlapdServer, make_checker: Fact
     result = await make_checker(direct_config(slapd)).authenticate(DAVE.uid, DAVE.password)
     assert result.outcome is PrimaryOutcome.ACCEPT
     assert_identity_of(result, DAVE)
-    assert result.groups == frozenset({"vpn-users"})
+    assert names(result.groups) == frozenset({"vpn-users"})
 
 
 @pytest.mark.parametrize(
@@ -250,8 +257,8 @@ async def test_group_search(slapd: SlapdServer, make_checker: Factory) -> None:
     carol = await checker.authenticate("carol", CAROL.password)
     # Dave's DN holds `(` and `)`: found only if the DN is escaped in the group filter.
     dave = await checker.authenticate(DAVE.uid, DAVE.password)
-    assert alice.groups == frozenset({"vpn-users", "mfa-admins"})
-    assert dave.groups == frozenset({"vpn-users"})
+    assert names(alice.groups) == frozenset({"vpn-users", "mfa-admins"})
+    assert names(dave.groups) == frozenset({"vpn-users"})
     assert carol.accepted
     assert carol.groups == frozenset()
 
@@ -261,7 +268,7 @@ async def test_group_search_with_direct_bind(slapd: SlapdServer, make_checker: F
         slapd, attributes={"groups": "departmentNumber"}, group_search={"base_dn": GROUPS_DN}
     )
     result = await make_checker(config).authenticate("bob", BOB.password)
-    assert result.groups == frozenset({"vpn-users"})
+    assert names(result.groups) == frozenset({"vpn-users"})
 
 
 # --------------------------------------------------------------------------- TLS
@@ -277,7 +284,7 @@ async def test_ldaps_with_ca_file(slapd: SlapdServer, make_checker: Factory) -> 
     config = search_config(slapd, servers=[slapd.ldaps_url], ca_file=str(slapd.ca_file))
     result = await make_checker(config).authenticate("alice", ALICE.password)
     assert result.outcome is PrimaryOutcome.ACCEPT
-    assert result.groups == frozenset({"vpn-users", "mfa-admins"})
+    assert names(result.groups) == frozenset({"vpn-users", "mfa-admins"})
 
 
 @pytest.fixture
@@ -500,3 +507,52 @@ def test_a_filter_naming_two_attributes_needs_identity_attribute(slapd: SlapdSer
     assert search_config(slapd, user_filter=ad, identity_attribute="sAMAccountName").identity == (
         "sAMAccountName"
     )
+
+
+# --------------------------------------------------------------------------- groups
+
+ROGUE = f"cn=mfa-admins,{PEOPLE_DN}"
+
+
+@pytest.fixture(scope="module")
+def rogue_group(slapd: SlapdServer) -> str:
+    """A group named like the administrators group, made outside ou=groups (where,
+    say, users may create groups), with carol in it."""
+    slapd.add(f"dn: {ROGUE}\nobjectClass: groupOfNames\ncn: mfa-admins\nmember: {CAROL.dn}\n")
+    return ROGUE
+
+
+async def test_a_group_of_the_same_name_elsewhere_is_not_the_group(
+    slapd: SlapdServer, make_checker: Factory, rogue_group: str
+) -> None:
+    checker = make_checker(search_config(slapd))
+    carol = await checker.authenticate("carol", CAROL.password)
+    alice = await checker.authenticate("alice", ALICE.password)
+    assert carol.groups is not None and alice.groups is not None
+    assert {g.lower() for g in carol.groups} == {ROGUE}  # by DN only: not under the base
+    assert not in_group(carol.groups, "mfa-admins")
+    assert not in_group(carol.groups, f"cn=mfa-admins,{GROUPS_DN}")
+    assert in_group(alice.groups, "MFA-Admins")
+    assert in_group(alice.groups, f"CN=MFA-Admins,{GROUPS_DN.upper()}")
+
+
+async def test_without_a_group_base_groups_match_by_dn_only(
+    slapd: SlapdServer, make_checker: Factory, rogue_group: str
+) -> None:
+    checker = make_checker(search_config(slapd, group_base_dn=None))
+    alice = await checker.authenticate("alice", ALICE.password)
+    assert names(alice.groups) == frozenset()
+    assert not in_group(alice.groups, "mfa-admins")
+    assert in_group(alice.groups, f"cn=mfa-admins,{GROUPS_DN}")
+
+
+async def test_group_search_names_groups_under_its_own_base(
+    slapd: SlapdServer, make_checker: Factory, rogue_group: str
+) -> None:
+    search = {"base_dn": GROUPS_DN}
+    config = search_config(slapd, group_base_dn=None, group_search=search)
+    carol = await make_checker(config).authenticate("carol", CAROL.password)
+    # memberOf names the rogue group by DN; the search under ou=groups finds nothing
+    assert not in_group(carol.groups, "mfa-admins")
+    alice = await make_checker(config).authenticate("alice", ALICE.password)
+    assert in_group(alice.groups, "mfa-admins")

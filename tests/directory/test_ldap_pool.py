@@ -21,6 +21,7 @@ import structlog
 from mfaproxy.config.directory import LdapConfig
 from mfaproxy.core.primary import PrimaryOutcome
 from mfaproxy.directory.ldap import LdapChecker
+from tests.directory.test_ldap import names
 from tests.support.slapd import (
     ADMIN_DN,
     ALICE,
@@ -64,6 +65,7 @@ async def make_checker() -> AsyncIterator[Factory]:
             "connect_timeout": 2,
             "timeout": 2,
             "pool_size": 2,
+            "group_base_dn": "ou=groups,dc=example,dc=org",
         }
         data.update(overrides)
         checker = LdapChecker(LdapConfig.model_validate(data))
@@ -161,7 +163,7 @@ async def test_a_wrong_password_never_lends_an_identity(
     carol = await checker.authenticate("carol", CAROL.password)
     bob_again = await checker.authenticate("bob", "")
     alice_again = await checker.authenticate("alice", ALICE.password)
-    assert alice.accepted and alice.groups == frozenset({"vpn-users", "mfa-admins"})
+    assert alice.accepted and names(alice.groups) == frozenset({"vpn-users", "mfa-admins"})
     assert bob.outcome is PrimaryOutcome.REJECT
     assert bob.reason == "bad_password"
     assert bob.groups == frozenset() and bob.email is None and bob.identity is None

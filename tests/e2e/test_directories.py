@@ -54,6 +54,7 @@ def ldap_daemon(slapd: SlapdServer, tmp_path_factory: pytest.TempPathFactory) ->
                 "bind_dn": SERVICE_DN,
                 "bind_password_file": str(tmp / "bind.password"),
                 "user_filter": "(uid={username})",
+                "group_base_dn": "ou=groups,dc=example,dc=org",
                 "start_tls": True,
                 "ca_file": str(slapd.ca_file),
                 "connect_timeout": 2,

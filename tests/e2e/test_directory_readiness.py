@@ -34,6 +34,7 @@ def ldap_config(slapd: SlapdServer, **ldap: Any) -> dict[str, Any]:
                 "bind_dn": slapd.service_dn,
                 "bind_password": slapd.service_password,
                 "user_filter": "(uid={username})",
+                "group_base_dn": "ou=groups,dc=example,dc=org",
                 "connect_timeout": 1,
                 "timeout": 2,
                 **ldap,
@@ -113,7 +114,9 @@ def test_policy_explain_reads_the_groups_from_ldap(slapd: SlapdServer, tmp_path:
     path.write_text(yaml.safe_dump(ldap_config(slapd)))
     admin = explain(path, ALICE.uid)
     assert admin.returncode == 0, admin.stderr
-    assert "groups from LDAP: mfa-admins, vpn-users" in admin.stderr
+    # by DN, and by name since they are under group_base_dn
+    groups = "cn=mfa-admins,ou=groups,dc=example,dc=org, cn=vpn-users,ou=groups,dc=example,dc=org"
+    assert f"groups from LDAP: {groups}, mfa-admins, vpn-users" in admin.stderr
     assert "login: access_allowed (by the default action)" in admin.stdout
     assert "match     rules[0] user_groups: member of mfa-admins" in admin.stdout
     outsider = explain(path, CAROL.uid)  # no groups: the admins-only policy denies

@@ -20,6 +20,9 @@ from tests.support.slapd import (
     ALICE,
     BASE_DN,
     BOB,
+    CAROL,
+    GROUPS_DN,
+    PEOPLE_DN,
     SERVICE_DN,
     SERVICE_PASSWORD,
     SlapdServer,
@@ -127,3 +130,69 @@ def test_a_users_rule_denies_every_spelling(daemon: Daemon, nas: UdpNas, typed: 
     assert reply.rejected
     event = daemon.wait_audit(login_name=typed, reason="login_policy_denied")
     assert (event["user"], event["login_policy"]) == ("bob", "no-bob")
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@pytest.fixture(scope="module")
+def groups_daemon(slapd: SlapdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """Groups by name only under ou=groups; carol is in a group called mfa-admins that
+    someone made under ou=people."""
+    slapd.add(
+        f"dn: cn=mfa-admins,{PEOPLE_DN}\nobjectClass: groupOfNames\ncn: mfa-admins\n"
+        f"member: {CAROL.dn}\n"
+    )
+    tmp: Path = tmp_path_factory.mktemp("groups-ldap")
+    config = {
+        "clients": [{"name": "vpn", "address": ["127.0.0.1"], "secret": SECRET}],
+        "directory": {
+            "backend": "ldap",
+            "ldap": {
+                "servers": [slapd.ldap_url],
+                "base_dn": BASE_DN,
+                "bind_dn": SERVICE_DN,
+                "bind_password": SERVICE_PASSWORD,
+                "group_base_dn": GROUPS_DN,
+            },
+        },
+        "replies": {"groups": [{"group": "MFA-Admins", "attributes": {"Class": "admins"}}]},
+        "access_policies": {
+            "mfa": {
+                "default_action": "mfa_skipped",
+                "policies": [
+                    {
+                        "name": "administrators-always",
+                        "rules": [{"type": "administrator"}],
+                        "action_when_matched": "mfa_required",
+                    }
+                ],
+            }
+        },
+        "multifactor": {
+            "enabled": ["totp"],
+            "default": "totp",
+            "administrators": {"group": "mfa-admins"},
+        },
+    }
+    with Daemon(tmp, config) as running:
+        yield running
+
+
+def test_a_same_named_group_elsewhere_gives_neither_mfa_rule_nor_attributes(
+    groups_daemon: Daemon,
+) -> None:
+    nas = UdpNas(groups_daemon.port)
+    try:
+        carol = login(nas, SECRET, "carol", CAROL.password)
+        assert carol.accepted, carol.message
+        assert carol.values("Class") == []
+        event = groups_daemon.wait_audit(login_name="carol", outcome="accept")
+        assert (event["reason"], event["mfa_policy"]) == ("mfa_skipped", "(default)")
+        # alice is in the real one, under ou=groups: the administrators' rule applies
+        alice = login(nas, SECRET, "alice", ALICE.password)
+        assert alice.rejected and "not set up" in alice.message
+        event = groups_daemon.wait_audit(login_name="alice", outcome="reject")
+        assert event["mfa_policy"] == "administrators-always"
+    finally:
+        nas.close()
