@@ -315,7 +315,13 @@ class Engine:
         attempt = await self.guard.begin(login.key, source, now)
         if isinstance(attempt, Throttled):
             return self._throttled(ctx, attempt)
-        primary = await self.checker.authenticate(login.directory_name, password)
+        try:
+            primary = await self.checker.authenticate(login.directory_name, password)
+        except BaseException:
+            # No outcome (shed under overload, cancelled at shutdown, a bug): the password
+            # was never judged, so the attempt must not count as a failure.
+            await self.guard.abandoned(attempt)
+            raise
         if primary.outcome is PrimaryOutcome.UNAVAILABLE:
             await self.guard.abandoned(attempt)
         elif primary.outcome is PrimaryOutcome.REJECT:
