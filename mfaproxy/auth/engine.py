@@ -28,7 +28,13 @@ from mfaproxy.core import replies
 from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.core.groups import in_group
 from mfaproxy.core.identity import LoginName, check_login_name
-from mfaproxy.core.policy import CountryLookup, PolicyContext, early_login_denial, evaluate
+from mfaproxy.core.policy import (
+    CountryLookup,
+    PolicyContext,
+    early_login_denial,
+    evaluate,
+    is_trusted_reconnect,
+)
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.core.responses import decode_scrv1, split_append
 from mfaproxy.core.second_factor import APPENDED_MODES
@@ -107,7 +113,9 @@ class Engine:
         answer: Answer | None = None
         dropped = "internal_error"
         try:
-            answer = self._fitted(ctx, await self._decide(ctx, request, self.clock()))
+            now = self.clock()
+            answer = self._fitted(ctx, await self._decide(ctx, request, now))
+            await self.mfa.trust.after(ctx.identity, answer.reason, now)
         except UpstreamError as exc:
             # Factors report their own outages as UNAVAILABLE; what is raised here is
             # the state or user store (Redis, PostgreSQL, SQLite) failing.
@@ -267,8 +275,12 @@ class Engine:
         # second factor (append mode) is never accepted with that factor unchecked.
         ctx.admitted = primary if appended is None else None
         record = await self.mfa.user_record(identity)
-        mfa_decision = evaluate(self.config.access_policies.mfa, full, at)
+        station = request.calling_station_id
+        trust = await self.mfa.trust.fact(identity, ctx.client.name, station, record, now)
+        mfa_decision = evaluate(self.config.access_policies.mfa, replace(full, trust=trust), at)
         ctx.audit.update(mfa_decision.log_fields())
+        if is_trusted_reconnect(mfa_decision):  # the password was checked above
+            return self.mfa.trust.accept(self.config.replies, primary)
         factor_user = FactorUser(
             name=identity,
             login_name=login.typed,

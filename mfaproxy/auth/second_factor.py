@@ -35,6 +35,7 @@ from mfaproxy.auth.login import (
 )
 from mfaproxy.auth.resets import ResetAsked, Resets
 from mfaproxy.auth.sessions import challenge, new_session, retry_session
+from mfaproxy.auth.trust import TrustedReconnects
 from mfaproxy.config.policies import MfaAction
 from mfaproxy.config.schema import Config, SecondFactorMode
 from mfaproxy.core import replies
@@ -78,6 +79,8 @@ class SecondFactorStage:
         self.resets = Resets(config.multifactor, services)
         # Each NAS's wording of the prompts (config/prompts.py, core/prompts.py).
         self.prompts = ClientPrompts(config)
+        # Passes that let a reconnect skip the second factor (auth/trust.py).
+        self.trust = TrustedReconnects(config, services.state, services.users, services.master_key)
         # One handler per `Action` of the machine.
         self._handlers: Mapping[Action, Handler] = {
             Action.CHECK: self._check,
@@ -142,6 +145,8 @@ class SecondFactorStage:
 
     async def _succeeded(self, login: Login, method: str, step: Step) -> Answer:
         metrics.SECOND_FACTOR_ATTEMPTS.labels(method=method, result="accepted").inc()
+        user, client, station = login.user.name, login.client, login.client_ip
+        await self.trust.remember(user, client, station, step.reason, method, login.now)
         return self._accept(login, step.reason)
 
     async def _attempt(

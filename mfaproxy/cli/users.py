@@ -28,6 +28,7 @@ import segno
 from mfaproxy.cli import collisions as cli_collisions
 from mfaproxy.cli import enrol as cli_enrol
 from mfaproxy.cli import enrolment_window
+from mfaproxy.cli import trust as cli_trust
 from mfaproxy.cli.enrolment_window import DEFAULT_WINDOW, duration, window_text
 from mfaproxy.cli.identity import resolve
 from mfaproxy.cli.ownership import NotTheServiceUser, as_state_owner
@@ -213,6 +214,7 @@ def cmd_show(store: UserRepository, config: Config, args: argparse.Namespace) ->
         ("failures", str(lock.failures)),
         ("locked until", _when(lock.locked_until) if lock.locked else "not locked"),
         ("last reset request", _reset_text(record.last_reset)),
+        ("trust ended", _when(record.trust_not_before) if record.trust_not_before else "-"),
         ("created", _when(record.created_at)),
         ("updated", _when(record.updated_at)),
     ]
@@ -406,6 +408,7 @@ def register(sub: SubParsers, common: argparse.ArgumentParser) -> SubParsers:
         " directory (a record no login reaches)",
     )
     enrolment_window.register(lambda *a: _add(commands, *a), common)
+    cli_trust.register(lambda *a: _add(commands, *a), common)
     _register_resets(commands, common)
     cli_collisions.register(commands, common)
     return commands

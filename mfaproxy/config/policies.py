@@ -215,6 +215,16 @@ class GeoIpRule(Strict):
     database: ConfigPath
 
 
+class TrustedReconnectRule(Strict):
+    """Matches when the same user (identity), from the same NAS (client entry) and the
+    same Calling-Station-Id, passed a second factor within `minutes` (core/trust.py).
+    Only in an mfa policy that skips the second factor when it matches."""
+
+    type: Literal["trusted_reconnect"] = "trusted_reconnect"
+    # privacyIDEA's auth_cache, MULTIFACTOR's authentication-cache-lifetime: up to 30 days.
+    minutes: int = Field(ge=1, le=43200)
+
+
 Rule = Annotated[
     IpAddressesRule
     | UsersRule
@@ -223,7 +233,8 @@ Rule = Annotated[
     | TimeRule
     | AuthenticationTypeRule
     | AdministratorRule
-    | GeoIpRule,
+    | GeoIpRule
+    | TrustedReconnectRule,
     Field(discriminator="type"),
 ]
 
@@ -259,6 +270,15 @@ class LoginPolicy(PolicyBase):
     action_when_matched: LoginAction
     action_when_not_matched: LoginAction = "continue"
 
+    @model_validator(mode="after")
+    def _no_trust(self) -> LoginPolicy:
+        if any(isinstance(rule, TrustedReconnectRule) for rule in self.rules):
+            raise ValueError(
+                "trusted_reconnect belongs to access_policies.mfa: it can only skip a"
+                " second factor, never the password"
+            )
+        return self
+
     @field_validator("action_when_matched", "action_when_not_matched", mode="before")
     @classmethod
     def _own_actions(cls, value: Any) -> Any:
@@ -268,6 +288,21 @@ class LoginPolicy(PolicyBase):
 class MfaPolicy(PolicyBase):
     action_when_matched: MfaAction
     action_when_not_matched: MfaAction = "continue"
+
+    @model_validator(mode="after")
+    def _trust_only_skips(self) -> MfaPolicy:
+        # Monotone in the trust: a reconnect that is not trusted (no record, a record
+        # deleted or tampered with, no Calling-Station-Id) may never get a weaker outcome.
+        trusted = any(isinstance(rule, TrustedReconnectRule) for rule in self.rules)
+        if trusted and (self.action_when_matched, self.action_when_not_matched) != (
+            "mfa_skipped",
+            "continue",
+        ):
+            raise ValueError(
+                "a policy with a trusted_reconnect rule takes action_when_matched:"
+                " mfa_skipped and action_when_not_matched: continue"
+            )
+        return self
 
     @field_validator("action_when_matched", "action_when_not_matched", mode="before")
     @classmethod
@@ -328,6 +363,18 @@ class AccessPoliciesConfig(Strict):
             for p_index, policy in enumerate(target.policies):
                 for r_index, rule in enumerate(policy.rules):
                     yield f"{target.target}.policies.{p_index}.rules.{r_index}", rule
+
+    def trust_window_seconds(self) -> float:
+        """The longest window of the active mfa policies' trusted_reconnect rules, in
+        seconds; 0 when there is none (trusted reconnects are off)."""
+        minutes = [
+            rule.minutes
+            for policy in self.mfa.policies
+            if policy.active
+            for rule in policy.rules
+            if isinstance(rule, TrustedReconnectRule)
+        ]
+        return max(minutes, default=0) * 60.0
 
     def referenced_clients(self) -> frozenset[str]:
         """Client names used by `clients` rules; the root config checks they exist."""

@@ -285,9 +285,27 @@ def _hash_cost_below_peak(facts: Facts) -> Where:
         )
 
 
+def _trust_unscoped(facts: Facts) -> Where:
+    """A trusted_reconnect rule alone in its policy trusts every NAS and every user."""
+    for index, policy in enumerate(facts.config.access_policies.mfa.policies):
+        types = {rule.type for rule in policy.rules}
+        if policy.active and types == {"trusted_reconnect"}:
+            where = ("access_policies", "mfa", "policies", index)
+            yield where, f"policy {policy.name} trusts reconnects on every NAS for every user"
+
+
 # --------------------------------------------------------------------------- the table
 
 RULES: tuple[Rule, ...] = (
+    Rule(
+        "trusted_reconnect_unscoped",
+        risk="the password alone logs in from a station that passed MFA: a VPN's"
+        " Calling-Station-Id is a public address that a whole NAT or carrier shares, and"
+        " a Wi-Fi MAC address can be copied",
+        fix="add a clients rule naming the NAS whose Calling-Station-Id identifies one"
+        " device (Wi-Fi controllers send its MAC), or a user_groups rule, to the policy",
+        where=_trust_unscoped,
+    ),
     Rule(
         "inline_enrolment",
         risk="whoever knows a user's password and can read their mail (often with the same"

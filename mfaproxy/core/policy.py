@@ -47,11 +47,13 @@ from mfaproxy.config.policies import (
     Rule,
     TargetPolicies,
     TimeRule,
+    TrustedReconnectRule,
     UserGroupsRule,
     UsersRule,
 )
 from mfaproxy.core.groups import matching
 from mfaproxy.core.identity import normalise
+from mfaproxy.core.trust import CLOCK_SKEW, TrustFact, age_text
 from mfaproxy.errors import CountryLookupError
 from mfaproxy.radius.addresses import IPAddress, parse_ip, unmap
 
@@ -100,10 +102,15 @@ class PolicyContext:
     backend: str | None = None  # local | ldap | radius: which one authenticated the user
     is_administrator: bool | None = None  # in multifactor.administrators.group
     country_lookup: CountryLookup | None = None  # None: geo_ip rules are UNKNOWN
+    # The user's last second factor from this NAS and station (core/trust.py), looked
+    # up after the primary check; None: not looked up (trusted_reconnect is UNKNOWN).
+    trust: TrustFact | None = None
 
     def before_primary(self) -> PolicyContext:
         """The same request with everything the directory tells us forced unknown."""
-        return replace(self, user=None, groups=None, backend=None, is_administrator=None)
+        return replace(
+            self, user=None, groups=None, backend=None, is_administrator=None, trust=None
+        )
 
     @property
     def station_ip(self) -> IPAddress | None:
@@ -283,6 +290,24 @@ def _match_geo_ip(rule: GeoIpRule, ctx: PolicyContext, now: datetime) -> RuleVer
     return _yes(hit, f"{address} is in {country.upper()}")
 
 
+def _match_trusted_reconnect(
+    rule: TrustedReconnectRule, ctx: PolicyContext, now: datetime
+) -> RuleVerdict:
+    trust = ctx.trust
+    if trust is None:
+        return RuleVerdict(Tri.UNKNOWN, "last second factor not looked up")
+    if not trust.known:
+        return RuleVerdict(Tri.UNKNOWN, trust.why)
+    if trust.passed_at is None:
+        return RuleVerdict(Tri.NO_MATCH, trust.why)
+    age = now.timestamp() - trust.passed_at
+    if -CLOCK_SKEW <= age < rule.minutes * 60:
+        return RuleVerdict(Tri.MATCH, f"{trust.why} {age_text(age)} ago")
+    return RuleVerdict(
+        Tri.NO_MATCH, f"last second factor {age_text(age)} ago, over {rule.minutes} min"
+    )
+
+
 # What each rule does when its input is missing:
 #   ip_addresses         client_address is always known; a missing NAS-IP-Address, a
 #                        missing Calling-Station-Id or one that is not an IP: UNKNOWN
@@ -299,6 +324,9 @@ def _match_geo_ip(rule: GeoIpRule, ctx: PolicyContext, now: datetime) -> RuleVer
 #   geo_ip               UNKNOWN when the Calling-Station-Id is missing or not an IP, when
 #                        no lookup is given or it fails; an address the database places
 #                        in no country (private space) is NO_MATCH
+#   trusted_reconnect    UNKNOWN without a Calling-Station-Id and before the lookup
+#                        (before the password check, policy explain); no pass on
+#                        record, or one that trust no longer covers: NO_MATCH
 _MATCHERS: dict[str, Callable[[Any, PolicyContext, datetime], RuleVerdict]] = {
     "ip_addresses": _match_ip_addresses,
     "users": _match_users,
@@ -308,6 +336,7 @@ _MATCHERS: dict[str, Callable[[Any, PolicyContext, datetime], RuleVerdict]] = {
     "authentication_type": _match_authentication_type,
     "administrator": _match_administrator,
     "geo_ip": _match_geo_ip,
+    "trusted_reconnect": _match_trusted_reconnect,
 }
 
 
@@ -402,3 +431,14 @@ def early_login_denial(
     login target is then evaluated again with the directory data)."""
     decision = evaluate(login, ctx.before_primary(), now)
     return decision if decision.possible == ("access_denied",) else None
+
+
+def is_trusted_reconnect(decision: Decision) -> bool:
+    """Whether the MFA decision skips the second factor because the deciding policy's
+    trusted_reconnect rule matched (its audit reason is then mfa_trusted_reconnect)."""
+    if decision.action != "mfa_skipped" or decision.policy is None or not decision.definite:
+        return False
+    deciding = next((p for p in decision.trace if p.name == decision.policy), None)
+    return deciding is not None and any(
+        r.type == "trusted_reconnect" and r.result is Tri.MATCH for r in deciding.rules
+    )

@@ -192,3 +192,11 @@ REPLIES_DELAYED = Gauge(
     "Access-Rejects computed and waiting for server.reject_delay to pass.",
     registry=REGISTRY,
 )
+
+TRUSTED_RECONNECTS = Counter(
+    "mfaproxy_trusted_reconnects",
+    "Trusted reconnects: trusted (second factor skipped), recorded (a window started),"
+    " revoked (a user's windows ended), no_station (no Calling-Station-Id to trust).",
+    ["result"],
+    registry=REGISTRY,
+)

@@ -50,6 +50,8 @@ MIGRATIONS: tuple[str | Rekey, ...] = (
     REKEY,
     # 5: the operator's inline-enrolment window (`users allow-enrolment`).
     "ALTER TABLE users ADD COLUMN enrol_until DOUBLE PRECISION;",
+    # 6: trusted reconnects end for passes before this time (`users forget-trust`).
+    "ALTER TABLE users ADD COLUMN trust_not_before DOUBLE PRECISION;",
 )
 
 # Creates the user's row if missing and row-locks it either way (ON CONFLICT DO UPDATE

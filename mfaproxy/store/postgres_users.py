@@ -81,19 +81,22 @@ SERVICE = "postgres"
 MIGRATION_LOCK = int.from_bytes(b"mfaproxy", "big")
 _ROLLBACK_RETRIES = 3
 ENROLMENT_WINDOWS_VERSION = 5
+TRUST_VERSION = 6
 _SELECT_RECORD = (
     "SELECT u.method, u.configure_later, u.totp_secret IS NOT NULL, u.totp_last_step,"
     " u.failures, u.locked_until, u.created_at, u.updated_at,"
     " ARRAY(SELECT e.method FROM enrolments e WHERE e.user_name = u.name),"
     " (SELECT count(*) FROM backup_codes b"
-    "  WHERE b.user_name = u.name AND b.used_at IS NULL), u.enrol_until,"
+    "  WHERE b.user_name = u.name AND b.used_at IS NULL), u.enrol_until, u.trust_not_before,"
     " r.id, r.user_name, r.requested_at, r.via, r.status, r.decided_at"
     " FROM users u LEFT JOIN LATERAL (SELECT * FROM reset_requests"
     "  WHERE user_name = u.name ORDER BY id DESC LIMIT 1) r ON true"
     " WHERE u.name = %s"
 )
 # The same on a store opened short of migration 5 (a repair before the re-key).
-_SELECT_RECORD_BEFORE_WINDOWS = _SELECT_RECORD.replace("u.enrol_until", "NULL")
+_SELECT_RECORD_BEFORE_WINDOWS = _SELECT_RECORD.replace("u.enrol_until", "NULL").replace(
+    "u.trust_not_before", "NULL"
+)
 
 _LOCK_USER = (
     "INSERT INTO users (name, created_at, updated_at) VALUES (%s, %s, %s)"
@@ -162,6 +165,7 @@ class PostgresUserStore:
             self._migrate(target)
             # A store opened short of migration 5 (a repair) has no enrolment windows.
             self._enrolment_windows = target >= ENROLMENT_WINDOWS_VERSION
+            self._trust_column = target >= TRUST_VERSION
         except BaseException:
             self.close()
             raise
@@ -306,10 +310,11 @@ class PostgresUserStore:
             backup_codes_remaining=int(row[9]),
             failures=int(row[4]),
             locked_until=row[5],
-            last_reset=None if row[11] is None else ResetRequest(*row[11:]),
+            last_reset=None if row[12] is None else ResetRequest(*row[12:]),
             created_at=row[6],
             updated_at=row[7],
             enrol_until=row[10],
+            trust_not_before=row[11],
         )
 
     def list_users(self) -> list[str]:
@@ -329,18 +334,30 @@ class PostgresUserStore:
         """Set the user's method (None: the server default); enrolment data is kept."""
         if method is not None and method not in METHODS:
             raise ValueError(f"unknown method {method!r}")
-        self._rowcount(
-            "INSERT INTO users (name, method, configure_later, created_at, updated_at)"
-            " VALUES (%(name)s, %(method)s, %(later)s, %(now)s, %(now)s)"
-            " ON CONFLICT (name) DO UPDATE SET method = excluded.method,"
-            " configure_later = excluded.configure_later, updated_at = excluded.updated_at",
-            {"name": identity_key(user), "method": method, "later": configure_later, "now": now},
-        )
+        name = identity_key(user)
+
+        def set_it(conn: Connection) -> None:
+            conn.execute(
+                "INSERT INTO users (name, method, configure_later, created_at, updated_at)"
+                " VALUES (%(name)s, %(method)s, %(later)s, %(now)s, %(now)s)"
+                " ON CONFLICT (name) DO UPDATE SET method = excluded.method,"
+                " configure_later = excluded.configure_later, updated_at = excluded.updated_at",
+                {"name": name, "method": method, "later": configure_later, "now": now},
+            )
+            self._end_trust(conn, name, now)
+
+        self._transaction(set_it)
 
     def clear_mfa(self, user: str, now: float) -> bool:
         """Forget method, TOTP secret, enrolments and backup codes (the lost-device fix)."""
         name = identity_key(user)
-        return self._transaction(lambda conn: self._clear_mfa(conn, name, now))
+
+        def clear(conn: Connection) -> bool:
+            cleared = self._clear_mfa(conn, name, now)
+            self._end_trust(conn, name, now)
+            return cleared
+
+        return self._transaction(clear)
 
     @staticmethod
     def _clear_mfa(conn: Connection, name: str, now: float) -> bool:
@@ -518,6 +535,7 @@ class PostgresUserStore:
             if not self._decide(conn, name, "approved", now):
                 return False
             self._clear_mfa(conn, name, now)
+            self._end_trust(conn, name, now)
             return True
 
         return self._transaction(approve)
@@ -590,6 +608,22 @@ class PostgresUserStore:
         )
 
     # ----------------------------------------------------------------- enrolment windows
+
+    def revoke_trust(self, user: str, now: float) -> bool:
+        """End the user's trusted reconnects (core/trust.py); False when unknown."""
+        return (
+            self._rowcount(
+                "UPDATE users SET trust_not_before = %s, updated_at = %s WHERE name = %s",
+                (now, now, identity_key(user)),
+            )
+            == 1
+        )
+
+    def _end_trust(self, conn: Connection, name: str, now: float) -> None:
+        """In the transaction that changes the user's MFA (a store short of migration 6,
+        opened for a repair, has no trust to end)."""
+        if self._trust_column:
+            conn.execute("UPDATE users SET trust_not_before = %s WHERE name = %s", (now, name))
 
     def open_enrolment(self, user: str, until: float, now: float) -> None:
         """Let `user` enrol inside the RADIUS flow until `until` (replaces any window)."""

@@ -64,6 +64,10 @@ class UserRecord:
     # Until when an operator allows this user to enrol inside the RADIUS flow
     # (`users allow-enrolment`); None when no window was opened or it was closed.
     enrol_until: float | None = None
+    # No trusted reconnect rests on a second factor passed before this (core/trust.py):
+    # set when the user's MFA is cleared or its method set, at a lockout, and by
+    # `users forget-trust`.
+    trust_not_before: float | None = None
 
     def enrolment_open(self, now: float) -> bool:
         return self.enrol_until is not None and now < self.enrol_until
@@ -109,6 +113,7 @@ class UserRepository(Protocol):
         self, user: str, now: float, max_failures: int, lockout_seconds: float
     ) -> Reservation: ...
     def release_attempt(self, user: str, now: float, max_failures: int) -> None: ...
+    def revoke_trust(self, user: str, now: float) -> bool: ...
     def close(self) -> None: ...
 
 

@@ -115,16 +115,22 @@ MIGRATIONS: tuple[str | Rekey, ...] = (
     REKEY,
     # 5: the operator's inline-enrolment window (`users allow-enrolment`).
     "ALTER TABLE users ADD COLUMN enrol_until REAL;",
+    # 6: trusted reconnects end for passes before this time (`users forget-trust`).
+    "ALTER TABLE users ADD COLUMN trust_not_before REAL;",
 )
 
 
 ENROLMENT_WINDOWS_VERSION = 5
+TRUST_VERSION = 6
 _SELECT_RECORD = (
     "SELECT method, configure_later, totp_secret IS NOT NULL, totp_last_step, failures,"
-    " locked_until, created_at, updated_at, enrol_until FROM users WHERE name = ?"
+    " locked_until, created_at, updated_at, enrol_until, trust_not_before FROM users"
+    " WHERE name = ?"
 )
 # The same on a store opened short of migration 5 (a repair before the re-key).
-_SELECT_RECORD_BEFORE_WINDOWS = _SELECT_RECORD.replace("enrol_until", "NULL")
+_SELECT_RECORD_BEFORE_WINDOWS = _SELECT_RECORD.replace("enrol_until", "NULL").replace(
+    "trust_not_before", "NULL"
+)
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -165,6 +171,7 @@ class UserStore:
             self._migrate(target)
             # A store opened short of migration 5 (a repair) has no enrolment windows.
             self._enrolment_windows = target >= ENROLMENT_WINDOWS_VERSION
+            self._trust_column = target >= TRUST_VERSION
         except BaseException:
             self.close()
             raise
@@ -349,6 +356,7 @@ class UserStore:
             created_at=row[6],
             updated_at=row[7],
             enrol_until=row[8],
+            trust_not_before=row[9],
         )
 
     def list_users(self) -> list[str]:
@@ -378,11 +386,14 @@ class UserStore:
                 "UPDATE users SET method = ?, configure_later = ?, updated_at = ? WHERE name = ?",
                 (method, int(configure_later), now, name),
             )
+            self._end_trust(conn, name, now)
 
     def clear_mfa(self, user: str, now: float) -> bool:
         """Forget method, TOTP secret, enrolments and backup codes (the lost-device fix)."""
+        name = identity_key(user)
         with self._write() as conn:
-            return self._clear_mfa(conn, identity_key(user), now)
+            self._end_trust(conn, name, now)
+            return self._clear_mfa(conn, name, now)
 
     @staticmethod
     def _clear_mfa(conn: sqlite3.Connection, name: str, now: float) -> bool:
@@ -544,6 +555,7 @@ class UserStore:
             if not self._decide(conn, name, "approved", now):
                 return False
             self._clear_mfa(conn, name, now)
+            self._end_trust(conn, name, now)
         return True
 
     def clear_reset(self, user: str, now: float) -> bool:
@@ -621,6 +633,22 @@ class UserStore:
                 "UPDATE users SET failures = 0, locked_until = NULL WHERE name = ?",
                 (identity_key(user),),
             )
+
+    # ----------------------------------------------------------------- trusted reconnects
+
+    def revoke_trust(self, user: str, now: float) -> bool:
+        """End the user's trusted reconnects (core/trust.py); False when unknown."""
+        cursor = self._conn().execute(
+            "UPDATE users SET trust_not_before = ?, updated_at = ? WHERE name = ?",
+            (now, now, identity_key(user)),
+        )
+        return cursor.rowcount == 1
+
+    def _end_trust(self, conn: sqlite3.Connection, name: str, now: float) -> None:
+        """In the transaction that changes the user's MFA (a store short of migration 6,
+        opened for a repair, has no trust to end)."""
+        if self._trust_column:
+            conn.execute("UPDATE users SET trust_not_before = ? WHERE name = ?", (now, name))
 
     # ----------------------------------------------------------------- enrolment windows
 

@@ -135,7 +135,8 @@ class Harness:
         path = tmp_path / "state" / "users.sqlite3"
         self.store = open_store(key) if open_store else UserStore(path, key)
         # Sealed, as the daemon does it (daemon/server.open_shared).
-        self.state: StateStore = SealedStateStore(state or MemoryStateStore(), key)
+        inner = state if state is not None else MemoryStateStore()  # an empty one is falsy
+        self.state: StateStore = SealedStateStore(inner, key)
         mail = SmtpSender(self.config.smtp) if self.config.smtp is not None else None
         self.services = FactorServices(
             AsyncUserStore(self.store), self.state, mail, DICTIONARY, key

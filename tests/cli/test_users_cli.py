@@ -239,6 +239,20 @@ def test_unlock_clears_a_lockout(run: Runner, store: UserRepository) -> None:
     assert store.lock_state("alice", time.time()).locked is False
 
 
+def test_forget_trust_ends_a_users_trusted_reconnects(run: Runner, store: UserRepository) -> None:
+    code, _, err = run("users", "forget-trust", "alice")
+    assert code == 1 and "not in the user store" in err
+    enroll(run, "alice")
+    before = time.time()
+    code, out, _ = run("users", "forget-trust", "ALICE")  # the identity a login reaches
+    assert code == 0 and "alice: trusted reconnects ended" in out
+    record = store.get_user("alice")
+    assert record is not None and record.trust_not_before is not None
+    assert record.trust_not_before >= before
+    _, shown, _ = run("users", "show", "alice")
+    assert "trust ended:" in shown and "UTC" in shown.split("trust ended:")[1]
+
+
 def test_reset_lifecycle_request_list_approve(run: Runner, store: UserRepository) -> None:
     enroll(run, "alice")
     run("users", "backup-codes", "alice")

@@ -24,6 +24,11 @@ LDAP = {
     "bind_dn": "cn=svc,dc=example,dc=org",
     "bind_password": "service-password",
 }
+TRUST: dict[str, Any] = {
+    "name": "reconnects",
+    "rules": [{"type": "trusted_reconnect", "minutes": 480}],
+    "action_when_matched": "mfa_skipped",
+}
 DUO = {"integration_key": "DIXXXX", "secret_key": "s" * 40, "api_hostname": "api-x.duosecurity.com"}
 
 
@@ -170,6 +175,15 @@ CASES: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {
         {"directory.local.peak_logins_per_second": 100},
         "directory.local.peak_logins_per_second",
         {"directory.local.peak_logins_per_second": 30},
+    ),
+    "trusted_reconnect_unscoped": (
+        {"access_policies.mfa.policies": [TRUST]},
+        "access_policies.mfa.policies.0",
+        {
+            "access_policies.mfa.policies": [
+                {**TRUST, "rules": [*TRUST["rules"], {"type": "clients", "clients": ["vpn"]}]}
+            ]
+        },
     ),
     "wait_beyond_nas_timeout": (
         {

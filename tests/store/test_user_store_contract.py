@@ -961,3 +961,17 @@ def test_unparsable_dsn_is_refused_without_echoing_it() -> None:
     with pytest.raises(StoreError) as caught:
         PostgresUserStore("host=x password=hunter2 nonsense", KEY)
     assert "hunter2" not in str(caught.value)
+
+
+def test_trust_ends_when_the_operator_says_or_the_mfa_changes(store: VersionedStore) -> None:
+    """core/trust.py: no trusted reconnect rests on a pass before trust_not_before."""
+    assert store.revoke_trust("nobody", 10.0) is False
+    store.set_method("alice", "totp", 10.0)
+    record = store.get_user("alice")
+    assert record is not None and record.trust_not_before == 10.0
+    assert store.revoke_trust("ALICE", 20.0) is True  # the identity, whatever the case
+    record = store.get_user("alice")
+    assert record is not None and record.trust_not_before == 20.0
+    store.clear_mfa("alice", 30.0)
+    record = store.get_user("alice")
+    assert record is not None and record.trust_not_before == 30.0
