@@ -357,10 +357,19 @@ class Engine:
         if not is_well_formed_state(request.state):
             # Not one we issued, or one a client cut short: never matched by prefix.
             return self._reject("malformed_state")
-        # Taken, not read: a State answers one request only (RFC 2865 section 5.24).
         key = request_key(ctx, request)
-        data = await self.services.state.take(CHALLENGES, session_key(request.state), now)
+        state_key = session_key(request.state)
+        data = await self.services.state.get(CHALLENGES, state_key, now)
         if data is not None:
+            if not self._bound(Session.from_json(data), ctx, login):
+                # Read, not taken: whoever saw a State on the wire cannot void the
+                # user's login by sending it from elsewhere or under another name.
+                return self._reject("state_mismatch")
+            # Taken: a State answers one request only (RFC 2865 section 5.24); of two
+            # answers racing with it, one finds it gone.
+            data = await self.services.state.take(CHALLENGES, state_key, now)
+            if data is None:
+                return self._reject("unknown_state")
             session = Session.from_json(data)
         else:
             # A retransmission of a request an instance that died was holding (a push
@@ -370,10 +379,7 @@ class Engine:
             if held is None:
                 return self._reject("unknown_state")
             session = held
-        bound = (session.login_key, session.client, session.nas)
-        if not session.login_key or bound != (login.key, ctx.client.name, ctx.source_ip):
-            # Bound to the name typed in the first round (any spelling of it), the NAS
-            # entry and the NAS address: a State is no bearer token.
+        if not self._bound(session, ctx, login):
             return self._reject("state_mismatch")
         ctx.identity = session.user
         record = await self.mfa.user_record(session.user)
@@ -383,6 +389,14 @@ class Engine:
         second.audit = ctx.audit
         second.mode = ctx.client.second_factor
         return await self.mfa.resume(second, session, request.password or "")
+
+    @staticmethod
+    def _bound(session: Session, ctx: RequestContext, login: LoginName) -> bool:
+        """Whether the answer comes from where the challenge went: the name typed in the
+        first round (any spelling of it), the NAS entry and the NAS address. A State is
+        no bearer token."""
+        bound = (session.login_key, session.client, session.nas)
+        return bool(session.login_key) and bound == (login.key, ctx.client.name, ctx.source_ip)
 
     def _audit(
         self,

@@ -52,6 +52,8 @@ from mfaproxy.store.records import UserRecord
 
 log = structlog.get_logger(__name__)
 
+# What an attempt refused before its check cost: nothing (auth/attempts.py settle).
+NOT_CHECKED = FactorResult.reject("not_checked", counts_as_failure=False)
 HELD = "held_session"  # request key -> the session a held check answers
 HELD_LEASE = "held_lease"  # request key -> the user lease a held check runs under
 
@@ -155,9 +157,12 @@ class SecondFactorStage:
         at: Round,
         previous: Session | None,
         check: Callable[[], Awaitable[FactorResult]],
+        admit: Callable[[], Awaitable[Answer | None]] | None = None,
     ) -> Answer:
         """Run one check of what the user typed as an atomic attempt (auth/attempts.py):
-        under the user's lease, with the attempt reserved before and settled after."""
+        under the user's lease, with the attempt reserved before and settled after.
+        `admit`, run under the lease before the check, may refuse it (an Answer): the
+        attempt is then given back."""
         held = bool(login.request_key) and at.method in rules.HELD_METHODS
         if held:
             await self._inherit_lease(login)
@@ -172,6 +177,10 @@ class SecondFactorStage:
             ttl = self.mfa.check_lease()
             await self.services.state.put(HELD_LEASE, login.request_key, record, ttl, login.now)
         try:
+            refused = await admit() if admit is not None else None
+            if refused is not None:
+                await self.gate.settle(opened, NOT_CHECKED, login.now)
+                return refused
             result = await check()
             return await self._judge(login, at, result, previous, opened)
         finally:
@@ -334,11 +343,25 @@ class SecondFactorStage:
         factor = self.factors.get(method)
         if factor is None:
             return self._reject("method_disabled")
-        record = login.user.record
+        user, now = login.user.name, login.now
         by_mail = previous is not None and previous.enrol_proof == MAILED
-        if not by_mail and not (record and record.enrolment_open(login.now)):
+
+        async def window_closed(fresh: bool) -> Answer | None:
+            record = login.user.record
+            if fresh:
+                # Read under the lease, past the record cache: an enrolment that used
+                # the window up closed it before it gave the lease back, so of two
+                # enrolments racing in one window the second sees it closed and cannot
+                # replace the first one's key.
+                record = await self.services.users.run(lambda s: s.get_user(user))
+            if by_mail or (record is not None and record.enrolment_open(now)):
+                return None
             # the operator closed the window (or it ran out) since the key was shown
             return self._reject("enrolment_window_closed", rules.MSG_NOT_SET_UP)
+
+        closed = await window_closed(fresh=False)
+        if closed is not None:
+            return closed
         pending = previous.pending if previous is not None else {}
         at = _round(Stage.ENROL, method, previous)
         return await self._attempt(
@@ -346,6 +369,7 @@ class SecondFactorStage:
             at,
             previous,
             lambda: factor.finish_enrolment(login.factor_request(), response, pending),
+            admit=None if by_mail else lambda: window_closed(fresh=True),
         )
 
     async def _check_backup_code(

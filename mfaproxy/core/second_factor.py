@@ -125,6 +125,8 @@ def plan_second_factor(
     - mfa_skipped: no second factor.
     - mfa_optional_per_user: a second factor only for users who have a method (or
       whom an operator means to enrol: "configure later", an open enrolment window).
+      A method the operator has since disabled still counts as one (fail closed):
+      the user is asked as under mfa_required, never waved through on the password.
     - mfa_required: the user's method, else the server default. A method the operator
       has since disabled falls back to the default. A user who is not enrolled yet may
       enrol inline when an operator means them to (configure later, a window) or when
@@ -139,7 +141,7 @@ def plan_second_factor(
         return Plan(PlanKind.SKIP, reason="mfa_skipped")
     own = user.method if user.method in enabled else None
     meant = user.configure_later or user.enrol_window
-    if action == "mfa_optional_per_user" and own is None and not meant:
+    if action == "mfa_optional_per_user" and user.method is None and not meant:
         return Plan(PlanKind.SKIP, reason="mfa_optional_not_configured")
     method = own or default
     if method is not None and is_enrolled(method):

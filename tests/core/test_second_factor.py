@@ -70,6 +70,14 @@ def test_optional_per_user_skips_users_without_a_method() -> None:
     assert (used.kind, used.method) == (PlanKind.USE, "totp")
 
 
+def test_optional_per_user_asks_a_user_whose_method_was_disabled() -> None:
+    # a method taken out of `enabled` is still a method: the default is asked for,
+    # the user is never waved through on the password alone
+    used = plan("mfa_optional_per_user", "duo", enrolled=("totp",))
+    assert (used.kind, used.method) == (PlanKind.USE, "totp")
+    assert plan("mfa_optional_per_user", "duo").kind is PlanKind.REFUSE
+
+
 def test_optional_per_user_with_configure_later_enrols_through_the_gate() -> None:
     result = plan("mfa_optional_per_user", None, configure_later=True, gate=WINDOW)
     assert (result.kind, result.method) == (PlanKind.ENROL, "totp")
