@@ -16,11 +16,13 @@ from typing import Any
 
 import pyotp
 import pytest
+import yaml
 
 from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.store.records import UserRecord, UserRepository
 from tests.auth.harness import Harness, password
 from tests.auth.test_enrolment import totp_key
+from tests.support.daemon import REPO
 
 ACCEPT, REJECT, CHALLENGE = Outcome.ACCEPT, Outcome.REJECT, Outcome.CHALLENGE
 HOUR, DAY = 3600.0, 86400.0
@@ -187,3 +189,34 @@ async def test_a_password_holder_gets_at_most_100_code_guesses_a_day(tmp_path: P
         checked = reasons["retry"] + reasons["totp_bad_code"] + reasons["locked_out"]
         assert checked > 0 and set(reasons) <= {"retry", "totp_bad_code", "locked_out"}
         assert checked <= 100, reasons
+
+
+# --------------------------------------------------------------------------- shipped
+
+
+def shipped(name: str) -> dict[str, Any]:
+    """The policy and second-factor sections of a shipped example config."""
+    data = yaml.safe_load((REPO / "config" / name).read_text())
+    return {key: data[key] for key in ("access_policies", "multifactor", "replies")}
+
+
+@pytest.mark.parametrize("name", ["production.yaml", "mfaproxy.yaml"])
+async def test_the_shipped_configs_let_no_password_holder_enrol(tmp_path: Path, name: str) -> None:
+    """Attack: a password holder logs in as a user who has no second factor yet (a new
+    hire, an administrator), hoping to be shown an enrolment key to bind their own
+    authenticator app, with every response a user could type at a prompt."""
+    groups = ["VPN Users", "vpn-users"]
+    users = {
+        "newhire": {"groups": groups},
+        "admin": {"groups": [*groups, "MFA Admins", "mfa-admins"]},
+    }
+    async with Harness(tmp_path, shipped(name), users=users) as h:
+        for user in users:
+            first = await h.send(user, password(user))
+            # a refusal, or no second factor at all (optional MFA for a user without
+            # one): never a challenge that shows a key
+            assert first.outcome is not CHALLENGE, (user, first.reason, first.reply_message)
+            if user == "admin":
+                assert (first.outcome, first.reason) == (REJECT, "not_enrolled")
+            record = h.store.get_user(user)
+            assert record is None or not record.enrolled
