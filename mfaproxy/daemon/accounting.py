@@ -197,7 +197,7 @@ class AccountingDispatcher:
         transport: asyncio.DatagramTransport,
     ) -> None:
         started = time.monotonic()
-        source_ip, source_port = str(addr[0]), int(addr[1])
+        source_ip = str(addr[0])
         client = runtime.clients.match(source_ip)
         if client is None:
             metrics.PACKETS_DROPPED.labels(reason="unknown_client").inc()
@@ -217,7 +217,12 @@ class AccountingDispatcher:
             )
             return
         reply = encode_response(packet, secret)  # never longer than the request
-        key = (source_ip, source_port, packet.identifier, packet.authenticator)
+        # Without the source port: an Accounting-Request's Request Authenticator is an
+        # MD5 over its whole content and the secret (RFC 2866 section 3), so the same
+        # datagram from another port is the same record, a replay by whoever captured
+        # it (or a NAS retrying from another socket). Either way: answered from the
+        # cache, never logged or forwarded twice.
+        key = (source_ip, 0, packet.identifier, packet.authenticator)
         if not await self._is_new(key, addr, transport):
             return
         code = CODE_LABELS.get(packet.code, str(packet.code))
