@@ -12,7 +12,10 @@ Before any factor looks at what a user typed, `AttemptGate.open`:
    network wait (a Duo push: up to a minute).
 2. reserves one event in the NAS's failure budget (`client_failures_per_minute`),
    checked and counted in one state-store call;
-3. reserves one attempt in the user's lockout budget, answered and counted in one
+3. reserves one event in the user's daily budget (`max_failures_per_day`, a sliding
+   day in the state store, checked and counted in one call): lockouts end, this does
+   not, so a password holder cannot guess codes at `max_failures` per lockout forever;
+4. reserves one attempt in the user's lockout budget, answered and counted in one
    user-store transaction (records.reserved): refused while a lockout is in force,
    and the attempt that reaches `max_failures` starts the lockout.
 
@@ -43,8 +46,10 @@ from mfaproxy.factors.base import FactorServices
 from mfaproxy.store.records import Reservation
 
 CLIENT_FAILURES = "client_failures"
+USER_FAILURES = "user_failures"  # the daily budget of a user (max_failures_per_day)
 LEASES = "check_lease"
 NAS_WINDOW = 60.0  # client_failures_per_minute
+USER_WINDOW = 86400.0  # max_failures_per_day
 UNRESERVED = ""  # the NAS event of an attempt that reserved none (nas_budget=False)
 MSG_BUSY = "Another sign-in of yours is being checked. Try again in a moment."
 
@@ -56,6 +61,7 @@ class Attempt:
     lease: str
     nas_event: str
     reservation: Reservation
+    day_event: str = UNRESERVED
 
 
 class AttemptGate:
@@ -76,6 +82,15 @@ class AttemptGate:
         if lease is None:
             return Step(StepKind.REJECT, "user_busy", MSG_BUSY)
         nas_event: str | None = None
+        day_event: str | None = None
+
+        async def give_back() -> None:
+            if day_event is not None:
+                await state.release(USER_FAILURES, user, day_event)
+            if nas_event is not None:
+                await state.release(CLIENT_FAILURES, client, nas_event)
+            await state.release(LEASES, user, lease)
+
         try:
             nas_event = UNRESERVED
             if nas_budget:
@@ -87,8 +102,18 @@ class AttemptGate:
                     window=NAS_WINDOW,
                 )
             if nas_event is None:
-                await state.release(LEASES, user, lease)
+                await give_back()
                 return Step(StepKind.REJECT, "client_throttled", rules.MSG_THROTTLED)
+            day_event = await state.reserve(
+                USER_FAILURES,
+                user,
+                now,
+                max_events=lockout.max_failures_per_day,
+                window=USER_WINDOW,
+            )
+            if day_event is None:
+                await give_back()
+                return Step(StepKind.REJECT, "locked_out", rules.MSG_LOCKED)
             reservation = await self.services.users.run(
                 lambda s: s.reserve_attempt(
                     user, now, lockout.max_failures, lockout.lockout_seconds
@@ -97,15 +122,12 @@ class AttemptGate:
         except BaseException:
             # a store failed: give back what was taken (best effort: it may be down too)
             with contextlib.suppress(UpstreamError):
-                if nas_event is not None:
-                    await state.release(CLIENT_FAILURES, client, nas_event)
-                await state.release(LEASES, user, lease)
+                await give_back()
             raise
         if not reservation.granted:
-            await state.release(CLIENT_FAILURES, client, nas_event)
-            await state.release(LEASES, user, lease)
+            await give_back()
             return Step(StepKind.REJECT, "locked_out", rules.MSG_LOCKED)
-        return Attempt(user, client, lease, nas_event, reservation)
+        return Attempt(user, client, lease, nas_event, reservation, day_event)
 
     async def settle(self, attempt: Attempt, result: FactorResult, now: float) -> None:
         """Keep what a failure costs; give back what anything else did not cost."""
@@ -125,6 +147,7 @@ class AttemptGate:
         else:
             await self.services.users.run(lambda s: s.release_attempt(user, now, max_failures))
         await self.services.state.release(CLIENT_FAILURES, attempt.client, attempt.nas_event)
+        await self.services.state.release(USER_FAILURES, user, attempt.day_event)
 
     async def close(self, attempt: Attempt) -> None:
         await self.services.state.release(LEASES, attempt.user, attempt.lease)
@@ -139,6 +162,13 @@ class AttemptGate:
             now,
             max_events=lockout.client_failures_per_minute + 1,
             window=NAS_WINDOW,
+        )
+        await self.services.state.reserve(
+            USER_FAILURES,
+            user,
+            now,
+            max_events=lockout.max_failures_per_day + 1,
+            window=USER_WINDOW,
         )
         state = await self.services.users.run(
             lambda s: s.record_failure(user, now, lockout.max_failures, lockout.lockout_seconds)

@@ -23,7 +23,15 @@ from dataclasses import replace
 
 import structlog
 
-from mfaproxy.auth.attempts import CLIENT_FAILURES, LEASES, NAS_WINDOW, Attempt, AttemptGate
+from mfaproxy.auth.attempts import (
+    CLIENT_FAILURES,
+    LEASES,
+    NAS_WINDOW,
+    USER_FAILURES,
+    USER_WINDOW,
+    Attempt,
+    AttemptGate,
+)
 from mfaproxy.auth.enrolment import gate_for
 from mfaproxy.auth.login import (
     BACKUP_CODES,
@@ -139,7 +147,8 @@ class SecondFactorStage:
         """Lockout per user, throttle per NAS: checked before any code is looked at."""
         user, now = login.user.name, login.now
         lock = await self.services.users.run(lambda s: s.lock_state(user, now))
-        if lock.locked:
+        day = await self.services.state.count(USER_FAILURES, user, now, USER_WINDOW)
+        if lock.locked or day >= self.mfa.lockout.max_failures_per_day:
             return rules.blocked(locked=True, throttled=False)
         limit = self.mfa.lockout.client_failures_per_minute
         failures = await self.services.state.count(CLIENT_FAILURES, login.client, now, NAS_WINDOW)

@@ -237,6 +237,11 @@ class ChallengeConfig(Strict):
 class LockoutConfig(Strict):
     max_failures: int = Field(default=5, ge=1, le=100)
     lockout_seconds: int = Field(default=900, ge=1, le=86400)
+    # Second-factor failures of one user in any 24 hours, across lockouts: past it no
+    # code is checked until the oldest leaves the day. Without it a password holder gets
+    # `max_failures` guesses every `lockout_seconds` forever (480 a day by default).
+    # NIST SP 800-63B section 5.2.2: at most 100 consecutive failed attempts.
+    max_failures_per_day: int = Field(default=100, ge=1, le=100)
     # Second-factor failures accepted from one NAS per minute before it is throttled.
     client_failures_per_minute: int = Field(default=60, ge=1, le=100000)
     # How long one user's second-factor check may hold that user's lease (checks for
