@@ -239,7 +239,13 @@ def test_no_request_is_lost_during_reloads(service: tuple[Daemon, NotifySocket, 
     assert not errors
     assert len(answered) >= 5
     assert set(answered) == {2}
-    assert sum(1 for e in daemon.events if e.get("event") == "reloaded") == 3
+
+    # READY comes on the notify socket, the log line on stderr: wait for the third one.
+    def reloads() -> int:
+        return sum(1 for e in daemon.events if e.get("event") == "reloaded")
+
+    daemon.wait_for(lambda _e: reloads() >= 3)
+    assert reloads() == 3
 
 
 def hanging_upstream_daemon(tmp: Path, grace: float) -> tuple[Daemon, socket.socket]:
