@@ -8,7 +8,6 @@ the secrets the others sealed), one local users file and one fake Duo.
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from mfaproxy.store.records import UserRepository
 from tests.support.daemon import Daemon
 from tests.support.duo_fake import FakeDuo
 from tests.support.nas import Reply, UdpNas, access_request, exchange
-from tests.support.ports import free_port
+from tests.support.ports import free_ports
 from tests.support.postgres_server import PostgresServer
 from tests.support.redis_server import RedisServer
 
@@ -174,15 +173,7 @@ def total(port: int, prefix: str) -> float:
 
 def free_port_pair() -> int:
     """A TCP port p with p + 1 free as well (worker i serves metrics on p + i)."""
-    for _ in range(100):
-        port = free_port()
-        try:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
+    return free_ports(2)
 
 
 def wait_until(check: Callable[[], T | None], what: str, timeout: float = 20) -> T:

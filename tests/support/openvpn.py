@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import random
 import shutil
 import signal
 import socket
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.ports import free_short_port
 from tests.support.process import ManagedServer
 
 OPENVPN = "/usr/sbin/openvpn"
@@ -45,15 +45,7 @@ def unusable() -> str | None:
 
 def free_short_udp_port(host: str = "127.0.0.1") -> int:
     """A free UDP port below 10000 (radiusplugin reads at most four digits)."""
-    for _ in range(200):
-        port = random.randint(2000, 9999)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free UDP port below 10000")
+    return free_short_port(socket.SOCK_DGRAM, host)
 
 
 # --------------------------------------------------------------------------- PKI
