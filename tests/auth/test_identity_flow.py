@@ -107,10 +107,8 @@ def password_of(user: str) -> str:
     return password(user)  # what the harness hashed into the users file
 
 
-# No deadline: a timing assertion under a loaded machine proves nothing.
-FAST = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+# No deadline (tests/conftest.py): a timing assertion under a loaded machine proves nothing.
+FAST = settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 # --------------------------------------------------------------------------- one record

@@ -135,9 +135,7 @@ def spellings(draw: st.DrawFn) -> str:
     return draw(pad) + draw(st.sampled_from([base, cased])) + draw(pad)
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(typed=spellings())
 def test_every_spelling_the_upstream_accepts_reaches_sam(running: Running, typed: str) -> None:
     answer, ctx = running.send(typed)

@@ -295,7 +295,7 @@ def _findings_with_secret(secret: str) -> list[tuple[str, str, str]]:
     return [(f.rule, f.dotted, f.detail) for f in found]
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(
     secret=st.text(st.characters(codec="utf-8", categories=["L", "N", "P"]), min_size=1),
     other=st.sampled_from("xé€"),

@@ -51,7 +51,6 @@ def spell(name: str, choices: list[int]) -> str:
 # --------------------------------------------------------------------------- normalise
 
 
-@settings(deadline=None)
 @given(st.text())
 def test_normalise_is_idempotent(text: str) -> None:
     once = normalise(text)
@@ -72,7 +71,7 @@ def test_spellings_a_directory_merges_share_one_key(variants: list[str], key: st
     assert {normalise(v) for v in variants} == {key}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.sampled_from(["sam", "samuel", "miss", "ali1"]), st.lists(st.integers(0, 9)))
 def test_every_accepted_spelling_of_a_name_has_its_key(name: str, choices: list[int]) -> None:
     variant = spell(name, choices)
@@ -129,7 +128,6 @@ def test_ordinary_names_pass(typed: str) -> None:
     assert name_problem(typed) is None
 
 
-@settings(deadline=None)
 @given(st.text(st.characters(codec="utf-8"), min_size=1))
 def test_an_accepted_name_is_its_own_nfkc_form_without_padding(text: str) -> None:
     if name_problem(text) is not None:
@@ -139,7 +137,6 @@ def test_an_accepted_name_is_its_own_nfkc_form_without_padding(text: str) -> Non
     assert normalise(text) == unicodedata.normalize("NFKC", text.casefold())
 
 
-@settings(deadline=None)
 @given(st.text(), st.sampled_from([" ", "\t", "\n", "\u00a0", "\u2003", "\u3000"]))
 def test_padding_is_always_refused(text: str, pad: str) -> None:
     assert name_problem(pad + text) is not None

@@ -202,7 +202,7 @@ def test_a_corrupt_hash_is_refused_at_load(tmp_path: Path, broken: str) -> None:
     assert "users.bob.password_hash (line 5)" in found
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(position=st.integers(min_value=0), char=st.characters(codec="ascii"))
 def test_any_hash_that_passes_the_check_can_be_verified(position: int, char: str) -> None:
     # The attack the check defends against: a hash libargon2 cannot decode rejects the

@@ -224,7 +224,7 @@ def test_hostile_datagrams_are_dropped_and_counted_never_a_traceback(
     nas = UdpNas(port)
     sent = 0
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=300, suppress_health_check=list(HealthCheck))
     @given(
         st.one_of(
             st.binary(max_size=300),

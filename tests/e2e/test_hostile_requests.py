@@ -98,7 +98,6 @@ proxy_states = st.lists(st.binary(min_size=1, max_size=253), max_size=8).filter(
 
 @settings(
     max_examples=120,
-    deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(

@@ -256,7 +256,7 @@ def decode_or_peer_error(data: bytes) -> None:
         assert packet.record is None or isinstance(packet.record.log_fields(), dict)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400)
 @given(st.binary(max_size=600))
 def test_random_bytes(data: bytes) -> None:
     decode_or_peer_error(data)
@@ -265,7 +265,7 @@ def test_random_bytes(data: bytes) -> None:
 attribute = st.tuples(st.integers(0, 255), st.binary(max_size=60))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400)
 @given(st.lists(attribute, max_size=14), st.integers(0, 255))
 def test_authentic_packets_with_arbitrary_attributes(
     attrs: list[tuple[int, bytes]], identifier: int
@@ -275,7 +275,7 @@ def test_authentic_packets_with_arbitrary_attributes(
     decode_or_peer_error(raw_request(attrs, ident=identifier))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.lists(st.binary(min_size=0, max_size=253), min_size=1, max_size=40))
 def test_many_proxy_states_never_make_a_reply_longer_than_the_request(
     states: list[bytes],

@@ -23,7 +23,7 @@ def decode_or_peer_error(data: bytes, require: bool) -> None:
         decode_request(data, RFC_71_SECRET, DICTIONARY, require)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400)
 @given(st.binary(max_size=600), st.booleans())
 def test_random_bytes(data: bytes, require: bool) -> None:
     decode_or_peer_error(data, require)
@@ -32,7 +32,7 @@ def test_random_bytes(data: bytes, require: bool) -> None:
 attribute = st.tuples(st.integers(0, 255), st.binary(max_size=60))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400)
 @given(
     st.sampled_from([1, 12]),
     st.lists(attribute, max_size=12),
@@ -49,7 +49,7 @@ def test_well_framed_packets_with_arbitrary_attributes(
     decode_or_peer_error(sign(packet, RFC_71_SECRET), require)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.integers(0, len(SIGNED) - 1), st.integers(1, 255))
 def test_single_byte_mutations_of_a_signed_request(index: int, flip: int) -> None:
     mutated = bytearray(SIGNED)

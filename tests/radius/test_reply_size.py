@@ -24,7 +24,7 @@ def with_proxy_states(values: list[bytes]) -> bytes:
     return sign(RFC_71_REQUEST[:2] + length + RFC_71_REQUEST[4:20] + body, RFC_71_SECRET)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     st.lists(st.binary(min_size=1, max_size=253), max_size=16).filter(
         lambda v: sum(len(x) + 2 for x in v) <= MAX_PROXY_STATE_OCTETS

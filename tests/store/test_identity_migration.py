@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mfaproxy.core.identity import normalise
@@ -223,7 +223,6 @@ def test_a_new_store_has_nothing_to_rekey(backend: Backend) -> None:
 # --------------------------------------------------------------------------- the plan
 
 
-@settings(deadline=None)
 @given(st.lists(st.text(min_size=1, max_size=6), max_size=12, unique=True))
 def test_plan_renames_or_reports_every_name_never_merges(names: list[str]) -> None:
     plan = plan_rekey(names)

@@ -153,9 +153,7 @@ async def test_redis_expires_a_counter_after_its_window(redis_server: RedisServe
     assert 600_000 < ttl <= (600 + EXPIRY_MARGIN) * 1000
 
 
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     free=st.integers(0, 4),
     extra=st.integers(1, 6),
