@@ -23,11 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from pyrad.dictionary import Dictionary
@@ -35,9 +33,10 @@ from pyrad.dictionary import Dictionary
 from mfaproxy.admission.fair import FairQueue
 from mfaproxy.admission.ticket import CURRENT, Ticket
 from mfaproxy.auth.engine import Engine, RequestContext
-from mfaproxy.config.schema import ClientConfig, ServerConfig
+from mfaproxy.config.schema import ClientConfig
 from mfaproxy.core.answer import Answer, Outcome
 from mfaproxy.daemon.droplog import DropLog
+from mfaproxy.daemon.limits import Address, Datagram, Limits, next_request_id
 from mfaproxy.errors import PeerError, ReplyTooLarge, Shed, UpstreamError
 from mfaproxy.observability import metrics
 from mfaproxy.radius.clients import ClientTable
@@ -59,43 +58,6 @@ REPLY_CODES = {
     Outcome.REJECT: ACCESS_REJECT,
     Outcome.CHALLENGE: ACCESS_CHALLENGE,
 }
-Address = tuple[Any, ...]
-_random = secrets.SystemRandom()
-
-# Request ids only tell log lines apart: a random per-process prefix (workers differ)
-# and a counter, instead of reading the kernel's random pool for every request (that
-# syscall was 6 % of the CPU of a PAP request in the profile).
-_ID_PREFIX = secrets.token_hex(4)
-_ID_COUNTER = itertools.count()
-
-
-def next_request_id() -> str:
-    """16 hex digits, unique within this process for 2**32 requests."""
-    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFF:08x}"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The admission and reply-timing settings; swapped with the runtime on reload."""
-
-    max_queue_wait: float = 2.0
-    max_queue_wait_second_round: float = 5.0
-    reject_delay: float = 0.0
-    reject_delay_jitter: float = 0.0
-
-    @classmethod
-    def of(cls, server: ServerConfig) -> Limits:
-        return cls(
-            server.max_queue_wait,
-            server.max_queue_wait_second_round,
-            server.reject_delay,
-            server.reject_delay_jitter,
-        )
-
-    def reject_after(self) -> float:
-        if self.reject_delay <= 0:
-            return 0.0
-        return self.reject_delay + _random.uniform(0, self.reject_delay_jitter)
 
 
 @dataclass(eq=False)
@@ -110,7 +72,7 @@ class Runtime:
     engine: Engine
     # Called once the runtime is retired and idle (e.g. closing GeoIP databases).
     closers: list[Callable[[], None]] = field(default_factory=list)
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     active: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -131,19 +93,6 @@ class Runtime:
     async def idle(self) -> None:
         if self.active:
             await self._idle.wait()
-
-
-@dataclass(eq=False)
-class Datagram:
-    data: bytes
-    addr: Address
-    transport: asyncio.DatagramTransport
-    arrival: float
-    second_round: bool
-
-    @property
-    def round(self) -> str:
-        return "second" if self.second_round else "first"
 
 
 class Dispatcher:

@@ -28,8 +28,9 @@ from mfaproxy.config.base import parse_host_port
 from mfaproxy.config.schema import Config
 from mfaproxy.daemon import health, preflight
 from mfaproxy.daemon.accounting import open_accounting, reload_accounting
+from mfaproxy.daemon.limits import Limits
 from mfaproxy.daemon.reload import Prepared, changed_settings, prepare, restart_required
-from mfaproxy.daemon.runtime import Dispatcher, Limits, Runtime
+from mfaproxy.daemon.runtime import Dispatcher, Runtime
 from mfaproxy.daemon.supervisor import report_ready, worker_index
 from mfaproxy.errors import EXIT_INTERRUPTED, ConfigError, UpstreamError
 from mfaproxy.factors.base import FactorServices

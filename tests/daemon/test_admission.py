@@ -15,7 +15,8 @@ import pytest
 
 from mfaproxy.auth.engine import Engine, RequestContext
 from mfaproxy.core.answer import Answer
-from mfaproxy.daemon.runtime import Dispatcher, Limits, Runtime
+from mfaproxy.daemon.limits import Limits
+from mfaproxy.daemon.runtime import Dispatcher, Runtime
 from mfaproxy.errors import Shed
 from mfaproxy.observability import metrics
 from mfaproxy.radius.clients import ClientTable
