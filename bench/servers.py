@@ -125,9 +125,16 @@ def enrol_totp(state_dir: Path, key_file: Path, secrets: dict[str, str]) -> None
 class Mfaproxy:
     """The real daemon with the given configuration sections (server.* merged)."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], log_level: str = "warning"):
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any],
+        log_level: str = "warning",
+        repo: Path = REPO,
+    ):
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
+        self.repo = repo  # the tree whose mfaproxy runs (an older commit, for a baseline)
         self.port = free_udp_port(HOST)
         self.config_path = workdir / "mfaproxy.yaml"
         self.log_path = workdir / "mfaproxy.log"
@@ -158,7 +165,7 @@ class Mfaproxy:
         argv = [sys.executable, "-m", "mfaproxy", "serve", "--config", str(self.config_path)]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                argv, cwd=self.repo, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.proc.poll() is None:
