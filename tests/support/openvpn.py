@@ -33,6 +33,9 @@ from tests.support.process import ManagedServer
 
 OPENVPN = "/usr/sbin/openvpn"
 PLUGIN = Path("/usr/lib/openvpn/radiusplugin.so")
+AUTH_PAM = Path("/usr/lib/openvpn/openvpn-plugin-auth-pam.so")
+PAM_RADIUS = Path("/lib/x86_64-linux-gnu/security/pam_radius_auth.so")
+PAM_DIR = Path("/etc/pam.d")
 
 
 def unusable() -> str | None:
@@ -41,6 +44,38 @@ def unusable() -> str | None:
     if not os.path.exists("/dev/net/tun") or os.geteuid() != 0:
         return "an OpenVPN server needs /dev/net/tun and root (CAP_NET_ADMIN)"
     return None
+
+
+def pam_unusable() -> str | None:
+    """Why the auth-pam + pam_radius_auth set-up cannot run here, or None."""
+    if unusable() is not None:
+        return unusable()
+    if not AUTH_PAM.exists() or not PAM_RADIUS.exists():
+        return "openvpn's auth-pam plugin and libpam-radius-auth are not installed"
+    return None
+
+
+class PamRadiusService:
+    """A PAM service (a file in /etc/pam.d, removed on exit) whose only auth module is
+    pam_radius_auth asking `port` on 127.0.0.1, with `max_challenge=1` (README: OpenVPN)."""
+
+    def __init__(self, workdir: Path, port: int, secret: str) -> None:
+        self.name = f"mfaproxy-test-{random.randrange(1 << 32):08x}"
+        self.conf = workdir / "pam_radius_auth.conf"
+        self.conf.write_text(f"127.0.0.1:{port} {secret} 10\n", encoding="utf-8")
+        self.conf.chmod(0o600)
+        self.path = PAM_DIR / self.name
+
+    def __enter__(self) -> PamRadiusService:
+        self.path.write_text(
+            f"auth required {PAM_RADIUS} conf={self.conf} max_challenge=1\n"
+            "account required pam_permit.so\n",
+            encoding="utf-8",
+        )
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def free_short_udp_port(host: str = "127.0.0.1") -> int:
@@ -154,7 +189,17 @@ class OpenVpnServer(ManagedServer):
     """`openvpn --mode server` on 127.0.0.1 with radiusplugin asking `auth_port` and
     `acct_port` (both below 10000) on 127.0.0.1 with `secret`."""
 
-    def __init__(self, workdir: Path, auth_port: int, acct_port: int, secret: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        auth_port: int,
+        acct_port: int,
+        secret: str,
+        pam_service: str | None = None,
+    ) -> None:
+        """With `pam_service`, the server authenticates through the auth-pam plugin
+        and that PAM service (pam_radius_auth) instead of radiusplugin."""
+        self.pam_service = pam_service
         self.workdir = workdir
         self.port = free_short_udp_port()
         self.auth_port, self.acct_port, self.secret = auth_port, acct_port, secret
@@ -193,11 +238,19 @@ verify-client-cert none
 username-as-common-name
 client-config-dir {w / "ccd"}
 tmp-dir {w / "tmp"}
-plugin {PLUGIN} {w / "radiusplugin.cnf"}
+{self._plugin_line()}
 status {w / "status.log"} 1
 status-version 1
 verb 3
 """
+
+    def _plugin_line(self) -> str:
+        if self.pam_service is None:
+            return f"plugin {PLUGIN} {self.workdir / 'radiusplugin.cnf'}"
+        # auth-pam answers each PAM question whose first word starts with a name with
+        # its value: the user name, the password, and OTP (the static-challenge response
+        # it takes out of a SCRV1 password).
+        return f'plugin {AUTH_PAM} "{self.pam_service} login USERNAME password PASSWORD otp OTP"'
 
     def _plugin_conf(self, server_conf: Path) -> str:
         return f"""NAS-Identifier=openvpn-test
