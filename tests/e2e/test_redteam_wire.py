@@ -166,7 +166,8 @@ def test_a_state_read_on_the_wire_neither_works_elsewhere_nor_voids_the_login(
             request.AddAttribute("State", first.state)
             request.add_message_authenticator()
             assert exchange(sender, SECRET, request).rejected
-        assert len(setup.daemon.audit(reason="state_mismatch")) >= 2
+        setup.daemon.wait_audit(login_name="alice", client="vpn", reason="state_mismatch")
+        setup.daemon.wait_audit(login_name="bob", reason="state_mismatch")
         answer = access_request(SECRET, "alice", code, sign=False)
         answer.AddAttribute("State", first.state)
         answer.add_message_authenticator()
