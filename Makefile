@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/mfaproxy.yaml
 DEB_TEST_PACKAGES := slapd ldap-utils freeradius freeradius-utils redis-server postgresql systemd openvpn openvpn-auth-radius libpam-radius-auth
 # python-ldap (the LDAP client) compiles against OpenLDAP's libldap on install.
-DEB_BUILD_PACKAGES := gcc libldap2-dev libsasl2-dev python3-dev
+DEB_BUILD_PACKAGES := gcc libldap-dev libsasl2-dev python3-dev
 # The benchmark also runs FreeRADIUS's rlm_ldap beside mfaproxy.
 DEB_BENCH_PACKAGES := $(DEB_TEST_PACKAGES) freeradius-ldap
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -14,7 +14,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from mfaproxy.cli.identity import directory_groups
 from mfaproxy.config.schema import Config
+from mfaproxy.core.groups import in_group
+from mfaproxy.core.identity import read_login_name
 from mfaproxy.errors import EXIT_INVALID, EXIT_OK
 from mfaproxy.store.records import UserRepository
 
@@ -64,11 +67,42 @@ def cmd_allow(store: UserRepository, config: Config, args: argparse.Namespace) -
     store.open_enrolment(args.user, now + args.window, now)
     print(f"{args.user}: may enrol inside the RADIUS flow, {window_text(now + args.window, now)}")
     _warnings(config, args.user)
-    _note(
-        "administrators enrol inline only with multifactor.inline_enrolment.administrators;"
-        " the window is used up by the first enrolment"
-    )
+    administrator = _administrator_note(config, args.user)
+    if administrator is not None:
+        _note(administrator)
+    _note("the window is used up by the first enrolment")
     return EXIT_OK
+
+
+def _administrator_note(config: Config, user: str) -> str | None:
+    """Why the window may let `user` enrol nothing: administrators never enrol inline
+    unless inline_enrolment.administrators, and a user whose groups the daemon does not
+    get counts as one (core/second_factor.enrolment_gate). None: no such problem."""
+    mfa = config.multifactor
+    group = mfa.administrators.group
+    if group is None or mfa.inline_enrolment.administrators:
+        return None
+    setting = "multifactor.inline_enrolment.administrators"
+    instead = f"enrol {user} with `mfaproxy users enroll {user} METHOD` instead, or set {setting}"
+    radius = config.directory.radius if config.directory.backend == "radius" else None
+    if radius is not None and radius.group_attribute is None:
+        return (
+            f"the radius directory gives no groups, so every user counts as an"
+            f" administrator ({group!r}) and this window lets nobody enrol: {instead}"
+        )
+    login = read_login_name(user, config.directory.realms).user
+    groups = directory_groups(config, user, login, lambda _message: None)
+    if groups is None:
+        return (
+            f"{user}'s groups cannot be read here: if {user} is in {group!r} (an"
+            f" administrator), this window lets {user} enrol nothing; {instead}"
+        )
+    if not in_group(groups, group):
+        return None
+    return (
+        f"{user} is in {group!r} (an administrator): this window lets {user} enrol"
+        f" nothing; {instead}"
+    )
 
 
 def cmd_close(store: UserRepository, config: Config, args: argparse.Namespace) -> int:

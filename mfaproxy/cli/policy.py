@@ -11,7 +11,6 @@ unknown input could lead to, exactly as the daemon would decide.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import sys
 from contextlib import ExitStack
@@ -20,14 +19,13 @@ from datetime import UTC, datetime
 from typing import TypeAlias
 
 from mfaproxy.adapters.geoip import GeoIpDatabases
-from mfaproxy.cli.identity import resolve
+from mfaproxy.cli.identity import directory_groups, resolve
 from mfaproxy.config.schema import ClientConfig, Config, load_config
 from mfaproxy.core.groups import in_group
 from mfaproxy.core.identity import read_login_name
 from mfaproxy.core.policy import PolicyContext
 from mfaproxy.core.policy_explain import explain
-from mfaproxy.directory.local import load_users_file
-from mfaproxy.errors import EXIT_INVALID, EXIT_OK, UpstreamUnavailable
+from mfaproxy.errors import EXIT_INVALID, EXIT_OK
 from mfaproxy.radius.addresses import IPAddress
 
 # A string: argparse._SubParsersAction is not subscriptable at run time.
@@ -64,44 +62,6 @@ def _source_address(client: ClientConfig) -> IPAddress:
     return ipaddress.ip_address(str(next(iter(network.hosts()), network.network_address)))
 
 
-def _ldap_groups(config: Config, login: str) -> frozenset[str] | None:
-    """The user's groups read from LDAP with the service account, as a login finds them
-    (the group attribute, then group_search); None (unknown) when they cannot be read."""
-    from mfaproxy.directory.ldap import LdapChecker
-    from mfaproxy.directory.ldap_probe import LookupUnsupported, lookup_groups
-
-    settings = config.directory.ldap
-    assert settings is not None
-    checker = LdapChecker(settings)
-    try:
-        groups = lookup_groups(checker, settings, login)
-    except (LookupUnsupported, UpstreamUnavailable) as exc:
-        _note(f"groups not read from LDAP: {exc}; pass --groups to set them")
-        return None
-    finally:
-        asyncio.run(checker.close())
-    if groups is None:
-        _note(f"{login} is not in the directory: groups unknown (login would fail)")
-        return None
-    _note(f"groups from LDAP: {', '.join(sorted(groups)) or 'none'}")
-    return groups
-
-
-def _directory_groups(config: Config, user: str, backend: str, login: str) -> frozenset[str] | None:
-    """The user's groups from the users file or LDAP; None (unknown) when not readable."""
-    if backend == "ldap" and config.directory.ldap is not None:
-        return _ldap_groups(config, login)
-    local = config.directory.local
-    if backend != "local" or local is None:
-        _note(f"groups are not read from the {backend} directory; pass --groups to set them")
-        return None
-    entry = load_users_file(local.users_file).get(user)
-    if entry is None:
-        _note(f"{user} is not in {local.users_file}: groups unknown (login would fail)")
-        return None
-    return frozenset(entry.groups)
-
-
 def _is_admin(config: Config, groups: frozenset[str] | None, given: bool | None) -> bool | None:
     if given is not None:
         return given
@@ -121,7 +81,7 @@ def _context(config: Config, client: ClientConfig, args: argparse.Namespace) -> 
     groups = args.groups
     if groups is None:
         login = read_login_name(args.user, config.directory.realms).user
-        groups = _directory_groups(config, user, backend, login)
+        groups = directory_groups(config, user, login, _note, backend)
     return PolicyContext(
         user=user,
         client=client.name,

@@ -218,8 +218,9 @@ class RadiusMethodConfig(Strict):
 
 
 class AdministratorsConfig(Strict):
-    # Members of this directory group match the `administrator` policy rule and get
-    # reset emails (local users through their email; plus `emails` below).
+    # Members of this directory group match the `administrator` policy rule (and enrol
+    # inline only with inline_enrolment.administrators). Reset requests are mailed to
+    # `emails` (send_reset_email_to: administrators), not to the group's members.
     group: str | None = None
     emails: list[str] = Field(default_factory=list)
 
