@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -60,7 +61,7 @@ class PamRadiusService:
     pam_radius_auth asking `port` on 127.0.0.1, with `max_challenge=1` (README: OpenVPN)."""
 
     def __init__(self, workdir: Path, port: int, secret: str) -> None:
-        self.name = f"mfaproxy-test-{random.randrange(1 << 32):08x}"
+        self.name = f"mfaproxy-test-{secrets.token_hex(4)}"
         self.conf = workdir / "pam_radius_auth.conf"
         self.conf.write_text(f"127.0.0.1:{port} {secret} 10\n", encoding="utf-8")
         self.conf.chmod(0o600)
