@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mfaproxy.daemon.supervisor import Supervisor, worker_index
 
     if worker_index() is None:  # once, not once per worker
-        preflight.log_warnings(config)
+        preflight.log_warnings(preflight.warning_records(config))
     # Several workers: this process supervises; each worker runs `serve` itself.
     supervise = config.server.workers > 1 and worker_index() is None
     main_coro = Supervisor(config, args.config).run() if supervise else serve(config)

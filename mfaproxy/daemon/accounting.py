@@ -102,13 +102,10 @@ def open_accounting(config: Config, state: StateStore) -> AccountingDispatcher |
 def reload_accounting(dispatcher: AccountingDispatcher | None, config: Config) -> None:
     """Swap clients and upstreams in; listeners (and turning accounting on or off)
     change on restart only, like the authentication listeners."""
+    # Those restart-only settings are named by the reload (daemon/changes.py).
     runtime = build_accounting(config)
     if dispatcher is None or runtime is None or config.server.accounting is None:
-        if (dispatcher is None) != (runtime is None):
-            log.warning("reload_accounting_unchanged", detail="accounting on/off needs a restart")
         return
-    if config.server.accounting.listen != dispatcher.config.listen:
-        log.warning("reload_listen_unchanged", detail="accounting.listen changes on restart only")
     dispatcher.swap(runtime)
 
 

@@ -355,16 +355,23 @@ def warning_lines(config: Config) -> list[str]:
     return out
 
 
-def log_warnings(config: Config) -> None:
-    """One `config_warning` line per finding, at start (and after a reload)."""
+def warning_records(config: Config) -> list[dict[str, object]]:
+    """The fields of each `config_warning` line (reads the users file: may block)."""
     lines = _lines_of(config)
-    for finding in warnings(config):
-        log.warning(
-            "config_warning",
-            warning=finding.rule,
-            where=finding.dotted,
-            line=line_for(finding.loc, lines),
-            detail=finding.detail,
-            risk=finding.risk,
-            fix=finding.fix,
-        )
+    return [
+        {
+            "warning": finding.rule,
+            "where": finding.dotted,
+            "line": line_for(finding.loc, lines),
+            "detail": finding.detail,
+            "risk": finding.risk,
+            "fix": finding.fix,
+        }
+        for finding in warnings(config)
+    ]
+
+
+def log_warnings(records: list[dict[str, object]]) -> None:
+    """One `config_warning` line per finding, at start and after each reload."""
+    for record in records:
+        log.warning("config_warning", **record)

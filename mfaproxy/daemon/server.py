@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -28,8 +29,9 @@ from mfaproxy.config.base import parse_host_port
 from mfaproxy.config.schema import Config
 from mfaproxy.daemon import health, preflight
 from mfaproxy.daemon.accounting import open_accounting, reload_accounting
+from mfaproxy.daemon.changes import describe, restart_required
 from mfaproxy.daemon.limits import Limits
-from mfaproxy.daemon.reload import Prepared, changed_settings, prepare, restart_required
+from mfaproxy.daemon.reload import Prepared, prepare
 from mfaproxy.daemon.runtime import Dispatcher, Runtime
 from mfaproxy.daemon.supervisor import report_ready, worker_index
 from mfaproxy.errors import EXIT_INTERRUPTED, ConfigError, UpstreamError
@@ -121,6 +123,16 @@ def assemble(prepared: Prepared, shared: Shared) -> Runtime:
 
 def build_runtime(config: Config, shared: Shared) -> Runtime:
     return assemble(prepare(config), shared)
+
+
+# What a refused reload leaves in place.
+KEPT = "reload refused: the running configuration keeps serving"
+
+
+def _prepare_file(path: Path) -> tuple[Prepared, list[dict[str, object]]]:
+    """A reload's blocking part (in a thread): read, check, build, and find the warnings."""
+    prepared = prepare(preflight.load(path))
+    return prepared, preflight.warning_records(prepared.config)
 
 
 class Server:
@@ -245,7 +257,7 @@ class Server:
         try:
             if path is None:
                 raise ConfigError(["the configuration was not read from a file"])
-            prepared = await asyncio.to_thread(lambda: prepare(preflight.load(path)))
+            prepared, warned = await asyncio.to_thread(_prepare_file, path)
             try:
                 new_runtime = assemble(prepared, self.shared)
             except BaseException:
@@ -258,14 +270,10 @@ class Server:
                 exc.problems if isinstance(exc, ConfigError) else [f"{type(exc).__name__}: {exc}"]
             )
             metrics.CONFIG_RELOADS.labels(result="failure").inc()
-            log.error("reload_failed", problems=problems)
+            log.error("reload_failed", problems=problems, detail=KEPT)
             return False
         new_config = prepared.config
-        for setting in restart_required(self.running, new_config):
-            log.warning(
-                "reload_restart_required", setting=setting, detail="applies on restart only"
-            )
-        changed = changed_settings(self.config, new_config)
+        changes = describe(self.config, new_config)
         old = self.dispatcher.runtime
         self.dispatcher.runtime = new_runtime  # new requests only; in-flight keep theirs
         reload_accounting(self.accounting, new_config)
@@ -274,9 +282,16 @@ class Server:
         self.spawn(self._retire(old))
         metrics.CONFIG_RELOADS.labels(result="success").inc()
         metrics.CONFIG_LAST_RELOAD.set(time.time())
+        # The new file's warnings as at start (once, not once per worker), then what
+        # waits for a restart, compared with what this process started with; `reloaded`
+        # last, so that a reader who saw it has seen the rest.
+        if worker_index() in (None, 0):
+            preflight.log_warnings(warned)
+        for record in restart_required(self.running, new_config):
+            log.warning("reload_restart_required", **record)
         log.info(
             "reloaded",
-            changed=changed,
+            **changes.log_fields(),
             clients=len(new_config.clients),
             backend=new_config.directory.backend,
         )

@@ -20,7 +20,7 @@ from mfaproxy.adapters.sdnotify import SystemdNotifier
 from mfaproxy.config.schema import Config, load_config
 from mfaproxy.daemon import reload as reload_module
 from mfaproxy.daemon import server as server_module
-from mfaproxy.daemon.reload import changed_settings, restart_required
+from mfaproxy.daemon.changes import changed_settings, describe, restart_required
 from mfaproxy.daemon.server import Server
 from mfaproxy.observability import metrics
 from tests.auth.harness import FAST
@@ -186,7 +186,7 @@ async def test_reload_says_what_changed_and_what_waits_for_a_restart(
         warned = [e["setting"] for e in logs if e["event"] == "reload_restart_required"]
         assert warned == ["server.listen"]
         changes.append(next(e for e in logs if e["event"] == "reloaded")["changed"])
-    assert changes == [["clients", "server.listen", "server.max_queue_wait"], []]
+    assert changes == [["clients.vpn.secret", "server.listen", "server.max_queue_wait"], []]
     assert "a-new-secret" not in str(changes)
     assert server.dispatcher.runtime.limits.max_queue_wait == 1.5
 
@@ -202,5 +202,6 @@ def test_changed_settings_names_paths_and_compares_secrets() -> None:
     paths = changed_settings(old, new)
     assert "clients" in paths and "server.reject_delay" in paths
     assert "server.metrics" in paths
-    assert restart_required(old, new) == ["server.metrics"]
+    assert [r["setting"] for r in restart_required(old, new)] == ["server.metrics"]
+    assert restart_required(old, new)[0]["running"] == "off"
     assert paths == sorted(paths)
