@@ -20,7 +20,7 @@ from mfaproxy.adapters.sdnotify import SystemdNotifier
 from mfaproxy.config.schema import Config, load_config
 from mfaproxy.daemon import reload as reload_module
 from mfaproxy.daemon import server as server_module
-from mfaproxy.daemon.changes import changed_settings, describe, restart_required
+from mfaproxy.daemon.changes import changed_settings, restart_required
 from mfaproxy.daemon.server import Server
 from mfaproxy.observability import metrics
 from tests.auth.harness import FAST
