@@ -72,7 +72,12 @@ def test_sections_added_removed_and_changed() -> None:
     assert forward.summary() == "server added (reject_delay); smtp added"
     backward = describe(new, old)
     assert backward.sections == {"server": "removed", "smtp": "removed"}
-    edited = describe(new, config(lambda d: (change(d), d["smtp"].update(port=2525))))
+
+    def port(data: dict[str, Any]) -> None:
+        change(data)
+        data["smtp"]["port"] = 2525
+
+    edited = describe(new, config(port))
     assert edited.sections == {"smtp": "changed"} and edited.settings == ["smtp.port"]
 
 
