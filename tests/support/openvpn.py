@@ -14,23 +14,15 @@ Progress is observed on the processes' output, never through sleeps.
 
 from __future__ import annotations
 
-import datetime
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
-import threading
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
+from tests.support.pki import write_pki
 from tests.support.ports import free_short_port
-from tests.support.process import ManagedServer
+from tests.support.process import ManagedServer, WatchedProcess
 
 OPENVPN = "/usr/sbin/openvpn"
 PLUGIN = Path("/usr/lib/openvpn/radiusplugin.so")
@@ -84,108 +76,6 @@ def free_short_udp_port(host: str = "127.0.0.1") -> int:
     return free_short_port(socket.SOCK_DGRAM, host)
 
 
-# --------------------------------------------------------------------------- PKI
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def write_pki(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate (EC P-256): (ca, cert, key) paths."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("mfaproxy-test-ca"))
-        .issuer_name(_name("mfaproxy-test-ca"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("server"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = directory / "ca.crt", directory / "server.crt", directory / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    paths[2].chmod(0o600)
-    return paths
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class _Process:
-    """A subprocess whose output lines are collected, to wait on them."""
-
-    def __init__(self, argv: list[str], cwd: Path) -> None:
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_for(self, text: str, timeout: float = 30) -> None:
-        def seen() -> bool:
-            return any(text in line for line in self.lines) or self.proc.poll() is not None
-
-        with self._cond:
-            self._cond.wait_for(seen, timeout)
-            if not any(text in line for line in self.lines):
-                raise AssertionError(f"{text!r} not seen; output:\n{''.join(self.lines)[-4000:]}")
-
-    @property
-    def output(self) -> str:
-        with self._cond:
-            return "".join(self.lines)
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 class OpenVpnServer(ManagedServer):
     """`openvpn --mode server` on 127.0.0.1 with radiusplugin asking `auth_port` and
     `acct_port` (both below 10000) on 127.0.0.1 with `secret`."""
@@ -204,7 +94,7 @@ class OpenVpnServer(ManagedServer):
         self.workdir = workdir
         self.port = free_short_udp_port()
         self.auth_port, self.acct_port, self.secret = auth_port, acct_port, secret
-        self._process: _Process | None = None
+        self._process: WatchedProcess | None = None
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -214,7 +104,7 @@ class OpenVpnServer(ManagedServer):
         conf = self.workdir / "server.conf"
         conf.write_text(self._server_conf(ca, cert, key), encoding="utf-8")
         (self.workdir / "radiusplugin.cnf").write_text(self._plugin_conf(conf), encoding="utf-8")
-        self._process = _Process([OPENVPN, "--config", str(conf)], self.workdir)
+        self._process = WatchedProcess([OPENVPN, "--config", str(conf)], self.workdir)
         self._process.wait_for("Initialization Sequence Completed")
 
     def _server_conf(self, ca: Path, cert: Path, key: Path) -> str:
@@ -317,7 +207,7 @@ verb 3
 """,
             encoding="utf-8",
         )
-        self._process = _Process([OPENVPN, "--config", str(conf)], directory)
+        self._process = WatchedProcess([OPENVPN, "--config", str(conf)], directory)
 
     def wait_for(self, text: str, timeout: float = 30) -> None:
         self._process.wait_for(text, timeout)
