@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/mfaproxy.yaml
-DEB_TEST_PACKAGES := slapd ldap-utils freeradius freeradius-utils redis-server postgresql systemd openvpn openvpn-auth-radius libpam-radius-auth
+DEB_TEST_PACKAGES := slapd ldap-utils freeradius freeradius-utils redis-server postgresql systemd openvpn openvpn-auth-radius libpam-radius-auth ocserv openconnect
 # python-ldap (the LDAP client) compiles against OpenLDAP's libldap on install.
 DEB_BUILD_PACKAGES := gcc libldap-dev libsasl2-dev python3-dev
 # The benchmark also runs FreeRADIUS's rlm_ldap beside mfaproxy.
