@@ -21,14 +21,8 @@ neither race nor apply a step twice. Version N here is the same step as version 
 SQLite store's migrations. The tables live in the first schema of the connection's
 ``search_path`` (``options=-csearch_path=NAME`` in the DSN picks another one).
 
-Availability. Connections are made on demand with a bounded ``connect_timeout``, every
-statement has a ``statement_timeout`` (lock waits included), and TCP keepalives with
-``tcp_user_timeout`` notice a vanished server. Any failure to reach or use the server
-raises `UserStoreUnavailable` at once; the caller's failmode decides what to answer. Idle
-connections are reused; one the server has closed (a restart, a failover) is recognised
-before use without a round trip and replaced, so service resumes with the first request
-after the server is back. Metrics: ``mfaproxy_upstream_up{service="postgres"}`` and
-``mfaproxy_upstream_duration_seconds{service="postgres", result="ok"|"failure"}``.
+Availability: store/pg_database.py (timeouts, reused connections, `UserStoreUnavailable`,
+the up/down metrics).
 
 Durability is the server's: a committed write is durable as configured there (keep
 ``fsync`` and ``synchronous_commit`` on). Methods block; the daemon calls them through
@@ -38,27 +32,22 @@ Durability is the server's: a committed write is durable as configured there (ke
 from __future__ import annotations
 
 import json
-import math
-import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeAlias, TypeVar, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias, cast
 
 import psycopg
-import structlog
-from psycopg import errors as pg_errors
-from psycopg.abc import Params
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from mfaproxy.config.multifactor import METHODS, Method
 from mfaproxy.core.identity import identity_key
-from mfaproxy.errors import StoreError, UserStoreUnavailable
-from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
+from mfaproxy.errors import StoreError
 from mfaproxy.otp.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
-from mfaproxy.store.pg_connections import PgConnections
+from mfaproxy.store.pg_database import UNAVAILABLE, PgDatabase
 from mfaproxy.store.pg_schema import MIGRATIONS
 from mfaproxy.store.records import (
+    ENROLMENT_WINDOWS_VERSION,
+    TRUST_VERSION,
     LockState,
     Reservation,
     ResetRequest,
@@ -71,17 +60,10 @@ from mfaproxy.store.records import (
 )
 from mfaproxy.store.rekey import POSTGRES, Rekey, rekey_identities
 
-log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
 Connection: TypeAlias = psycopg.Connection[TupleRow]
 
-SERVICE = "postgres"
 # Transaction-scoped advisory lock serialising migrations ("mfaproxy" as a bigint).
 MIGRATION_LOCK = int.from_bytes(b"mfaproxy", "big")
-_ROLLBACK_RETRIES = 3
-ENROLMENT_WINDOWS_VERSION = 5
-TRUST_VERSION = 6
 _SELECT_RECORD = (
     "SELECT u.method, u.configure_later, u.totp_secret IS NOT NULL, u.totp_last_step,"
     " u.failures, u.locked_until, u.created_at, u.updated_at,"
@@ -106,17 +88,6 @@ _LOCK_USER = (
 _SELECT_RESETS = "SELECT id, user_name, requested_at, via, status, decided_at FROM reset_requests"
 
 
-# Errors meaning the server is out of reach or cannot serve us now, as opposed to a
-# statement being wrong: connection lost or refused, shutdown, timeouts, too many
-# connections (all OperationalError), and a read-only server.
-_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, pg_errors.ReadOnlySqlTransaction)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-
-
 class PostgresUserStore:
     """`UserRepository` on PostgreSQL; see the module docstring for the guarantees.
 
@@ -136,30 +107,15 @@ class PostgresUserStore:
         max_idle: int = 8,
         migrate_to: int | None = None,
     ) -> None:
-        if connect_timeout <= 0 or statement_timeout <= 0 or max_idle < 0:
-            raise ValueError("timeouts must be positive and max_idle not negative")
         self._box = SecretBox(key)
         self._hasher = BackupCodeHasher.from_master_key(key)
-        try:
-            params = conninfo_to_dict(dsn)
-        except psycopg.ProgrammingError:
-            # not chained, not quoted: the DSN may hold a password
-            raise StoreError("the PostgreSQL DSN does not parse") from None
-        self.server = str(params.get("host") or params.get("hostaddr") or "localhost")
-        settings: dict[str, Any] = {
-            "application_name": "mfaproxy",
-            "keepalives": 1,
-            "keepalives_idle": 10,
-            "keepalives_interval": 2,
-            "keepalives_count": 3,
-            "tcp_user_timeout": math.ceil((connect_timeout + statement_timeout) * 1000),
-        }
-        settings.update(params)
-        settings["connect_timeout"] = max(2, math.ceil(connect_timeout))
-        self._connections = PgConnections(
-            make_conninfo("", **settings), math.ceil(statement_timeout * 1000), max_idle
+        self._db = PgDatabase(
+            dsn,
+            connect_timeout=connect_timeout,
+            statement_timeout=statement_timeout,
+            max_idle=max_idle,
         )
-        self._up: bool | None = None
+        self.server = self._db.server
         try:
             target = len(MIGRATIONS) if migrate_to is None else migrate_to
             self._migrate(target)
@@ -171,78 +127,6 @@ class PostgresUserStore:
             raise
 
     # ----------------------------------------------------------------- plumbing
-
-    def _run(self, work: Callable[[Connection], T]) -> T:
-        """Run `work` on a connection; map server trouble to `UserStoreUnavailable`."""
-        started = time.perf_counter()
-        try:
-            result = self._attempt(work)
-        except _UNAVAILABLE as exc:
-            self._observe(started, up=False, error=exc)
-            raise UserStoreUnavailable(f"PostgreSQL {self.server}: {_first_line(exc)}") from exc
-        except psycopg.Error as exc:
-            self._observe(started, up=True)  # the server answered; the statement failed
-            raise StoreError(f"PostgreSQL {self.server}: {_first_line(exc)}") from exc
-        self._observe(started, up=True)
-        return result
-
-    def _attempt(self, work: Callable[[Connection], T]) -> T:
-        conn = self._connections.take()
-        reusable = True
-        try:
-            for attempt in range(1, _ROLLBACK_RETRIES + 1):
-                try:
-                    return work(conn)
-                except pg_errors.TransactionRollback:  # deadlock, serialisation
-                    if attempt == _ROLLBACK_RETRIES:
-                        raise
-            raise AssertionError("unreachable")
-        except pg_errors.ReadOnlySqlTransaction:
-            reusable = False  # a standby (after a failover?): reconnect to find the primary
-            raise
-        finally:
-            self._connections.give(conn, reusable=reusable)
-
-    def _observe(self, started: float, *, up: bool, error: BaseException | None = None) -> None:
-        result = "ok" if up else "failure"
-        UPSTREAM_LATENCY.labels(service=SERVICE, result=result).observe(
-            time.perf_counter() - started
-        )
-        UPSTREAM_UP.labels(service=SERVICE, server=self.server).set(1 if up else 0)
-        was_up, self._up = self._up, up
-        if not up and was_up is not False:
-            detail = _first_line(error) if error else ""
-            log.warning("user_store_down", backend=SERVICE, server=self.server, error=detail)
-        elif up and was_up is False:
-            log.info("user_store_up", backend=SERVICE, server=self.server)
-
-    def _transaction(self, work: Callable[[Connection], T]) -> T:
-        def in_transaction(conn: Connection) -> T:
-            with conn.transaction():
-                return work(conn)
-
-        return self._run(in_transaction)
-
-    def _rowcount(self, query: str, params: Params) -> int:
-        return self._run(lambda conn: conn.execute(query, params).rowcount)
-
-    def _unsynced(self, query: str, params: Params) -> int:
-        """One statement committed with `synchronous_commit = off`: atomic and visible at
-        once like any other, but the commit does not wait for the WAL to reach disk, so
-        a crash of the server may lose the last few hundred milliseconds of such writes
-        (never corrupt anything). For short-lived marks only (see store/users.py)."""
-
-        def unsynced(conn: Connection) -> int:
-            conn.execute("SET LOCAL synchronous_commit TO OFF")
-            return int(conn.execute(query, params).rowcount)
-
-        return self._transaction(unsynced)
-
-    def _one(self, query: str, params: Params) -> tuple[Any, ...] | None:
-        return self._run(lambda conn: conn.execute(query, params).fetchone())
-
-    def _all(self, query: str, params: Params) -> list[tuple[Any, ...]]:
-        return self._run(lambda conn: conn.execute(query, params).fetchall())
 
     def _migrate(self, target: int) -> None:
         def migrate(conn: Connection) -> None:
@@ -269,7 +153,7 @@ class PostgresUserStore:
                         rekey_identities(conn, POSTGRES, self._box)
                     else:
                         conn.execute(script)
-                except _UNAVAILABLE:
+                except UNAVAILABLE:
                     raise
                 except psycopg.Error as exc:
                     raise StoreError(
@@ -277,15 +161,15 @@ class PostgresUserStore:
                     ) from exc
             conn.execute("UPDATE schema_version SET version = %s", (target,))
 
-        self._transaction(migrate)
+        self._db.transaction(migrate)
 
     def schema_version(self) -> int:
-        row = self._one("SELECT version FROM schema_version", ())
+        row = self._db.one("SELECT version FROM schema_version", ())
         return 0 if row is None else int(row[0])
 
     def close(self) -> None:
         """Close the idle connections; those in use close when their call returns."""
-        self._connections.close()
+        self._db.close()
 
     # ----------------------------------------------------------------- users
 
@@ -295,7 +179,7 @@ class PostgresUserStore:
     def stored_record(self, name: str) -> UserRecord | None:
         """The record stored under exactly `name` (for repairs: no normalisation)."""
         query = _SELECT_RECORD if self._enrolment_windows else _SELECT_RECORD_BEFORE_WINDOWS
-        row = self._one(query, (name,))  # one statement: one snapshot
+        row = self._db.one(query, (name,))  # one statement: one snapshot
         if row is None:
             return None
         methods = set(row[8])
@@ -319,14 +203,14 @@ class PostgresUserStore:
 
     def list_users(self) -> list[str]:
         # COLLATE "C": byte order whatever the database's locale, as SQLite sorts
-        return [n for (n,) in self._all('SELECT name FROM users ORDER BY name COLLATE "C"', ())]
+        return [n for (n,) in self._db.all('SELECT name FROM users ORDER BY name COLLATE "C"', ())]
 
     def delete_user(self, user: str) -> bool:
         return self.delete_stored(identity_key(user))
 
     def delete_stored(self, name: str) -> bool:
         """Delete the user stored under exactly `name` (the children cascade)."""
-        return self._rowcount("DELETE FROM users WHERE name = %s", (name,)) == 1
+        return self._db.rowcount("DELETE FROM users WHERE name = %s", (name,)) == 1
 
     def set_method(
         self, user: str, method: Method | None, now: float, *, configure_later: bool = False
@@ -346,7 +230,7 @@ class PostgresUserStore:
             )
             self._end_trust(conn, name, now)
 
-        self._transaction(set_it)
+        self._db.transaction(set_it)
 
     def clear_mfa(self, user: str, now: float) -> bool:
         """Forget method, TOTP secret, enrolments and backup codes (the lost-device fix)."""
@@ -357,7 +241,7 @@ class PostgresUserStore:
             self._end_trust(conn, name, now)
             return cleared
 
-        return self._transaction(clear)
+        return self._db.transaction(clear)
 
     @staticmethod
     def _clear_mfa(conn: Connection, name: str, now: float) -> bool:
@@ -376,7 +260,7 @@ class PostgresUserStore:
         """Store a new TOTP key (sealed); the replay marker restarts with it."""
         name = identity_key(user)
         sealed = self._box.seal(f"{name}:totp", secret.encode("utf-8"))
-        self._rowcount(
+        self._db.rowcount(
             "INSERT INTO users (name, totp_secret, created_at, updated_at)"
             " VALUES (%(name)s, %(sealed)s, %(now)s, %(now)s)"
             " ON CONFLICT (name) DO UPDATE SET totp_secret = excluded.totp_secret,"
@@ -386,7 +270,7 @@ class PostgresUserStore:
 
     def get_totp_secret(self, user: str) -> str | None:
         name = identity_key(user)
-        row = self._one("SELECT totp_secret FROM users WHERE name = %s", (name,))
+        row = self._db.one("SELECT totp_secret FROM users WHERE name = %s", (name,))
         if row is None or row[0] is None:
             return None
         return self._box.open(f"{name}:totp", bytes(row[0])).decode("utf-8")
@@ -395,7 +279,7 @@ class PostgresUserStore:
         """Record `step` as used; False if it is not newer than the last one (a replay).
         Committed without waiting for the WAL flush (`_unsynced`), like SQLite's."""
         return (
-            self._unsynced(
+            self._db.unsynced(
                 "UPDATE users SET totp_last_step = %(step)s WHERE name = %(name)s"
                 " AND totp_secret IS NOT NULL"
                 " AND (totp_last_step IS NULL OR totp_last_step < %(step)s)",
@@ -432,11 +316,11 @@ class PostgresUserStore:
                 (name, method, sealed, now),
             )
 
-        self._transaction(write)
+        self._db.transaction(write)
 
     def get_enrolment(self, user: str, method: Method) -> dict[str, Any] | None:
         name = identity_key(user)
-        row = self._one(
+        row = self._db.one(
             "SELECT data FROM enrolments WHERE user_name = %s AND method = %s", (name, method)
         )
         if row is None:
@@ -459,12 +343,12 @@ class PostgresUserStore:
                 "DELETE FROM enrolments WHERE user_name = %s AND method = %s", (name, method)
             ).rowcount
 
-        return self._transaction(clear) == 1
+        return self._db.transaction(clear) == 1
 
     def accept_yubikey_counter(self, user: str, counter: int) -> bool:
         """Record a Yubico OTP counter as used; False unless it is newer than the last."""
         return (
-            self._rowcount(
+            self._db.rowcount(
                 "UPDATE users SET yubikey_counter = %(counter)s WHERE name = %(name)s"
                 " AND (yubikey_counter IS NULL OR yubikey_counter < %(counter)s)"
                 " AND EXISTS (SELECT 1 FROM enrolments"
@@ -492,7 +376,7 @@ class PostgresUserStore:
                 (name, now, sorted(cast(set[bytes], digests))),
             )
 
-        self._transaction(replace)
+        self._db.transaction(replace)
 
     def consume_backup_code(self, user: str, code: str, now: float) -> bool:
         """Use up `code`; True at most once per code, even under concurrent calls."""
@@ -501,7 +385,7 @@ class PostgresUserStore:
         if digest is None:
             return False
         return (
-            self._rowcount(
+            self._db.rowcount(
                 "UPDATE backup_codes SET used_at = %s WHERE user_name = %s AND code_hash = %s"
                 " AND used_at IS NULL",
                 (now, name, digest),
@@ -524,7 +408,7 @@ class PostgresUserStore:
                 (name, now, via),
             ).rowcount
 
-        return self._transaction(request) == 1
+        return self._db.transaction(request) == 1
 
     def approve_reset(self, user: str, now: float) -> bool:
         """Approve the pending request and clear the user's MFA, in one transaction."""
@@ -538,12 +422,12 @@ class PostgresUserStore:
             self._end_trust(conn, name, now)
             return True
 
-        return self._transaction(approve)
+        return self._db.transaction(approve)
 
     def clear_reset(self, user: str, now: float) -> bool:
         """Dismiss the pending request without touching the user's MFA."""
         name = identity_key(user)
-        return self._run(lambda conn: self._decide(conn, name, "cleared", now))
+        return self._db.run(lambda conn: self._decide(conn, name, "cleared", now))
 
     @staticmethod
     def _decide(conn: Connection, name: str, status: ResetStatus, now: float) -> bool:
@@ -556,15 +440,15 @@ class PostgresUserStore:
 
     def list_resets(self, status: ResetStatus | None = "pending") -> list[ResetRequest]:
         if status is None:
-            rows = self._all(_SELECT_RESETS + " ORDER BY id", ())
+            rows = self._db.all(_SELECT_RESETS + " ORDER BY id", ())
         else:
-            rows = self._all(_SELECT_RESETS + " WHERE status = %s ORDER BY id", (status,))
+            rows = self._db.all(_SELECT_RESETS + " WHERE status = %s ORDER BY id", (status,))
         return [ResetRequest(*row) for row in rows]
 
     # ----------------------------------------------------------------- lockout
 
     def lock_state(self, user: str, now: float) -> LockState:
-        row = self._one(
+        row = self._db.one(
             "SELECT failures, locked_until FROM users WHERE name = %s", (identity_key(user),)
         )
         return LockState(0, None, False) if row is None else lock_view(row[0], row[1], now)
@@ -579,7 +463,7 @@ class PostgresUserStore:
         starts a lockout. The SET expressions all read the row as it was.
         """
         check_lockout_arguments(max_failures, lockout_seconds)
-        row = self._one(
+        row = self._db.one(
             "INSERT INTO users AS u (name, created_at, updated_at, failures, locked_until)"
             " VALUES (%(name)s, %(now)s, %(now)s, 1, CASE WHEN 1 >= %(max)s"
             "  AND %(seconds)s > 0 THEN %(now)s + %(seconds)s END)"
@@ -602,7 +486,7 @@ class PostgresUserStore:
     def reset_failures(self, user: str) -> None:
         """Forget failures and any lockout (after a success, or by an operator); not
         waiting for the WAL flush: a reset lost in a server crash errs on the strict side."""
-        self._unsynced(
+        self._db.unsynced(
             "UPDATE users SET failures = 0, locked_until = NULL WHERE name = %s",
             (identity_key(user),),
         )
@@ -612,7 +496,7 @@ class PostgresUserStore:
     def revoke_trust(self, user: str, now: float) -> bool:
         """End the user's trusted reconnects (core/trust.py); False when unknown."""
         return (
-            self._rowcount(
+            self._db.rowcount(
                 "UPDATE users SET trust_not_before = %s, updated_at = %s WHERE name = %s",
                 (now, now, identity_key(user)),
             )
@@ -627,7 +511,7 @@ class PostgresUserStore:
 
     def open_enrolment(self, user: str, until: float, now: float) -> None:
         """Let `user` enrol inside the RADIUS flow until `until` (replaces any window)."""
-        self._rowcount(
+        self._db.rowcount(
             "INSERT INTO users (name, enrol_until, created_at, updated_at)"
             " VALUES (%(name)s, %(until)s, %(now)s, %(now)s)"
             " ON CONFLICT (name) DO UPDATE SET enrol_until = excluded.enrol_until,"
@@ -638,7 +522,7 @@ class PostgresUserStore:
     def close_enrolment(self, user: str, now: float) -> bool:
         """Close the user's window; False when none was open."""
         return (
-            self._rowcount(
+            self._db.rowcount(
                 "UPDATE users SET enrol_until = NULL, updated_at = %s WHERE name = %s"
                 " AND enrol_until IS NOT NULL",
                 (now, identity_key(user)),
@@ -671,7 +555,7 @@ class PostgresUserStore:
                 )
             return reservation
 
-        return self._transaction(reserve)
+        return self._db.transaction(reserve)
 
     def release_attempt(self, user: str, now: float, max_failures: int) -> None:
         """Give back a reserved attempt whose result was not the user's fault."""
@@ -688,4 +572,4 @@ class PostgresUserStore:
                     (after.failures, after.locked_until, name),
                 )
 
-        self._transaction(release)
+        self._db.transaction(release)

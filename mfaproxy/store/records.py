@@ -15,6 +15,11 @@ from mfaproxy.config.multifactor import Method
 
 ResetStatus = Literal["pending", "approved", "cleared"]
 
+# Schema versions both stores' code reads (their migrations N are the same step): a store
+# opened short of one (a repair before the re-key) reads without its column.
+ENROLMENT_WINDOWS_VERSION = 5  # users.enrol_until
+TRUST_VERSION = 6  # users.trust_not_before
+
 
 @dataclass(frozen=True)
 class ResetRequest:

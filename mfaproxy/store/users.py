@@ -24,10 +24,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,8 +33,9 @@ from mfaproxy.core.identity import identity_key
 from mfaproxy.errors import StoreError
 from mfaproxy.otp.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
-from mfaproxy.store.ownership import create_private
 from mfaproxy.store.records import (
+    ENROLMENT_WINDOWS_VERSION,
+    TRUST_VERSION,
     LockState,
     Reservation,
     ResetRequest,
@@ -48,80 +46,10 @@ from mfaproxy.store.records import (
     released,
     reserved,
 )
-from mfaproxy.store.rekey import REKEY, SQLITE, Rekey, rekey_identities
+from mfaproxy.store.rekey import SQLITE, Rekey, rekey_identities
+from mfaproxy.store.sqlite_connections import SqliteConnections
+from mfaproxy.store.sqlite_schema import MIGRATIONS, statements
 
-# Ordered: version N is MIGRATIONS[N - 1]. Append, never edit a shipped entry: each is
-# literal SQL, so nothing defined elsewhere (the method names) can change one.
-MIGRATIONS: tuple[str | Rekey, ...] = (
-    """
-    CREATE TABLE users (
-        name TEXT PRIMARY KEY,
-        method TEXT CHECK (method IS NULL
-            OR method IN ('totp', 'yubikey', 'email', 'sms', 'duo', 'radius')),
-        configure_later INTEGER NOT NULL DEFAULT 0,
-        totp_secret BLOB, totp_last_step INTEGER,
-        failures INTEGER NOT NULL DEFAULT 0, locked_until REAL,
-        created_at REAL NOT NULL, updated_at REAL NOT NULL);
-    CREATE TABLE enrolments (
-        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-        method TEXT NOT NULL CHECK (method IN ('totp', 'yubikey', 'email', 'sms', 'duo', 'radius')),
-        data BLOB NOT NULL, updated_at REAL NOT NULL,
-        PRIMARY KEY (user, method));
-    CREATE TABLE backup_codes (
-        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-        code_hash BLOB NOT NULL, created_at REAL NOT NULL, used_at REAL,
-        PRIMARY KEY (user, code_hash));
-    CREATE TABLE reset_requests (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-        requested_at REAL NOT NULL, via TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'cleared')),
-        decided_at REAL);
-    -- At most one pending request per user: asking twice must not mail twice.
-    CREATE UNIQUE INDEX reset_one_pending ON reset_requests(user) WHERE status = 'pending';
-    """,
-    # 2: the last Yubico OTP counter accepted by local validation (session << 8 | use).
-    "ALTER TABLE users ADD COLUMN yubikey_counter INTEGER;",
-    # 3: the method names are checked by the code (config.multifactor.METHODS), not by
-    # the schema, so adding a method needs no migration. SQLite cannot drop a CHECK: the
-    # two tables are rebuilt (https://sqlite.org/lang_altertable.html, "other kinds of
-    # table schema changes"), with foreign keys off for the migration (see _migrate).
-    """
-    CREATE TABLE users_v3 (
-        name TEXT PRIMARY KEY,
-        method TEXT,
-        configure_later INTEGER NOT NULL DEFAULT 0,
-        totp_secret BLOB, totp_last_step INTEGER,
-        failures INTEGER NOT NULL DEFAULT 0, locked_until REAL,
-        created_at REAL NOT NULL, updated_at REAL NOT NULL,
-        yubikey_counter INTEGER);
-    INSERT INTO users_v3 (name, method, configure_later, totp_secret, totp_last_step,
-                          failures, locked_until, created_at, updated_at, yubikey_counter)
-        SELECT name, method, configure_later, totp_secret, totp_last_step,
-               failures, locked_until, created_at, updated_at, yubikey_counter FROM users;
-    DROP TABLE users;
-    ALTER TABLE users_v3 RENAME TO users;
-    CREATE TABLE enrolments_v3 (
-        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-        method TEXT NOT NULL,
-        data BLOB NOT NULL, updated_at REAL NOT NULL,
-        PRIMARY KEY (user, method));
-    INSERT INTO enrolments_v3 (user, method, data, updated_at)
-        SELECT user, method, data, updated_at FROM enrolments;
-    DROP TABLE enrolments;
-    ALTER TABLE enrolments_v3 RENAME TO enrolments;
-    """,
-    # 4: every user re-keyed by the one user-name normaliser (store/rekey.py).
-    REKEY,
-    # 5: the operator's inline-enrolment window (`users allow-enrolment`).
-    "ALTER TABLE users ADD COLUMN enrol_until REAL;",
-    # 6: trusted reconnects end for passes before this time (`users forget-trust`).
-    "ALTER TABLE users ADD COLUMN trust_not_before REAL;",
-)
-
-
-ENROLMENT_WINDOWS_VERSION = 5
-TRUST_VERSION = 6
 _SELECT_RECORD = (
     "SELECT method, configure_later, totp_secret IS NOT NULL, totp_last_step, failures,"
     " locked_until, created_at, updated_at, enrol_until, trust_not_before FROM users"
@@ -131,17 +59,6 @@ _SELECT_RECORD = (
 _SELECT_RECORD_BEFORE_WINDOWS = _SELECT_RECORD.replace("enrol_until", "NULL").replace(
     "trust_not_before", "NULL"
 )
-
-
-def _statements(script: str) -> Iterator[str]:
-    # executescript() would COMMIT first; split so a migration runs in our transaction.
-    buffer = ""
-    for piece in script.split(";"):
-        buffer += piece + ";"
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip(" \n;"):
-                yield buffer.strip()
-            buffer = ""
 
 
 class UserStore:
@@ -160,12 +77,7 @@ class UserStore:
         self.path = Path(path)
         self._box = SecretBox(key)
         self._hasher = BackupCodeHasher.from_master_key(key)
-        self._busy_timeout = busy_timeout
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
-        self._closed = False
-        self._create_file()
+        self._db = SqliteConnections(self.path, busy_timeout)
         try:
             target = len(MIGRATIONS) if migrate_to is None else migrate_to
             self._migrate(target)
@@ -178,87 +90,19 @@ class UserStore:
 
     # ----------------------------------------------------------------- plumbing
 
-    def _create_file(self) -> None:
-        # It holds hashes and ciphertexts only, but there is no reason to share it.
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        create_private(self.path)  # root creating it gives it to the directory's owner
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StoreError("user store is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.path,
-                timeout=self._busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,  # only close() touches it from another thread
-            )
-            mode = self._enable_wal(conn)
-            if mode != "wal":
-                raise StoreError(f"{self.path}: cannot use WAL journal (got {mode})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
-        return conn
-
-    def _enable_wal(self, conn: sqlite3.Connection) -> str:
-        """Switch a new file to WAL. The switch needs the file to itself and SQLite does
-        not apply the busy timeout to it, so when several processes open a fresh file
-        at once the losers retry (briefly) instead of failing; once set, WAL persists."""
-        deadline = time.monotonic() + self._busy_timeout
-        while True:
-            try:
-                mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-            except sqlite3.OperationalError:
-                mode = "locked"
-            if mode == "wal" or time.monotonic() > deadline:
-                return mode
-            time.sleep(0.01)
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A transaction holding the write lock from its start (no lock upgrade races)."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    @contextmanager
-    def _unsynced(self) -> Iterator[sqlite3.Connection]:
-        """A write as atomic as any other but not fsynced (WAL, synchronous NORMAL): it
-        survives a crash of this process (it is in the WAL file), and a power cut loses
-        at most the last such writes, up to the next synced commit or checkpoint. For
-        marks that matter for a minute: the used TOTP step (RFC 6238 section 5.2: it
-        only has to outlive the code's window, and a machine that lost power is back
-        after that window) and a reset of the failure count. They were two of the three
-        disk-synced writes of a TOTP login, its largest cost."""
-        conn = self._conn()
-        conn.execute("PRAGMA synchronous = NORMAL")
-        try:
-            yield conn
-        finally:
-            conn.execute("PRAGMA synchronous = FULL")
-
     def _migrate(self, target: int) -> None:
         # A migration may rebuild a table (DROP, then RENAME of a copy): with foreign
         # keys on, the DROP would cascade to the rows that reference it. SQLite ignores
         # this pragma inside a transaction, so it is set around it; the check before
         # COMMIT proves the rebuilt tables still hold together.
-        self._conn().execute("PRAGMA foreign_keys = OFF")
+        self._db.conn().execute("PRAGMA foreign_keys = OFF")
         try:
             self._apply_migrations(target)
         finally:
-            self._conn().execute("PRAGMA foreign_keys = ON")
+            self._db.conn().execute("PRAGMA foreign_keys = ON")
 
     def _apply_migrations(self, target: int) -> None:
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
@@ -274,7 +118,7 @@ class UserStore:
                     if isinstance(script, Rekey):
                         rekey_identities(conn, SQLITE, self._box)
                         continue
-                    for statement in _statements(script):
+                    for statement in statements(script):
                         conn.execute(statement)
                 except sqlite3.Error as exc:
                     raise StoreError(f"{self.path}: migration {version} failed: {exc}") from exc
@@ -284,30 +128,15 @@ class UserStore:
             conn.execute("UPDATE schema_version SET version = ?", (max(current, target),))
 
     def schema_version(self) -> int:
-        return int(self._conn().execute("SELECT version FROM schema_version").fetchone()[0])
+        return int(self._db.conn().execute("SELECT version FROM schema_version").fetchone()[0])
 
     def change_counter(self) -> int:
-        """A number that changes whenever any other connection (another thread, the
-        CLI, another worker) commits a change to the file (SQLite `PRAGMA
-        data_version`). Read on a connection of its own that never writes, so every
-        write counts; it reads shared memory only (the WAL index), no disk."""
-        conn: sqlite3.Connection | None = getattr(self, "_watcher", None)
-        if conn is None:
-            if self._closed:
-                raise StoreError("user store is closed")
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, check_same_thread=False)
-            with self._all_lock:
-                self._all.append(conn)
-            self._watcher = conn
-        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+        """A number that changes whenever another connection commits to the file."""
+        return self._db.change_counter()
 
     def close(self) -> None:
         """Close every thread's connection; call once the executor using it has drained."""
-        with self._all_lock:
-            self._closed = True
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
+        self._db.close()
 
     @staticmethod
     def _ensure(conn: sqlite3.Connection, user: str, now: float) -> None:
@@ -323,7 +152,7 @@ class UserStore:
 
     def stored_record(self, name: str) -> UserRecord | None:
         """The record stored under exactly `name` (for repairs: no normalisation)."""
-        conn = self._conn()
+        conn = self._db.conn()
         conn.execute("BEGIN")  # one snapshot for the several reads below
         try:
             row = conn.execute(
@@ -360,14 +189,14 @@ class UserStore:
         )
 
     def list_users(self) -> list[str]:
-        return [n for (n,) in self._conn().execute("SELECT name FROM users ORDER BY name")]
+        return [n for (n,) in self._db.conn().execute("SELECT name FROM users ORDER BY name")]
 
     def delete_user(self, user: str) -> bool:
         return self.delete_stored(identity_key(user))
 
     def delete_stored(self, name: str) -> bool:
         """Delete the user stored under exactly `name`, with everything of theirs."""
-        with self._write() as conn:  # the children too: foreign keys may be off (repairs)
+        with self._db.write() as conn:  # the children too: foreign keys may be off (repairs)
             for table in ("enrolments", "backup_codes", "reset_requests"):
                 conn.execute(f"DELETE FROM {table} WHERE user = ?", (name,))  # noqa: S608
             cursor = conn.execute("DELETE FROM users WHERE name = ?", (name,))
@@ -380,7 +209,7 @@ class UserStore:
         if method is not None and method not in METHODS:
             raise ValueError(f"unknown method {method!r}")
         name = identity_key(user)
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._ensure(conn, name, now)
             conn.execute(
                 "UPDATE users SET method = ?, configure_later = ?, updated_at = ? WHERE name = ?",
@@ -391,7 +220,7 @@ class UserStore:
     def clear_mfa(self, user: str, now: float) -> bool:
         """Forget method, TOTP secret, enrolments and backup codes (the lost-device fix)."""
         name = identity_key(user)
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._end_trust(conn, name, now)
             return self._clear_mfa(conn, name, now)
 
@@ -412,7 +241,7 @@ class UserStore:
         """Store a new TOTP key (sealed); the replay marker restarts with it."""
         name = identity_key(user)
         sealed = self._box.seal(f"{name}:totp", secret.encode("utf-8"))
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._ensure(conn, name, now)
             conn.execute(
                 "UPDATE users SET totp_secret = ?, totp_last_step = NULL, updated_at = ?"
@@ -423,7 +252,9 @@ class UserStore:
     def get_totp_secret(self, user: str) -> str | None:
         name = identity_key(user)
         row = (
-            self._conn().execute("SELECT totp_secret FROM users WHERE name = ?", (name,)).fetchone()
+            self._db.conn()
+            .execute("SELECT totp_secret FROM users WHERE name = ?", (name,))
+            .fetchone()
         )
         if row is None or row[0] is None:
             return None
@@ -435,7 +266,7 @@ class UserStore:
         One conditional UPDATE is the compare-and-set: of two requests carrying the same
         code at the same moment, exactly one gets True (RFC 6238 section 5.2).
         """
-        with self._unsynced() as conn:
+        with self._db.unsynced() as conn:
             cursor = conn.execute(
                 "UPDATE users SET totp_last_step = ? WHERE name = ? AND totp_secret IS NOT NULL"
                 " AND (totp_last_step IS NULL OR totp_last_step < ?)",
@@ -452,7 +283,7 @@ class UserStore:
         name = identity_key(user)
         plain = json.dumps(dict(data), sort_keys=True, separators=(",", ":")).encode()
         sealed = self._box.seal(f"{name}:{method}", plain)
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._ensure(conn, name, now)
             conn.execute(
                 "INSERT INTO enrolments (user, method, data, updated_at) VALUES (?, ?, ?, ?)"
@@ -469,7 +300,7 @@ class UserStore:
     def get_enrolment(self, user: str, method: Method) -> dict[str, Any] | None:
         name = identity_key(user)
         row = (
-            self._conn()
+            self._db.conn()
             .execute("SELECT data FROM enrolments WHERE user = ? AND method = ?", (name, method))
             .fetchone()
         )
@@ -479,7 +310,7 @@ class UserStore:
 
     def clear_enrolment(self, user: str, method: Method, now: float) -> bool:
         name = identity_key(user)
-        with self._write() as conn:
+        with self._db.write() as conn:
             if method == "totp":
                 sql = "UPDATE users SET totp_secret = NULL, totp_last_step = NULL WHERE name = ?"
                 cursor = conn.execute(sql + " AND totp_secret IS NOT NULL", (name,))
@@ -496,7 +327,7 @@ class UserStore:
         The same single conditional UPDATE as `accept_totp_step`: of two requests with the
         same OTP, exactly one gets True. Only for users with a YubiKey enrolment.
         """
-        cursor = self._conn().execute(
+        cursor = self._db.conn().execute(
             "UPDATE users SET yubikey_counter = ? WHERE name = ?"
             " AND (yubikey_counter IS NULL OR yubikey_counter < ?)"
             " AND EXISTS (SELECT 1 FROM enrolments"
@@ -513,7 +344,7 @@ class UserStore:
         digests = {self._hasher.digest(name, code) for code in codes}
         if None in digests:
             raise ValueError("not a backup code")
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._ensure(conn, name, now)
             conn.execute("DELETE FROM backup_codes WHERE user = ?", (name,))
             conn.executemany(
@@ -527,7 +358,7 @@ class UserStore:
         digest = self._hasher.digest(name, code)
         if digest is None:
             return False
-        cursor = self._conn().execute(
+        cursor = self._db.conn().execute(
             "UPDATE backup_codes SET used_at = ? WHERE user = ? AND code_hash = ?"
             " AND used_at IS NULL",
             (now, name, digest),
@@ -539,7 +370,7 @@ class UserStore:
     def request_reset(self, user: str, via: str, now: float) -> bool:
         """File a reset request; False when one is already pending (send no new email)."""
         name = identity_key(user)
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._ensure(conn, name, now)
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO reset_requests (user, requested_at, via, status)"
@@ -551,7 +382,7 @@ class UserStore:
     def approve_reset(self, user: str, now: float) -> bool:
         """Approve the pending request and clear the user's MFA so they enrol again."""
         name = identity_key(user)
-        with self._write() as conn:
+        with self._db.write() as conn:
             if not self._decide(conn, name, "approved", now):
                 return False
             self._clear_mfa(conn, name, now)
@@ -560,7 +391,7 @@ class UserStore:
 
     def clear_reset(self, user: str, now: float) -> bool:
         """Dismiss the pending request without touching the user's MFA."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             return self._decide(conn, identity_key(user), "cleared", now)
 
     @staticmethod
@@ -574,8 +405,8 @@ class UserStore:
 
     def list_resets(self, status: ResetStatus | None = "pending") -> list[ResetRequest]:
         if status is None:
-            return self._resets(self._conn(), "ORDER BY id", ())
-        return self._resets(self._conn(), "WHERE status = ? ORDER BY id", (status,))
+            return self._resets(self._db.conn(), "ORDER BY id", ())
+        return self._resets(self._db.conn(), "WHERE status = ? ORDER BY id", (status,))
 
     @staticmethod
     def _resets(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[ResetRequest]:
@@ -590,7 +421,7 @@ class UserStore:
 
     def lock_state(self, user: str, now: float) -> LockState:
         row = (
-            self._conn()
+            self._db.conn()
             .execute(
                 "SELECT failures, locked_until FROM users WHERE name = ?", (identity_key(user),)
             )
@@ -609,7 +440,7 @@ class UserStore:
         """
         check_lockout_arguments(max_failures, lockout_seconds)
         name = identity_key(user)
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._ensure(conn, name, now)
             failures, locked_until = conn.execute(
                 "SELECT failures, locked_until FROM users WHERE name = ?", (name,)
@@ -628,7 +459,7 @@ class UserStore:
         """Forget failures and any lockout (after a success, or by an operator). Not
         synced to disk (`_unsynced`): a reset lost in a power cut leaves a failure
         counted, which errs on the strict side."""
-        with self._unsynced() as conn:
+        with self._db.unsynced() as conn:
             conn.execute(
                 "UPDATE users SET failures = 0, locked_until = NULL WHERE name = ?",
                 (identity_key(user),),
@@ -638,7 +469,7 @@ class UserStore:
 
     def revoke_trust(self, user: str, now: float) -> bool:
         """End the user's trusted reconnects (core/trust.py); False when unknown."""
-        cursor = self._conn().execute(
+        cursor = self._db.conn().execute(
             "UPDATE users SET trust_not_before = ?, updated_at = ? WHERE name = ?",
             (now, now, identity_key(user)),
         )
@@ -655,7 +486,7 @@ class UserStore:
     def open_enrolment(self, user: str, until: float, now: float) -> None:
         """Let `user` enrol inside the RADIUS flow until `until` (replaces any window)."""
         name = identity_key(user)
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._ensure(conn, name, now)
             conn.execute(
                 "UPDATE users SET enrol_until = ?, updated_at = ? WHERE name = ?",
@@ -664,7 +495,7 @@ class UserStore:
 
     def close_enrolment(self, user: str, now: float) -> bool:
         """Close the user's window; False when none was open."""
-        cursor = self._conn().execute(
+        cursor = self._db.conn().execute(
             "UPDATE users SET enrol_until = NULL, updated_at = ? WHERE name = ?"
             " AND enrol_until IS NOT NULL",
             (now, identity_key(user)),
@@ -683,7 +514,7 @@ class UserStore:
         """
         check_lockout_arguments(max_failures, lockout_seconds)
         name = identity_key(user)
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._ensure(conn, name, now)
             row = conn.execute(
                 "SELECT failures, locked_until FROM users WHERE name = ?", (name,)
@@ -699,7 +530,7 @@ class UserStore:
     def release_attempt(self, user: str, now: float, max_failures: int) -> None:
         """Give back a reserved attempt whose result was not the user's fault."""
         name = identity_key(user)
-        with self._write() as conn:
+        with self._db.write() as conn:
             row = conn.execute(
                 "SELECT failures, locked_until FROM users WHERE name = ?", (name,)
             ).fetchone()

@@ -16,7 +16,8 @@ import pytest
 
 from mfaproxy.cli.main import main
 from mfaproxy.store.rekey import REKEY_VERSION
-from mfaproxy.store.users import MIGRATIONS, UserStore
+from mfaproxy.store.sqlite_schema import MIGRATIONS
+from mfaproxy.store.users import UserStore
 from tests.store.test_identity_migration import version, write_old_user
 from tests.store.test_user_store_contract import KEY, SqliteBackend
 from tests.support.daemon import REPO

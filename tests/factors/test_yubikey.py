@@ -22,8 +22,9 @@ from mfaproxy.observability import metrics
 from mfaproxy.store import users as users_module
 from mfaproxy.store.async_users import AsyncUserStore
 from mfaproxy.store.crypto import load_or_create_key
+from mfaproxy.store.sqlite_schema import MIGRATIONS
 from mfaproxy.store.state import MemoryStateStore
-from mfaproxy.store.users import MIGRATIONS, UserStore
+from mfaproxy.store.users import UserStore
 from tests.support.ports import free_port
 from tests.support.yubicloud import FakeYubicloud, SimulatedKey, sign
 

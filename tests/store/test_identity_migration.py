@@ -26,7 +26,8 @@ from mfaproxy.store.crypto import SecretBox
 from mfaproxy.store.postgres_users import PostgresUserStore
 from mfaproxy.store.records import UserRepository
 from mfaproxy.store.rekey import REKEY_VERSION, plan_rekey
-from mfaproxy.store.users import MIGRATIONS, UserStore
+from mfaproxy.store.sqlite_schema import MIGRATIONS
+from mfaproxy.store.users import UserStore
 from tests.store.test_user_store_contract import (
     KEY,
     T0,

@@ -58,7 +58,7 @@ def race(workers: int, action: Callable[[], bool]) -> list[bool]:
 def test_database_file_is_private_and_durable(store: UserStore, db_path: Path) -> None:
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o700
-    conn = store._conn()
+    conn = store._db.conn()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -171,7 +171,7 @@ def test_unsynced_marks_survive_a_crash_of_the_process(tmp_path: Path) -> None:
         record = after.get_user("alice")
         assert record is not None and record.totp_last_step == 1000 and record.failures == 0
         # Other writes are synced as before.
-        synchronous = after._conn().execute("PRAGMA synchronous").fetchone()[0]
+        synchronous = after._db.conn().execute("PRAGMA synchronous").fetchone()[0]
         assert synchronous == 2  # FULL
     finally:
         after.close()
