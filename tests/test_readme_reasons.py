@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from mfaproxy import errors
-from mfaproxy.directory.ldap import AD_REASONS
+from mfaproxy.directory.ldap_results import AD_REASONS
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mfaproxy"

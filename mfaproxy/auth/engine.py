@@ -324,25 +324,8 @@ class Engine:
         """The directory's answer, unless the password guard refuses the attempt: then
         no password is checked at all (auth/password_guard.py)."""
         source = source_of(ctx.client.name, request.calling_station_id)
-        attempt = await self.guard.begin(login.key, source, now)
-        if isinstance(attempt, Throttled):
-            return self._throttled(ctx, attempt)
-        try:
-            primary = await self.checker.authenticate(login.directory_name, password)
-        except BaseException:
-            # No outcome (shed under overload, cancelled at shutdown, a bug): the password
-            # was never judged, so the attempt must not count as a failure.
-            await self.guard.abandoned(attempt)
-            raise
-        if primary.outcome is PrimaryOutcome.UNAVAILABLE:
-            await self.guard.abandoned(attempt)
-        elif primary.outcome is PrimaryOutcome.REJECT:
-            await self.guard.failed(attempt, primary.identity, now)
-        else:
-            throttled = await self.guard.succeeded(attempt, primary.identity, now)
-            if throttled is not None:
-                return self._throttled(ctx, throttled)
-        return primary
+        checked = await self.guard.check(self.checker, login, source, password, now)
+        return self._throttled(ctx, checked) if isinstance(checked, Throttled) else checked
 
     def _throttled(self, ctx: RequestContext, throttled: Throttled) -> Answer:
         ctx.audit.update(

@@ -6,20 +6,37 @@ directory bind, no argon2): the engine answers Reject `password_throttled`. Afte
 a wrong password keeps its reservation (a counted failure); a right one, or a
 directory outage, releases it. The rule of each counter is core/throttle.py.
 
+A login is checked in two phases (directory/base.py): the directory locates the user
+without the password (the users file's entry; the LDAP service account's search, made
+anyway), then verifies the password. Between the two the attempt is also reserved, in
+a second atomic call, on the counter of the identity the directory found: so every
+alias of one entry (`sam`, `sam@example.org` under a two-attribute LDAP filter, any
+spelling the directory matches and core/identity.py does not fold) is counted on one
+counter before any of its passwords is tested, whether the user ever logged in or not,
+and a concurrent burst under fresh aliases cannot get more than one budget. When that
+counter refuses, the first reservation is given back (a refused attempt is never
+recorded) and no password is tested.
+
 The counters of an attempt (README "Security" states the rule with its numbers):
 
 - `source:` NAS entry plus Calling-Station-Id, for every user named from it (password
   spraying). None without a Calling-Station-Id: the NAS alone would lump all its users
   together, and one guesser could lock them all out.
 - `user:` the normalised typed name, at sources the user has not logged in from
-  (unknown sources), plus the counter of the directory's identity for that name once
-  learnt (scope `identity`; it is `user:<identity>`, so `sam` typed as such and the
-  aliases `sam@example.org` and `EXAMPLE\\sam` of one entry all add up on `user:sam`).
+  (unknown sources), plus the counter of the identity (scope `identity`; it is
+  `user:<identity>`, so `sam` typed as such and the aliases `sam@example.org` and
+  `EXAMPLE\\sam` of one entry all add up on `user:sam`): the located identity, or,
+  where the directory cannot locate without the password (an upstream RADIUS server,
+  an LDAP direct bind without a service account), the identity learnt for the name
+  from an earlier answer. A name the directory does not know has only its own counter
+  (the same reply as a wrong password, and nothing stored for it but that counter).
 - `known_source:` (user, source) at a known source: one where the user's password was right in
-  the last `known_source_days`. The user counter does not apply there, so guessing from
+  the last `known_source_days` (recorded for the typed name and the identity). The user
+  counter does not apply there, so guessing from
   elsewhere can lock the user out of new sources only, never out of one they use; a
   success there forgets that counter's failures (NIST SP 800-63B section 5.2.2 asks to
-  disregard earlier failures from the place of a success).
+  disregard earlier failures from the place of a success). The located identity's
+  (identity, source) counter is reserved too, so aliases add up there as well.
 
 Known sources and the name-to-identity map are values in the state store (sealed).
 When that store is down the guard follows `server.store_failmode`: `secure` lets the
@@ -35,7 +52,10 @@ from typing import Literal
 import structlog
 
 from mfaproxy.config.throttle import PasswordThrottleConfig
+from mfaproxy.core.identity import LoginName
+from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.core.throttle import Rule
+from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.errors import UpstreamError
 from mfaproxy.observability import metrics
 from mfaproxy.store.ids import unique_token
@@ -68,7 +88,12 @@ class Attempt:
     source: str | None
     known: bool  # the user has logged in from this source before
     identity: str | None = None  # learnt before this attempt
+    located: str | None = None  # found by the directory before the password was tested
     reserved: list[tuple[Scope, str]] = field(default_factory=list)
+
+    def counts(self, identity: str) -> bool:
+        """Whether this attempt is already counted on `identity`'s user counter."""
+        return identity in (self.user, self.identity, self.located)
 
 
 def pair(user: str, source: str) -> str:
@@ -162,6 +187,75 @@ class PasswordGuard:
         attempt.reserved = plan
         return attempt
 
+    async def check(
+        self,
+        checker: PasswordChecker,
+        login: LoginName,
+        source: str | None,
+        password: str,
+        now: float,
+    ) -> PrimaryResult | Throttled:
+        """The directory's answer about `password`, or the counter that refused the
+        attempt (then no password was tested)."""
+        attempt = await self.begin(login.key, source, now)
+        if isinstance(attempt, Throttled):
+            return attempt
+        try:
+            located = await checker.locate(login.directory_name)
+            if located.identity is not None:
+                refused = await self.located(attempt, located.identity, now)
+                if refused is not None:
+                    return refused
+            primary = located.answer or await checker.verify(located, password)
+        except BaseException:
+            # No outcome (shed under overload, cancelled at shutdown, a bug): the password
+            # was never judged, so the attempt must not count as a failure.
+            await self.abandoned(attempt)
+            raise
+        if primary.outcome is PrimaryOutcome.UNAVAILABLE:
+            await self.abandoned(attempt)
+        elif primary.outcome is PrimaryOutcome.REJECT:
+            await self.failed(attempt, primary.identity or located.identity, now)
+        else:
+            throttled = await self.succeeded(attempt, primary.identity, now)
+            if throttled is not None:
+                return throttled
+        return primary
+
+    async def located(self, attempt: Attempt, identity: str, now: float) -> Throttled | None:
+        """The directory found `identity` before the password is tested: reserve the
+        attempt on its counter too, atomically, or give the whole attempt back."""
+        if not attempt.reserved:
+            return None  # not throttled (disabled, or the store was down under `safe`)
+        if attempt.known:
+            assert attempt.source is not None  # only a source can be known
+            extra: tuple[Scope, str] | None = (
+                None
+                if identity == attempt.user
+                else ("known_source", pair(identity, attempt.source))
+            )
+        else:
+            extra = None if attempt.counts(identity) else ("identity", identity)
+        attempt.located = identity
+        if extra is None:
+            return None
+        try:
+            refusal = await self.throttle.reserve([self._counter(*extra)], attempt.token, now)
+            if refusal is not None:
+                await self.throttle.release(self._names(attempt), attempt.token)
+        except UpstreamError as exc:
+            if self.failmode != "safe":
+                raise
+            log.error("password_throttle_unavailable", error=str(exc), failmode="safe")
+            metrics.STORE_FAILMODE.labels(action="unthrottled").inc()
+            return None
+        if refusal is not None:
+            attempt.reserved = []
+            metrics.PASSWORD_THROTTLE.labels(scope=extra[0], event="refused").inc()
+            return Throttled(extra[0], max(0.0, refusal.retry_at - now))
+        attempt.reserved.append(extra)
+        return None
+
     async def failed(self, attempt: Attempt, identity: str | None, now: float) -> None:
         """A wrong password: the reservation stands. When the directory named the
         identity, it is counted there too and remembered for the name."""
@@ -170,7 +264,7 @@ class PasswordGuard:
         if not attempt.reserved or identity is None or attempt.known:
             return
         try:
-            if identity not in (attempt.user, attempt.identity):
+            if not attempt.counts(identity):
                 await self.throttle.add(self._counter("identity", identity), attempt.token, now)
                 metrics.PASSWORD_THROTTLE.labels(scope="identity", event="failure").inc()
             await self._remember_identity(attempt, identity, now)
@@ -198,8 +292,10 @@ class PasswordGuard:
     ) -> Throttled | None:
         await self.throttle.release(self._names(attempt), attempt.token)
         if attempt.known:
-            await self.throttle.clear(self._counter("known_source", attempt.reserved[0][1])[0])
-        elif identity is not None and identity not in (attempt.user, attempt.identity):
+            for scope, name in attempt.reserved:
+                if scope == "known_source":
+                    await self.throttle.clear(self._counter(scope, name)[0])
+        elif identity is not None and not attempt.counts(identity):
             retry_at = await self.throttle.check(self._counter("identity", identity), now)
             if retry_at is not None:
                 metrics.PASSWORD_THROTTLE.labels(scope="identity", event="refused").inc()
@@ -207,8 +303,11 @@ class PasswordGuard:
         if identity is not None:
             await self._remember_identity(attempt, identity, now)
         if attempt.source is not None and self.settings.known_source_days > 0:
-            key = pair(attempt.user, attempt.source)
-            await self.state.put(KNOWN_SOURCES, key, {"since": now}, self.memory_seconds, now)
+            # Known for the name typed and for the identity: typing the identity's own
+            # spelling there later is known too.
+            for name in dict.fromkeys(filter(None, (attempt.user, identity))):
+                key = pair(name, attempt.source)
+                await self.state.put(KNOWN_SOURCES, key, {"since": now}, self.memory_seconds, now)
         return None
 
     async def abandoned(self, attempt: Attempt) -> None:

@@ -47,6 +47,29 @@ class PrimaryResult:
         return self.outcome is PrimaryOutcome.ACCEPT
 
 
+@dataclass(frozen=True)
+class Located:
+    """What the directory found for a user name before any password is tested (the
+    first of a login's two phases: locate, then verify), so the attempt can be counted
+    on the user's identity before the password is.
+
+    - `identity` set: the entry was found (the users-file key, the LDAP entry found by
+      the service account's search); the same identity the ACCEPT would carry.
+    - `answer` set: the directory already answered without a password (an LDAP search
+      that found nobody, or two entries, or no server): the password is never tested.
+    - neither: the directory cannot say before the password (an upstream RADIUS server,
+      an LDAP direct bind without a service account) or does not know the name but
+      verifies a dummy anyway (the users file, for equal timing).
+    """
+
+    username: str  # as the directory was asked about it
+    identity: str | None = None
+    answer: PrimaryResult | None = None
+    # The backend's own record of what it found (the LDAP entry), for its `verify`:
+    # the search is not made twice.
+    found: object = None
+
+
 class LookupStatus(enum.Enum):
     FOUND = "found"
     NOT_FOUND = "not_found"

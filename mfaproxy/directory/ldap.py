@@ -6,6 +6,11 @@ Two ways to find the user's entry:
   then the found DN is bound with the user's password (RFC 4513 section 5.1.3);
 - direct bind: the DN is built from `user_dn_template` and bound; no service account.
 
+A login is two phases (directory/base.py): `locate` runs the service account's search
+(or reads the templated DN) and names the identity before any password is tested, so
+the password guard can count the attempt on it; `verify` binds the entry found, with
+no second search. Without a service account nothing can be located before the bind.
+
 Connections are persistent and pooled per server, like FreeRADIUS's rlm_ldap: one pool
 bound as the service account for searches, one for user binds (directory/ldap_pool.py).
 The groups come with the user's entry (`memberOf`) in the same search, so a login is
@@ -22,11 +27,11 @@ log line, metric label or exception message.
 
 from __future__ import annotations
 
-import re
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import ldap
 import ldap.dn
@@ -36,58 +41,35 @@ import structlog
 from mfaproxy.admission.pool import BoundedPool
 from mfaproxy.config.directory import LdapConfig
 from mfaproxy.core.identity import normalise, normalise_dn
-from mfaproxy.core.primary import IdentityLookup, LookupStatus, PrimaryOutcome, PrimaryResult
+from mfaproxy.core.primary import (
+    IdentityLookup,
+    Located,
+    LookupStatus,
+    PrimaryOutcome,
+    PrimaryResult,
+)
 from mfaproxy.directory.ldap_pool import ConnectionFactory, ConnectionPool, TlsFailure, Unreachable
+from mfaproxy.directory.ldap_results import (
+    INVALID_CREDENTIALS,
+    RejectError,
+    ServerError,
+    bind_reject_reason,
+    error_name,
+    first_rdn_value,
+    info,
+    on_server,
+    user_bind,
+)
 from mfaproxy.errors import ConfigError
 from mfaproxy.observability.metrics import UPSTREAM_LATENCY, UPSTREAM_UP
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 SERVICE = "ldap"
 HOLD_DOWN_SECONDS = 30.0
 # How long a readiness probe's answer is reused.
 HEALTH_CACHE_SECONDS = 2.0
-
-# Result codes, RFC 4511 appendix A.
-INVALID_CREDENTIALS = 49
-# Codes that say the server, not the user, has a problem: try the next server.
-# strongerAuthRequired (8) and confidentialityRequired (13) mean TLS is needed: a
-# configuration fault, not a wrong password.
-SERVER_TROUBLE = frozenset({1, 2, 3, 8, 11, 12, 13, 51, 52, 80})
-
-# Active Directory explains invalidCredentials with "data <hex>" in the diagnostic
-# message; the values are Win32 error codes (MS-ERREF section 2.2). An operator acts
-# differently on a locked or expired account than on a typo.
-AD_REASONS = {
-    "525": "no_such_user",
-    "52e": "bad_password",
-    "530": "logon_hours",
-    "531": "workstation_restricted",
-    "532": "password_expired",
-    "533": "account_disabled",
-    "701": "account_expired",
-    "773": "must_change_password",
-    "775": "account_locked",
-}
-_AD_DATA = re.compile(r"\bdata ([0-9a-f]{3})\b", re.IGNORECASE)
-
-
-class _RejectError(Exception):
-    """The directory answered, and the answer is no."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _ServerError(Exception):
-    """This server could not answer; the next one is tried."""
-
-    def __init__(self, reason: str, error: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        # An exception class or result-code name: never a message, which may echo input.
-        self.error = error
 
 
 @dataclass(frozen=True)
@@ -103,6 +85,14 @@ class _Entry:
     def first(self, name: str) -> str | None:
         values = self.values(name)
         return values[0] if values else None
+
+
+@dataclass
+class _Found:
+    """A located entry (core/primary.py Located.found), and what the search cost."""
+
+    entry: _Entry
+    seconds: float = 0.0
 
 
 @dataclass
@@ -149,21 +139,56 @@ class LdapChecker:
             log.warning("ldap.cleartext_passwords", hint="use ldaps:// or start_tls")
 
     async def authenticate(self, username: str, password: str) -> PrimaryResult:
+        return await self.verify(await self.locate(username), password)
+
+    async def locate(self, username: str) -> Located:
+        """The user's entry, found with the service account before the password is
+        tested: the search every login makes anyway, its entry reused by `verify` (no
+        second search). Without a service account (a direct bind) the entry can only be
+        read once bound, so nothing is located."""
+        if not username or any(ord(char) < 32 or ord(char) == 127 for char in username):
+            return Located(username, answer=self._result(PrimaryOutcome.REJECT, "bad_username"))
+        if self._closed:
+            return Located(username, answer=self._result(PrimaryOutcome.UNAVAILABLE, "closed"))
+        if self._config.bind_dn is None:
+            return Located(username)
+        started = time.perf_counter()
+        located = await self._on_servers(
+            lambda url: self._locate_on(url, username),
+            lambda reason: Located(
+                username, answer=self._result(PrimaryOutcome.UNAVAILABLE, reason)
+            ),
+        )
+        seconds = time.perf_counter() - started
+        if located.answer is not None:
+            self._observe(located.answer, seconds)
+        elif isinstance(located.found, _Found):
+            located.found.seconds = seconds
+        return located
+
+    async def verify(self, located: Located, password: str) -> PrimaryResult:
+        if located.answer is not None:
+            return located.answer
         # RFC 4513 section 5.1.2: a simple bind with a DN and an empty password is an
         # "unauthenticated bind" that many servers (Active Directory among them) answer
         # with success. Refuse it here, before any server sees it.
         if not password:
             return self._result(PrimaryOutcome.REJECT, "empty_password")
-        if not username or any(ord(char) < 32 or ord(char) == 127 for char in username):
-            return self._result(PrimaryOutcome.REJECT, "bad_username")
         if self._closed:
             return self._result(PrimaryOutcome.UNAVAILABLE, "closed")
+        found = located.found if isinstance(located.found, _Found) else None
+        entry, username = (found.entry if found else None), located.username
         started = time.perf_counter()
-        result = await self._try_servers(username, password)
-        UPSTREAM_LATENCY.labels(service=SERVICE, result=result.outcome.value).observe(
-            time.perf_counter() - started
+        result = await self._on_servers(
+            lambda url: self._attempt(url, username, password, entry),
+            lambda reason: self._result(PrimaryOutcome.UNAVAILABLE, reason),
         )
+        self._observe(result, time.perf_counter() - started + (found.seconds if found else 0.0))
         return result
+
+    @staticmethod
+    def _observe(result: PrimaryResult, seconds: float) -> None:
+        UPSTREAM_LATENCY.labels(service=SERVICE, result=result.outcome.value).observe(seconds)
 
     async def close(self) -> None:
         self._closed = True
@@ -180,39 +205,51 @@ class LdapChecker:
         for url in self._servers_in_order(time.monotonic()):
             try:
                 return await self._executor.run(self._lookup, url, username)
-            except (_ServerError, Unreachable, TlsFailure, ldap.LDAPError):
+            except (ServerError, Unreachable, TlsFailure, ldap.LDAPError):
                 continue
         return IdentityLookup(LookupStatus.UNKNOWN, detail="no LDAP server answered")
 
     def _lookup(self, url: str, username: str) -> IdentityLookup:
-        config, service = self._config, self._pools[url].service
         try:
-            if config.user_dn_template is not None:
-                dn = config.user_dn_template.replace(
-                    "{username}", ldap.dn.escape_dn_chars(username)
-                )
-                entry = service.run(lambda conn: self._read_entry(conn, dn))
-                if not entry.attributes:
-                    return IdentityLookup(LookupStatus.NOT_FOUND)
-            else:
-                entry = service.run(lambda conn: self._find_user(conn, username))
-        except _RejectError as rejected:
+            entry = self._locate_entry(self._pools[url], username)
+        except RejectError as rejected:
             if rejected.reason == "no_such_user":
                 return IdentityLookup(LookupStatus.NOT_FOUND)
             return IdentityLookup(LookupStatus.UNKNOWN, detail=rejected.reason)
+        if entry is None:
+            return IdentityLookup(LookupStatus.NOT_FOUND)
         return IdentityLookup(LookupStatus.FOUND, self._identity(entry))
+
+    def _locate_entry(self, pools: _ServerPools, username: str) -> _Entry | None:
+        """The entry the user filter (or the DN template) names, read as the service
+        account; None when the template's DN has nothing readable. Raises RejectError
+        (no_such_user, ambiguous_user)."""
+        if self._config.user_dn_template is not None:
+            dn = self._templated_dn(username)
+            read: _Entry = pools.service.run(lambda conn: self._read_entry(conn, dn))
+            return read if read.attributes else None
+        found: _Entry = pools.service.run(lambda conn: self._find_user(conn, username))
+        return found
+
+    def _templated_dn(self, username: str) -> str:
+        assert self._config.user_dn_template is not None
+        return self._config.user_dn_template.replace(
+            "{username}", ldap.dn.escape_dn_chars(username)
+        )
 
     def idle_connections(self, url: str) -> tuple[int, int]:
         """(service, bind) connections kept open to `url` (for tests and operators)."""
         pools = self._pools[url]
         return pools.service.idle, pools.bind.idle
 
-    async def _try_servers(self, username: str, password: str) -> PrimaryResult:
+    async def _on_servers(self, call: Callable[[str], T], down: Callable[[str], T]) -> T:
+        """`call(url)` on a pool thread, server after server until one answers; `down`
+        of the last failure's reason when none does."""
         reason = "unreachable"
         for url in self._servers_in_order(time.monotonic()):
             try:
-                result = await self._executor.run(self._attempt, url, username, password)
-            except _ServerError as failure:
+                result = await self._executor.run(call, url)
+            except ServerError as failure:
                 reason = failure.reason
                 self._failed_at[url] = time.monotonic()
                 self._up.discard(url)
@@ -228,7 +265,7 @@ class LdapChecker:
                 UPSTREAM_UP.labels(service=SERVICE, server=url).set(1)
             return result
         log.error("ldap.unavailable", servers=len(self._config.servers), reason=reason)
-        return self._result(PrimaryOutcome.UNAVAILABLE, reason)
+        return down(reason)
 
     def _servers_in_order(self, now: float) -> list[str]:
         """Configured order, except that servers which failed lately go last."""
@@ -249,28 +286,35 @@ class LdapChecker:
 
     # ------------------------------------------------------------------ worker thread
 
-    def _attempt(self, url: str, username: str, password: str) -> PrimaryResult:
-        """One server, start to finish. Raises _ServerError when it cannot answer."""
+    def _locate_on(self, url: str, username: str) -> Located:
+        """One server's search for the user. Raises ServerError when it cannot answer."""
         try:
-            return self._check(self._pools[url], username, password)
-        except _RejectError as rejected:
-            return self._result(PrimaryOutcome.REJECT, rejected.reason)
-        except Unreachable:
-            raise _ServerError("unreachable", "SERVER_DOWN") from None
-        except TlsFailure:
-            raise _ServerError("tls_error", "TLS") from None
-        except (ldap.TIMEOUT, ldap.TIMELIMIT_EXCEEDED) as exc:
-            raise _ServerError("timeout", type(exc).__name__) from None
-        except ldap.LDAPError as exc:
-            raise _ServerError("server_error", _error_name(exc)) from None
+            entry = on_server(lambda: self._locate_entry(self._pools[url], username))
+        except RejectError as rejected:
+            return Located(username, answer=self._result(PrimaryOutcome.REJECT, rejected.reason))
+        if entry is None:
+            return Located(username)  # the bind decides, then the entry is read
+        return Located(username, identity=self._identity(entry), found=_Found(entry))
 
-    def _check(self, pools: _ServerPools, username: str, password: str) -> PrimaryResult:
+    def _attempt(
+        self, url: str, username: str, password: str, entry: _Entry | None
+    ) -> PrimaryResult:
+        """One server's bind. Raises ServerError when it cannot answer."""
+        try:
+            return on_server(lambda: self._check(self._pools[url], username, password, entry))
+        except RejectError as rejected:
+            return self._result(PrimaryOutcome.REJECT, rejected.reason)
+
+    def _check(
+        self, pools: _ServerPools, username: str, password: str, entry: _Entry | None
+    ) -> PrimaryResult:
+        """Bind as the user: the DN of the located `entry`, else of the DN template,
+        else of a search made now."""
         config = self._config
-        entry: _Entry | None = None
-        if config.user_dn_template is not None:
-            user_dn = config.user_dn_template.replace(
-                "{username}", ldap.dn.escape_dn_chars(username)
-            )
+        if entry is not None:
+            user_dn = entry.dn
+        elif config.user_dn_template is not None:
+            user_dn = self._templated_dn(username)
         else:
             entry = pools.service.run(lambda conn: self._find_user(conn, username))
             user_dn = entry.dn
@@ -279,13 +323,13 @@ class LdapChecker:
         try:
             secret = password.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
-            raise _RejectError("bad_password") from None
+            raise RejectError("bad_password") from None
         # Without a service account the entry (and the groups) are read as the user, on
         # the connection that user has just bound, before it goes back to the pool.
         as_user = config.bind_dn is None
 
         def bind(conn: Any) -> tuple[_Entry | None, set[str]]:
-            _user_bind(conn, user_dn, secret)
+            user_bind(conn, user_dn, secret)
             if not as_user:
                 return None, set()
             own = self._read_entry(conn, user_dn)
@@ -294,7 +338,7 @@ class LdapChecker:
         try:
             own, groups = pools.bind.run(bind)
         except ldap.INVALID_CREDENTIALS as exc:
-            raise _RejectError(bind_reject_reason(INVALID_CREDENTIALS, _info(exc))) from None
+            raise RejectError(bind_reject_reason(INVALID_CREDENTIALS, info(exc))) from None
         if entry is None:
             # Read with the service account's rights when there is one: users often may
             # not read group entries, and the attributes must not depend on their ACLs.
@@ -329,7 +373,7 @@ class LdapChecker:
         """Bind `conn` as the service account: None, or why the server refused."""
         try:
             self._service_bind(conn)
-        except _ServerError as failure:
+        except ServerError as failure:
             return failure.error
         return None
 
@@ -338,9 +382,9 @@ class LdapChecker:
         (no_such_user, ambiguous_user, or the search's error)."""
         try:
             return self._find_user(conn, username)
-        except _RejectError as refused:
+        except RejectError as refused:
             return refused.reason
-        except _ServerError as failure:
+        except ServerError as failure:
             return f"{failure.reason} ({failure.error})"
 
     async def health(self) -> str | None:
@@ -362,8 +406,8 @@ class LdapChecker:
                     self._pools[url].service.run(lambda conn: conn.whoami_s())
                 else:
                     self._pools[url].bind.run(lambda conn: conn.whoami_s())
-            except (Unreachable, TlsFailure, _ServerError, ldap.LDAPError) as exc:
-                reason = exc.reason if isinstance(exc, _ServerError) else type(exc).__name__
+            except (Unreachable, TlsFailure, ServerError, ldap.LDAPError) as exc:
+                reason = exc.reason if isinstance(exc, ServerError) else type(exc).__name__
                 failures.append(f"{url} {reason}")
                 continue
             return None
@@ -403,18 +447,18 @@ class LdapChecker:
         return normalise_dn(entry.dn)
 
     def _service_bind(self, conn: Any) -> None:
-        """Bind a new service connection; raises _ServerError when it is refused."""
+        """Bind a new service connection; raises ServerError when it is refused."""
         config = self._config
         secret = config.bind_password.get_secret_value() if config.bind_password else ""
         if not config.bind_dn or not secret:
             # Same trap as RFC 4513 section 5.1.2: an empty password binds as nobody.
-            raise _ServerError("service_bind_failed", "no bind_dn or bind_password")
+            raise ServerError("service_bind_failed", "no bind_dn or bind_password")
         try:
             conn.simple_bind_s(config.bind_dn, secret.encode())
         except (ldap.SERVER_DOWN, ldap.TIMEOUT):
             raise
         except ldap.LDAPError as exc:
-            raise _ServerError("service_bind_failed", _error_name(exc)) from None
+            raise ServerError("service_bind_failed", error_name(exc)) from None
 
     def _find_user(self, conn: Any, username: str) -> _Entry:
         # RFC 4515 section 3: escape the value so `*`, `(` and `)` are data, not syntax.
@@ -426,10 +470,10 @@ class LdapChecker:
         except ldap.SIZELIMIT_EXCEEDED:
             entries = [_Entry(""), _Entry("")]
         if not entries:
-            raise _RejectError("no_such_user")
+            raise RejectError("no_such_user")
         if len(entries) > 1:
             log.warning("ldap.ambiguous_user", username=username)
-            raise _RejectError("ambiguous_user")
+            raise RejectError("ambiguous_user")
         return entries[0]
 
     def _read_entry(self, conn: Any, user_dn: str) -> _Entry:
@@ -478,7 +522,7 @@ class LdapChecker:
         except (ldap.SERVER_DOWN, ldap.TIMEOUT, ldap.SIZELIMIT_EXCEEDED):
             raise
         except ldap.LDAPError as exc:
-            raise _ServerError("search_failed", _error_name(exc)) from None
+            raise ServerError("search_failed", error_name(exc)) from None
         # Continuation references (common on AD) come back with no DN: not entries.
         return [
             _Entry(dn, {name.lower(): values for name, values in attrs.items()})
@@ -499,53 +543,3 @@ def _check_ca_file(config: LdapConfig) -> None:
         ssl.create_default_context(cafile=str(config.ca_file))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError([f"directory.ldap.ca_file: cannot use {config.ca_file}"]) from exc
-
-
-def _info(exc: ldap.LDAPError) -> str:
-    detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-    return str(detail.get("info") or "")
-
-
-def _user_bind(conn: Any, user_dn: str, secret: bytes) -> None:
-    """Bind as the user. ldap.INVALID_CREDENTIALS passes through (the pool keeps the
-    connection: a refused bind says nothing about it); other refusals become
-    _RejectError or, when the server is in trouble, _ServerError."""
-    try:
-        conn.simple_bind_s(user_dn, secret)
-    except (ldap.INVALID_CREDENTIALS, ldap.SERVER_DOWN, ldap.TIMEOUT):
-        raise
-    except ldap.LDAPError as exc:
-        detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-        code = detail.get("result")
-        if code in SERVER_TROUBLE:
-            raise _ServerError("bind_failed", _error_name(exc)) from None
-        raise _RejectError(bind_reject_reason(code, _info(exc))) from None
-
-
-def bind_reject_reason(code: object, message: str) -> str:
-    """The reason for a refused user bind, with Active Directory's sub-codes."""
-    if code != INVALID_CREDENTIALS:
-        return "bind_refused"
-    match = _AD_DATA.search(message)
-    if match is None:
-        return "bad_password"
-    return AD_REASONS.get(match.group(1).lower(), "bad_password")
-
-
-def first_rdn_value(dn: str) -> str:
-    """`cn=VPN Users,ou=Groups,...` -> `VPN Users`, unescaped (RFC 4514 section 2.4)."""
-    try:
-        rdns = ldap.dn.str2dn(dn)
-    except ldap.DECODING_ERROR:
-        return dn
-    if not rdns or not rdns[0]:
-        return dn
-    value: str = rdns[0][0][1]
-    return value
-
-
-def _error_name(exc: BaseException) -> str:
-    """The exception class and result code: never its message, which may echo input."""
-    detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-    code = detail.get("result")
-    return f"{type(exc).__name__}({code})" if code is not None else type(exc).__name__

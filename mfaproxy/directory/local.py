@@ -36,7 +36,13 @@ from mfaproxy.admission.pool import BoundedPool
 from mfaproxy.config.base import Strict
 from mfaproxy.config.problems import render_all, schema_problems, yaml_line_map
 from mfaproxy.core.identity import name_problem, normalise
-from mfaproxy.core.primary import IdentityLookup, LookupStatus, PrimaryOutcome, PrimaryResult
+from mfaproxy.core.primary import (
+    IdentityLookup,
+    Located,
+    LookupStatus,
+    PrimaryOutcome,
+    PrimaryResult,
+)
 from mfaproxy.errors import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -269,8 +275,17 @@ class LocalChecker:
             return False
 
     async def authenticate(self, username: str, password: str) -> PrimaryResult:
+        return await self.verify(await self.locate(username), password)
+
+    async def locate(self, username: str) -> Located:
+        """The file's key for the name, when it has that entry; an unknown name gets no
+        answer yet: `verify` still spends a (dummy) hash on it."""
         key = normalise(username)
-        user = self._users.get(key)
+        return Located(username, identity=key if key in self._users else None)
+
+    async def verify(self, located: Located, password: str) -> PrimaryResult:
+        key = located.identity
+        user = self._users.get(key) if key is not None else None
         stored = user.password_hash if user else self._dummy_hash
         ok = await self._pool.run(self._verify, stored, password)
         if user is None:

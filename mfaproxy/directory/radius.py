@@ -41,6 +41,7 @@ from mfaproxy.config.directory import RadiusDirectoryConfig, RealmRule
 from mfaproxy.core.identity import directory_identity
 from mfaproxy.core.primary import (
     IdentityLookup,
+    Located,
     LookupStatus,
     PrimaryOutcome,
     PrimaryResult,
@@ -87,6 +88,15 @@ class RadiusChecker:
             require_message_authenticator=config.require_message_authenticator,
             setting="directory.radius.require_message_authenticator: false",
         )
+
+    async def locate(self, username: str) -> Located:
+        # RADIUS has no question without the password: the identity comes with the
+        # Accept only, so the password guard counts on the typed name (and the identity
+        # it learnt from an earlier Accept) until then.
+        return Located(username)
+
+    async def verify(self, located: Located, password: str) -> PrimaryResult:
+        return await self.authenticate(located.username, password)
 
     async def authenticate(self, username: str, password: str) -> PrimaryResult:
         if len(password.encode()) > MAX_PASSWORD_OCTETS:

@@ -6,11 +6,22 @@ the engine would pass them (the normalised identity, or None)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Literal
+
+import pytest
+
 from mfaproxy.auth.password_guard import Attempt, PasswordGuard, Throttled, source_of
+from mfaproxy.config.stores import RedisSettings
 from mfaproxy.config.throttle import PasswordThrottleConfig
+from mfaproxy.errors import UpstreamError
+from mfaproxy.observability import metrics
+from mfaproxy.store.redis_state import RedisStateStore
+from mfaproxy.store.redis_throttle import RedisThrottle
 from mfaproxy.store.sealed import SealedStateStore
 from mfaproxy.store.state import MemoryStateStore
 from mfaproxy.store.throttle import MemoryThrottle
+from tests.support.redis_server import RedisServer
 
 NOW = 1_800_000_000.0
 DN = "uid=sam,ou=people,dc=example,dc=org"
@@ -83,3 +94,90 @@ async def test_the_identity_is_the_counter_of_its_own_name() -> None:
         await fail(g, "sam", None, source_of("vpn", f"192.0.2.{i}"))
     refused = await g.begin("sam.alias", source_of("vpn", "192.0.2.99"), NOW)
     assert refused == Throttled("identity", 1.0)
+
+
+# --------------------------------------------------------------------------- located identities
+
+
+def events(g: PasswordGuard) -> dict[str, int]:
+    counters = g.throttle._counters  # type: ignore[attr-defined]
+    return {name: len(found.times) for name, found in counters.items() if found.times}
+
+
+async def test_a_located_identity_that_waits_gives_the_whole_attempt_back() -> None:
+    """A refused attempt is never recorded: not on the typed name, not on the source."""
+    g = guard()
+    for _ in range(5):
+        await fail(g, "sam", None, None)
+    attempt = await g.begin("sam@example.org", SOMEWHERE, NOW)
+    assert isinstance(attempt, Attempt)  # a name never seen: its own counter is fresh
+    assert await g.located(attempt, "sam", NOW) == Throttled("identity", 1.0)
+    assert events(g) == {"user:sam": 5}
+    assert attempt.reserved == []
+
+
+async def test_a_located_identity_is_reserved_before_the_password() -> None:
+    g = guard()
+    attempt = await g.begin("sam@example.org", SOMEWHERE, NOW)
+    assert isinstance(attempt, Attempt)
+    assert await g.located(attempt, "sam", NOW) is None
+    assert events(g) == {"user:sam@example.org": 1, "user:sam": 1, f"source:{SOMEWHERE}": 1}
+    await g.abandoned(attempt)  # the directory went down: no guess after all
+    assert events(g) == {}
+
+
+async def test_the_located_identity_is_not_counted_twice() -> None:
+    g = guard()
+    attempt = await g.begin("sam@example.org", None, NOW)
+    assert isinstance(attempt, Attempt)
+    assert await g.located(attempt, "sam", NOW) is None
+    await g.failed(attempt, "sam", NOW)  # the identity named again after the bind
+    assert events(g) == {"user:sam@example.org": 1, "user:sam": 1}
+    same = await g.begin("sam", None, NOW)
+    assert isinstance(same, Attempt)
+    assert await g.located(same, "sam", NOW) is None
+    assert same.reserved == [("user", "sam")]
+
+
+async def test_a_disabled_guard_reserves_nothing_on_location() -> None:
+    state = SealedStateStore(MemoryStateStore(), bytes(32))
+    g = PasswordGuard(PasswordThrottleConfig(enabled=False), MemoryThrottle(), state)
+    attempt = await g.begin("sam@example.org", SOMEWHERE, NOW)
+    assert isinstance(attempt, Attempt)
+    assert await g.located(attempt, "sam", NOW) is None
+    assert events(g) == {}
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.mark.parametrize("failmode", ["secure", "safe"])
+async def test_the_store_down_between_locate_and_verify(
+    redis_server: RedisServer, failmode: Literal["secure", "safe"]
+) -> None:
+    """secure: the store error goes through (the engine rejects, store_unavailable);
+    safe: the password is checked unthrottled, and that is counted."""
+    redis_server.flush()
+    store = RedisStateStore(RedisSettings.model_validate({"url": redis_server.url}))
+    g = PasswordGuard(
+        PasswordThrottleConfig(), RedisThrottle(store), SealedStateStore(store, bytes(32)), failmode
+    )
+    try:
+        attempt = await g.begin("sam@example.org", SOMEWHERE, NOW)
+        assert isinstance(attempt, Attempt)
+        redis_server.stop()
+        labels = {"action": "unthrottled"}
+        before = metrics.REGISTRY.get_sample_value("mfaproxy_store_failmode_total", labels) or 0
+        if failmode == "secure":
+            with pytest.raises(UpstreamError):
+                await g.located(attempt, "sam", NOW)
+        else:
+            assert await g.located(attempt, "sam", NOW) is None
+            after = metrics.REGISTRY.get_sample_value("mfaproxy_store_failmode_total", labels)
+            assert after == before + 1
+    finally:
+        redis_server.start()
+        await store.close()

@@ -15,7 +15,7 @@ import pytest
 
 from mfaproxy.config.stores import RedisSettings
 from mfaproxy.core.answer import Answer, Outcome
-from mfaproxy.core.primary import IdentityLookup, PrimaryResult
+from mfaproxy.core.primary import IdentityLookup, Located, PrimaryResult
 from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.observability import metrics
 from mfaproxy.store.redis_state import RedisStateStore
@@ -29,7 +29,8 @@ SKIP_MFA: dict[str, Any] = {"access_policies": {"mfa": {"default_action": "mfa_s
 
 
 class Checks:
-    """The real checker, counting the passwords it is asked about."""
+    """The real checker, counting the passwords it is asked about (`verify`: a user
+    located without a password costs none)."""
 
     def __init__(self, inner: PasswordChecker) -> None:
         self.inner = inner
@@ -37,8 +38,14 @@ class Checks:
         self.count = 0
 
     async def authenticate(self, username: str, secret: str) -> PrimaryResult:
+        return await self.verify(await self.locate(username), secret)
+
+    async def locate(self, username: str) -> Located:
+        return await self.inner.locate(username)
+
+    async def verify(self, located: Located, secret: str) -> PrimaryResult:
         self.count += 1
-        return await self.inner.authenticate(username, secret)
+        return await self.inner.verify(located, secret)
 
     async def health(self) -> str | None:
         return await self.inner.health()

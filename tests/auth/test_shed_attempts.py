@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mfaproxy.core.answer import Outcome
-from mfaproxy.core.primary import PrimaryResult
+from mfaproxy.core.primary import Located, PrimaryResult
 from mfaproxy.directory.base import PasswordChecker
 from mfaproxy.errors import Shed
 from tests.auth.harness import Harness, password
@@ -26,11 +26,11 @@ class Shedding:
         self.name = inner.name
         self.count = count
 
-    async def authenticate(self, username: str, secret: str) -> PrimaryResult:
+    async def verify(self, located: Located, secret: str) -> PrimaryResult:
         if self.count:
             self.count -= 1
             raise Shed("hash_wait")
-        return await self.inner.authenticate(username, secret)
+        return await self.inner.verify(located, secret)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -20,7 +20,8 @@ from mfaproxy.config.directory import LdapConfig
 from mfaproxy.core.groups import in_group
 from mfaproxy.core.primary import PrimaryOutcome, PrimaryResult
 from mfaproxy.directory.base import PasswordChecker
-from mfaproxy.directory.ldap import LdapChecker, bind_reject_reason, first_rdn_value
+from mfaproxy.directory.ldap import LdapChecker
+from mfaproxy.directory.ldap_results import bind_reject_reason, first_rdn_value
 from mfaproxy.observability.metrics import REGISTRY
 from tests.support.ports import free_port
 from tests.support.slapd import (
@@ -556,3 +557,66 @@ async def test_group_search_names_groups_under_its_own_base(
     assert not in_group(carol.groups, "mfa-admins")
     alice = await make_checker(config).authenticate("alice", ALICE.password)
     assert in_group(alice.groups, "mfa-admins")
+
+
+# --------------------------------------------------------------------------- locate, then verify
+# The password guard counts an attempt on the identity between the two (auth/password_guard.py).
+
+
+def user_binds(slapd: SlapdServer, user: LdapTestUser) -> int:
+    """Binds as `user` slapd received (its `stats` log: `BIND dn=... method=128`)."""
+    return slapd.log_text().lower().count(f'bind dn="{user.dn.lower()}" method=')
+
+
+@pytest.mark.parametrize("typed", ["alice", "ALICE@example.org", "alice@EXAMPLE.ORG"])
+async def test_locate_names_the_identity_without_the_password(
+    slapd: SlapdServer, make_checker: Factory, typed: str
+) -> None:
+    config = search_config(slapd, user_filter=TWO_ATTRIBUTES, identity_attribute="uid")
+    checker = make_checker(config)
+    before = user_binds(slapd, ALICE)
+    located = await checker.locate(typed)
+    assert (located.identity, located.answer) == ("alice", None)
+    assert user_binds(slapd, ALICE) == before  # no password tested yet
+    result = await checker.verify(located, ALICE.password)
+    assert (result.outcome, result.identity) == (PrimaryOutcome.ACCEPT, "alice")
+    assert user_binds(slapd, ALICE) == before + 1
+
+
+async def test_locate_answers_for_nobody_and_for_two_entries(
+    slapd: SlapdServer, make_checker: Factory
+) -> None:
+    nobody = await make_checker(search_config(slapd)).locate("mallory")
+    assert nobody.identity is None and nobody.answer is not None
+    assert (nobody.answer.outcome, nobody.answer.reason) == (PrimaryOutcome.REJECT, "no_such_user")
+    wide = search_config(slapd, user_filter="(|(uid={username})(objectClass=inetOrgPerson))")
+    two = await make_checker(wide).locate("alice")
+    assert two.answer is not None and two.answer.reason == "ambiguous_user"
+    down = await make_checker(search_config(slapd, servers=[closed_url()])).locate("alice")
+    assert down.answer is not None and down.answer.outcome is PrimaryOutcome.UNAVAILABLE
+
+
+async def test_a_direct_bind_without_a_service_account_locates_nobody(
+    slapd: SlapdServer, make_checker: Factory
+) -> None:
+    """The entry can only be read once bound as the user: nothing before the password
+    (the guard counts on the typed name, README "Security")."""
+    checker = make_checker(direct_config(slapd))
+    located = await checker.locate("bob")
+    assert (located.identity, located.answer) == (None, None)
+    result = await checker.verify(located, BOB.password)
+    assert (result.outcome, result.identity) == (PrimaryOutcome.ACCEPT, "bob")
+
+
+async def test_a_dn_template_with_a_service_account_locates_the_entry(
+    slapd: SlapdServer, make_checker: Factory
+) -> None:
+    config = search_config(slapd, user_dn_template=f"uid={{username}},{PEOPLE_DN}")
+    checker = make_checker(config)
+    located = await checker.locate("Bob")
+    assert located.identity == "bob"
+    assert (await checker.verify(located, "wrong")).reason == "bad_password"
+    assert (await checker.verify(located, BOB.password)).identity == "bob"
+    nobody = await checker.locate("mallory")
+    assert (nobody.identity, nobody.answer) == (None, None)  # the bind decides, as before
+    assert (await checker.verify(nobody, "x")).reason == "bad_password"
