@@ -13,6 +13,7 @@ import difflib
 import types
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
@@ -194,3 +195,8 @@ def _tags(model: type[BaseModel]) -> set[str]:
             if len(values) == 1 and isinstance(values[0], str):
                 found.add(values[0])
     return found
+
+
+def not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """The problem of a file that is not UTF-8 text (binary, Latin-1, cut mid-write)."""
+    return f"{path}: not UTF-8 text (octet {exc.start} is 0x{exc.object[exc.start]:02x})"

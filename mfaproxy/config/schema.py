@@ -31,7 +31,13 @@ from mfaproxy.config.base import ConfigPath, Strict, parse_host_port, take_secre
 from mfaproxy.config.directory import DirectoryConfig
 from mfaproxy.config.multifactor import MultifactorConfig, SmtpConfig
 from mfaproxy.config.policies import AccessPoliciesConfig
-from mfaproxy.config.problems import LineMap, render_all, schema_problems, yaml_line_map
+from mfaproxy.config.problems import (
+    LineMap,
+    not_utf8,
+    render_all,
+    schema_problems,
+    yaml_line_map,
+)
 from mfaproxy.config.prompts import (
     ClientPromptsConfig,
     MaxPrompt,
@@ -342,6 +348,8 @@ def read_document(path: Path) -> Document:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([not_utf8(path, exc)]) from exc
     return parse_document(text, path)
 
 

@@ -34,7 +34,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from mfaproxy.admission.pool import BoundedPool
 from mfaproxy.config.base import Strict
-from mfaproxy.config.problems import render_all, schema_problems, yaml_line_map
+from mfaproxy.config.problems import not_utf8, render_all, schema_problems, yaml_line_map
 from mfaproxy.core.identity import name_problem, normalise
 from mfaproxy.core.primary import (
     IdentityLookup,
@@ -202,10 +202,16 @@ def load_users_file(path: Path) -> dict[str, LocalUser]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([not_utf8(path, exc)]) from exc
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    if data is None:
+        # A file emptied by a half-done write (`>` redirect, a full disk, a copy in
+        # progress) would otherwise reload as "no users" and reject everyone.
+        raise ConfigError([f"{path}: empty; a file without users says `users: {{}}`"])
     try:
         parsed = UsersFile.model_validate(data)
     except ValidationError as exc:

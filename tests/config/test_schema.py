@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mfaproxy.config.schema import parse_config
+from mfaproxy.config.schema import parse_config, read_document
 from mfaproxy.config.validate import reply_problems
 from mfaproxy.daemon import preflight
 from mfaproxy.errors import ConfigError
@@ -128,6 +128,23 @@ def test_unknown_reply_attribute_is_reported_with_its_path(tmp_path: Path) -> No
 def test_yaml_syntax_error_has_a_line() -> None:
     found = problems("clients: [\n")
     assert "line" in found[0]
+
+
+@pytest.mark.parametrize(
+    ("octets", "offset"),
+    [(b"\xff\xfe\x00x", 0), (b"server: {x: caf\xe9}\n", 15), (b"a: \xe2\x82", 3)],
+)
+def test_a_file_that_is_not_utf8_is_a_problem_naming_it(
+    tmp_path: Path, octets: bytes, offset: int
+) -> None:
+    """Binary, Latin-1, or cut inside a character: a problem, never a traceback."""
+    path = tmp_path / "mfaproxy.yaml"
+    path.write_bytes(octets)
+    with pytest.raises(ConfigError) as caught:
+        read_document(path)
+    assert caught.value.problems == [
+        f"{path}: not UTF-8 text (octet {offset} is 0x{octets[offset]:02x})"
+    ]
 
 
 EXAMPLES = sorted(p for p in (REPO / "config").glob("*.yaml") if p.name != "users.yaml")

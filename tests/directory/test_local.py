@@ -20,9 +20,11 @@ from mfaproxy.directory.local import (
     LocalChecker,
     cost_of,
     hash_password,
+    load_users_file,
     parse_cost,
     typical_cost,
 )
+from mfaproxy.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 # Cheap costs keep the tests fast; what matters is that they differ.
@@ -69,6 +71,24 @@ def test_parse_cost_never_raises_anything_but_value_error(text: str) -> None:
     except ValueError:
         return
     assert cost.memory_kib >= 8 * cost.parallelism
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("", "empty"), ("\n# all users removed\n", "empty"), ("users:\n  bob: \udcff\n", "not UTF-8")],
+)
+def test_an_empty_or_undecodable_users_file_is_refused(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    """A truncated file must not load as "no users" (every login rejected after a
+    reload); `users: {}` says that on purpose."""
+    path = tmp_path / "users.yaml"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(ConfigError) as caught:
+        load_users_file(path)
+    assert caught.value.problems[0].startswith(f"{path}: {problem}")
+    path.write_text("users: {}\n")
+    assert load_users_file(path) == {}
 
 
 async def test_hashes_verify_at_their_own_cost(tmp_path: Path) -> None:
