@@ -146,8 +146,16 @@ def _verify_message_authenticator(raw: bytes, values: list[bytes], secret: bytes
 
 
 def _decrypt_password(value: bytes, secret: bytes, authenticator: bytes) -> str:
-    """RFC 2865 section 5.2; strict about length, UTF-8 and padding."""
-    if not value or len(value) % 16 or len(value) > 128:
+    """RFC 2865 section 5.2; strict about length, UTF-8 and padding.
+
+    An attribute with no value at all is an empty password: section 5.2 wants at least
+    16 octets, but radcli (ocserv) sends none when the user presses Enter at a prompt.
+    Dropping it would leave the user waiting for the NAS's timeout with no message; an
+    empty password (or answer) gets its answer now, as the 16 octets of padding that
+    other clients send would."""
+    if not value:
+        return ""
+    if len(value) % 16 or len(value) > 128:
         raise BadPassword("User-Password length must be a multiple of 16, at most 128")
     plain = bytearray()
     last = authenticator

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(unusable() is not None, reason
 # With random-octet States, all 100 rounds would pass with p = (255/256)^3200 < 0.00001.
 LOGINS = 100
 USERS = [f"vpn{n:02d}" for n in range(LOGINS)]
-RETRY_USER, WRONG_PASSWORD_USER = "rita", "wendy"
+RETRY_USER, WRONG_PASSWORD_USER, ENTER_USER = "rita", "wendy", "emma"
 TOTP_PROMPT = "Enter the code from your authenticator app"
 
 
@@ -41,7 +41,7 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     tmp = tmp_path_factory.mktemp("ocserv")
-    users = [*USERS, RETRY_USER, WRONG_PASSWORD_USER]
+    users = [*USERS, RETRY_USER, WRONG_PASSWORD_USER, ENTER_USER]
     config = daemon_config(
         tmp, {user: {} for user in users}, {"enabled": ["totp"], "default": "totp"}
     )
@@ -114,6 +114,20 @@ def test_a_wrong_code_then_the_right_one_in_the_retry_round_logs_in(setup: Setup
         ("challenge", "retry"),  # a new State, through radcli again
         ("accept", "mfa_code_ok"),
     ]
+
+
+def test_enter_at_the_code_prompt_is_answered_at_once(setup: Setup) -> None:
+    # radcli sends a User-Password with no value for an empty line: it is an empty
+    # answer (asked again), not a malformed packet dropped while the user waits.
+    key = setup.keys[ENTER_USER]
+    login = setup.ocserv.login(ENTER_USER, password(ENTER_USER), "", pyotp.TOTP(key).now())
+    assert login.authenticated, login.stderr
+    setup.daemon.wait_audit(user=ENTER_USER, reason="mfa_code_ok")
+    outcomes = decisions(setup.daemon, ENTER_USER)
+    assert outcomes[0] == ("challenge", "totp_challenge")
+    assert outcomes[-1] == ("accept", "mfa_code_ok")
+    assert outcomes[1] == ("challenge", "retry"), outcomes  # asked again, a new State
+    assert not [e for e in setup.daemon.events if e.get("reason") == "bad_password_attribute"]
 
 
 def test_a_wrong_password_is_refused(setup: Setup) -> None:

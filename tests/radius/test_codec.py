@@ -185,6 +185,13 @@ def test_codes_other_than_access_request_and_status_server_are_refused(code: int
         decode(bytes([code]) + RFC_71_REQUEST[1:], require=False)
 
 
+def test_a_user_password_without_a_value_is_an_empty_password() -> None:
+    # radcli sends an attribute of length 2 when the user presses Enter at a prompt
+    body = b"\x01\x06nemo\x02\x02"
+    packet = b"\x01\x00" + struct.pack("!H", 20 + len(body)) + bytes(16) + body
+    assert decode(packet, require=False).password == ""
+
+
 def test_password_of_bad_length_is_refused() -> None:
     body = b"\x01\x06nemo\x02\x07abcde"
     packet = b"\x01\x00" + struct.pack("!H", 20 + len(body)) + bytes(16) + body
