@@ -3,6 +3,7 @@ and the user told truthfully which of the two happened (issue 12)."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 import structlog
@@ -57,8 +58,8 @@ class Resets:
             f"User {asked.login_name} asked for a reset of their multifactor "
             f"authentication from network device {asked.client} ({asked.nas}).\n\n"
             f"Approve it (this clears the user's second factor; they enrol again):\n"
-            f"    mfaproxy users resets approve {asked.user}\n"
-            f"Or dismiss it:\n    mfaproxy users resets clear {asked.user}\n\n"
+            f"    mfaproxy users resets approve {shell_word(asked.user)}\n"
+            f"Or dismiss it:\n    mfaproxy users resets clear {shell_word(asked.user)}\n\n"
             f"Request id: {asked.request_id}\n"
         )
         try:
@@ -67,3 +68,12 @@ class Resets:
             log.error("reset_email_failed", user=asked.user)
             return False
         return True
+
+
+def shell_word(name: str) -> str:
+    """`name` as one argument of a command an administrator pastes into a shell: the
+    name comes from the directory (or, for an upstream RADIUS server, from what the
+    user typed), so `x;echo pwned` or `$(id)` must stay a name, and an apostrophe must not
+    break the line; after `--` when it would read as an option (`-rf`)."""
+    quoted = shlex.quote(name)
+    return f"-- {quoted}" if name.startswith("-") else quoted
