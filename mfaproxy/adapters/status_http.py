@@ -3,7 +3,9 @@
 Built on asyncio streams so it adds no dependency. It is meant for a scraper and a load
 balancer on a management network, but must survive anything else that connects: the
 request head is bounded (431 beyond it), a slow or silent client is cut off after a
-timeout, the number of open connections is capped, and every connection is closed after
+timeout, the number of open connections is capped (in all, and per peer address, so one
+host holding idle connections cannot lock the scraper and the load balancer's
+readiness probe out), and every connection is closed after
 one response (no keep-alive, so no pipelining or body-framing questions arise). Request
 headers are not interpreted at all: nothing here depends on them.
 """
@@ -11,6 +13,7 @@ headers are not interpreted at all: nothing here depends on them.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
@@ -28,6 +31,7 @@ Readiness = Callable[[], Awaitable[tuple[bool, str]]]
 MAX_REQUEST_BYTES = 8192
 READ_TIMEOUT = 5.0
 MAX_CONNECTIONS = 64
+MAX_PER_SOURCE = 8
 _MAX_REASON = 200
 _TEXT = "text/plain; charset=utf-8"
 _ALLOWED = ("GET", "HEAD")
@@ -107,6 +111,7 @@ class StatusServer:
         read_timeout: float = READ_TIMEOUT,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         max_connections: int = MAX_CONNECTIONS,
+        max_per_source: int = MAX_PER_SOURCE,
         before_scrape: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         # Accept "[::1]" as well as "::1": the config writes IPv6 hosts bracketed.
@@ -120,8 +125,10 @@ class StatusServer:
         self._timeout = read_timeout
         self._max_request = max_request_bytes
         self._max_connections = max_connections
+        self._max_per_source = max_per_source
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._per_source: Counter[str] = Counter()
         self._routes: dict[str, Callable[[], Awaitable[_Response]]] = {
             "/metrics": self._metrics,
             "/healthz": self._healthz,
@@ -160,10 +167,14 @@ class StatusServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         task = asyncio.current_task()
-        if task is None or len(self._connections) >= self._max_connections:
+        peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if peer else ""
+        full = len(self._connections) >= self._max_connections
+        if task is None or full or self._per_source[source] >= self._max_per_source:
             writer.transport.abort()
             return
         self._connections.add(task)
+        self._per_source[source] += 1
         answered = False
         try:
             answered = await self._serve_one(reader, writer)
@@ -171,6 +182,9 @@ class StatusServer:
             _log.debug("status http connection failed", error=repr(exc))
         finally:
             self._connections.discard(task)
+            self._per_source[source] -= 1
+            if not self._per_source[source]:
+                del self._per_source[source]
             if answered:
                 writer.close()  # the response is fully handed to the kernel: a clean FIN
             else:

@@ -227,6 +227,37 @@ async def test_connections_beyond_the_cap_are_refused(readiness: Readiness) -> N
         await status.close()
 
 
+async def test_one_host_holding_connections_does_not_lock_the_others_out(
+    readiness: Readiness,
+) -> None:
+    """Attack: a host that can reach the status port opens connections and says
+    nothing (each held up to the read timeout, then opened again). With every slot
+    taken, the load balancer's /readyz and Prometheus's scrape were refused: the node
+    looked down. Each peer address now gets at most `max_per_source` of the slots."""
+    status = StatusServer(
+        "127.0.0.1", 0, readiness, read_timeout=IO_BOUND, max_connections=4, max_per_source=2
+    )
+    await status.start()
+    try:
+        idle = [await asyncio.open_connection("127.0.0.1", status.port) for _ in range(4)]
+        # the first two hold this host's share; the others were cut off at once
+        assert [await read_or_reset(reader) for reader, _ in idle[2:]] == [b"", b""]
+        prober = await asyncio.open_connection(
+            "127.0.0.1", status.port, local_addr=("127.0.0.2", 0)
+        )
+        prober[1].write(b"GET /healthz HTTP/1.1\r\n\r\n")
+        reply = parse(await asyncio.wait_for(prober[0].read(), IO_BOUND))
+        prober[1].close()
+        assert (reply.status, reply.body) == (200, b"ok\n")
+        for _, writer in idle:
+            writer.close()
+        for reader, _ in idle[:2]:
+            assert await read_or_reset(reader) == b""  # their slots are free again
+        await assert_still_serving(status.port)
+    finally:
+        await status.close()
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
