@@ -8,7 +8,8 @@ with the right secret (so it gets past the Message-Authenticator) or not.
 Every datagram gets exactly one of two fates, and which one is observable: a reply
 that verifies against its request and fits in 4,096 octets, or a drop counted in
 `mfaproxy_packets_dropped_total` (a silent loss would be neither). No traceback, no
-`internal_error`; the daemon keeps serving a normal login afterwards.
+`internal_error`; the daemon keeps serving a normal login afterwards. And the status
+port: one host holding all its connections does not lock a readiness probe out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -202,3 +204,24 @@ def test_no_traceback_no_internal_error_and_still_serving(target: Target) -> Non
     assert "internal_error" not in output
     samples = scrape(target.metrics)
     assert samples.get("mfaproxy_packets_dropped_total{reason=internal_error}", 0) == 0
+
+
+def test_a_host_holding_status_connections_does_not_lock_the_probes_out(target: Target) -> None:
+    """64 silent connections from one address (the status port's whole capacity): a
+    readiness probe from another address is still answered."""
+    idle = [socket.create_connection(("127.0.0.1", target.metrics), 10) for _ in range(64)]
+    try:
+        for sock in idle:
+            sock.sendall(b"GET /readyz HTTP/1.1\r\n")  # and never the end of the head
+        probe = socket.create_connection(
+            ("127.0.0.1", target.metrics), 10, source_address=("127.0.0.2", 0)
+        )
+        with probe:
+            probe.sendall(b"GET /readyz HTTP/1.1\r\n\r\n")
+            answer = b""
+            while chunk := probe.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+    finally:
+        for sock in idle:
+            sock.close()
