@@ -13,6 +13,7 @@ then keeps the event (a wrong password) or releases it (a right one, an outage).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -61,42 +62,33 @@ class _Events:
 class MemoryThrottle:
     """One process. Methods never suspend, so each is atomic on the event loop.
 
-    Memory is bounded: past `max_counters`, counters whose events all left their window
-    are dropped, then (a flood of made-up names) the least recently failed ones."""
+    Memory is bounded: past `max_counters` counters, the one whose newest failure is
+    the oldest goes (counters are kept in the order of their newest failure, so that
+    is one step, never a pass over all of them: a flood of made-up names reaching the
+    cap once stalled the event loop for seconds while a million counters were sorted).
+    An attempt that a counter refuses records nothing, and creates no counter either."""
 
     def __init__(self, max_counters: int = 1_000_000) -> None:
-        self._counters: dict[str, _Events] = {}
+        self._counters: OrderedDict[str, _Events] = OrderedDict()
         self._max = max_counters
 
-    def _events(self, name: str, rule: Rule, now: float) -> _Events:
+    def _record(self, name: str, rule: Rule, token: str, now: float) -> None:
         events = self._counters.get(name)
         if events is None:
-            self._prune(now)
             events = self._counters[name] = _Events(rule.window)
         events.window = max(events.window, rule.window)
-        return events
-
-    def _prune(self, now: float) -> None:
-        if len(self._counters) < self._max:
-            return
-        self._counters = {
-            name: events
-            for name, events in self._counters.items()
-            if any(t > now - events.window for t in events.times.values())
-        }
-        if len(self._counters) >= self._max:
-            by_last = sorted(
-                self._counters, key=lambda n: max(self._counters[n].times.values(), default=0.0)
-            )
-            for name in by_last[: len(by_last) - self._max // 2]:
-                del self._counters[name]
+        events.times[token] = now
+        self._counters.move_to_end(name)
+        while len(self._counters) > self._max:
+            self._counters.popitem(last=False)
 
     async def reserve(self, counters: Sequence[Counter], token: str, now: float) -> Refusal | None:
-        found = [(rule, self._events(name, rule, now)) for name, rule in counters]
-        refusal = first_refusal([(rule, events.live(rule, now)) for rule, events in found], now)
+        found = [(rule, self._counters.get(name)) for name, rule in counters]
+        live = [(rule, events.live(rule, now) if events else []) for rule, events in found]
+        refusal = first_refusal(live, now)
         if refusal is None:
-            for _rule, events in found:
-                events.times[token] = now
+            for name, rule in counters:
+                self._record(name, rule, token, now)
         return refusal
 
     async def check(self, counter: Counter, now: float) -> float | None:
@@ -109,7 +101,7 @@ class MemoryThrottle:
 
     async def add(self, counter: Counter, token: str, now: float) -> None:
         name, rule = counter
-        self._events(name, rule, now).times[token] = now
+        self._record(name, rule, token, now)
 
     async def release(self, names: Sequence[str], token: str) -> None:
         for name in names:

@@ -214,6 +214,44 @@ def test_memory_stays_bounded_under_a_flood_of_names() -> None:
     assert len(throttle._counters) <= 100
 
 
+def test_a_flood_past_the_cap_evicts_the_least_recently_failed_counter_alone() -> None:
+    """Reaching the cap costs one eviction, not a pass over every counter: the old
+    prune sorted them all and dropped half (about 5 s of a stalled event loop at the
+    default million, a flood of made-up names away)."""
+    throttle = MemoryThrottle(max_counters=100)
+
+    async def flood() -> None:
+        for i in range(100):
+            await throttle.add((f"user:u{i}", RULE), f"t{i}", NOW + i)
+        await throttle.add(("user:u0", RULE), "again", NOW + 100)  # u0 failed last
+        await throttle.add(("user:new", RULE), "t", NOW + 101)
+
+    asyncio.run(flood())
+    names = list(throttle._counters)
+    assert len(names) == 100  # not halved
+    assert "user:u1" not in names  # the least recently failed went
+    assert names[-2:] == ["user:u0", "user:new"]
+
+
+def test_an_attempt_refused_by_its_source_creates_no_counter() -> None:
+    """A sprayer whose source is locked sends a new made-up name each time: nothing is
+    recorded for a refused attempt, and no counter is kept for the name either."""
+    throttle = MemoryThrottle()
+    source = ("source:vpn|station", RULE)
+
+    async def spray() -> int:
+        for i in range(RULE.max_failures):  # the source's failures fill its window
+            await throttle.add(source, f"t{i}", NOW - i)
+        refused = 0
+        for i in range(1000):
+            counters = [source, (f"user:made-up-{i}", RULE)]
+            refused += await throttle.reserve(counters, f"r{i}", NOW + 1) is not None
+        return refused
+
+    assert asyncio.run(spray()) == 1000
+    assert list(throttle._counters) == [source[0]]
+
+
 def _race(path: str, results: multiprocessing.Queue[int]) -> None:
     async def burst() -> int:
         store = SqliteStateStore(path)
