@@ -17,6 +17,12 @@ microseconds of SQLite on the calling thread: it runs on the event loop directly
 no thread hop, like the memory store. When another worker holds the write lock (for
 microseconds), the call retries at once instead of SQLite's millisecond sleeps, up to
 LOCK_WAIT_SECONDS; then it raises StateStoreUnavailable and the store failmode decides.
+That retry spins on the event loop, so a holder that is stuck (a process stopped inside
+a transaction, an operator's `sqlite3` shell left in BEGIN) froze the whole daemon: each
+write spun its full wait, and a Status-Server went unanswered for as long as the lock
+was held. After a wait that ran out, writes for the next FAIL_FAST_SECONDS wait only
+BRIEF_WAIT_SECONDS (ample for another worker's transaction) before they raise: the
+requests get the failmode's answer, and the daemon keeps answering.
 
 The file is created 0600 in a 0700 directory owned by the service user, and what the
 daemon writes into it is sealed first (store/sealed.py wraps every state store), so a
@@ -40,7 +46,9 @@ from mfaproxy.store.state import JsonDict
 
 T = TypeVar("T")
 
-LOCK_WAIT_SECONDS = 2.0
+LOCK_WAIT_SECONDS = 0.5
+FAIL_FAST_SECONDS = 5.0
+BRIEF_WAIT_SECONDS = 0.01  # within FAIL_FAST_SECONDS of a wait that ran out
 # Expired values and old events are swept every PRUNE_EVERY writes of a process.
 PRUNE_EVERY = 512
 # Rate-limit windows are at most a day long in practice (as in the memory store).
@@ -73,6 +81,7 @@ class SqliteStateStore:
             self.path, timeout=0, isolation_level=None, check_same_thread=False
         )
         self._writes = 0
+        self._fail_fast_until = 0.0  # monotonic time; see the module docstring
         try:
             self._retry(self._setup)
         except BaseException:
@@ -104,8 +113,13 @@ class SqliteStateStore:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise StateStoreUnavailable(f"state file {self.path}: {exc}") from None
                 now = time.monotonic()
-                deadline = deadline or now + LOCK_WAIT_SECONDS
+                if deadline is None:
+                    # Stuck a moment ago: wait only as long as a worker's transaction
+                    # takes, not the full wait again.
+                    stuck = now < self._fail_fast_until
+                    deadline = now + (BRIEF_WAIT_SECONDS if stuck else LOCK_WAIT_SECONDS)
                 if now > deadline:
+                    self._fail_fast_until = now + FAIL_FAST_SECONDS
                     raise StateStoreUnavailable(f"state file {self.path}: locked") from None
                 os.sched_yield()  # the holder is another worker, mid-transaction
             except sqlite3.Error as exc:
