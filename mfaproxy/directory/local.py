@@ -135,6 +135,9 @@ HASHER = hasher_for(DEFAULT_COST)
 MIN_SALT_OCTETS = 8
 MIN_HASH_OCTETS = 4
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+")
+# The PHC string layout libargon2 decodes (argon2.h decode_string): argon2-cffi's
+# parameter extraction is looser (it takes `v=19,m=8,...` for `v=19$m=8,...`).
+_PHC = re.compile(r"\$argon2(?:id|i|d)(?:\$v=[0-9]+)?\$m=[0-9]+,t=[0-9]+,p=[0-9]+\$[^$]+\$[^$]+")
 _HASH_ADVICE = "make one with `mfaproxy users hash-password`"
 
 
@@ -159,6 +162,8 @@ def hash_problem(value: str) -> str | None:
     a wrong one, and faster than a wrong one, which tells an attacker the user exists.
     """
     try:
+        if not _PHC.fullmatch(value):
+            raise InvalidHashError(value)
         params = extract_parameters(value)
     except InvalidHashError:
         return f"not an argon2 hash ($argon2id$v=19$m=...,t=...,p=...$salt$hash); {_HASH_ADVICE}"
