@@ -128,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--only", default="", help="run the targets whose name has this")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-acct-") as tmp:
         work = Path(tmp)
@@ -143,6 +144,8 @@ def main() -> None:
                 ),
             }
             for name, (accounting, port) in targets.items():
+                if args.only not in name:
+                    continue
                 if accounting is None:
                     result = asyncio.run(run(port, args.seconds, args.concurrency))
                     report(name, result, args.seconds)

@@ -164,6 +164,11 @@ class StateStoreUnavailable(UpstreamError):
     """The shared state store did not answer (down, unreachable, timed out, refused)."""
 
 
+class SpoolUnavailable(UpstreamError):
+    """The accounting spool file cannot be written or read (locked too long, disk full,
+    I/O error, not a spool): records cannot be taken in, so the NAS is not answered."""
+
+
 # --------------------------------------------------------------------------- vendors and lookups
 
 

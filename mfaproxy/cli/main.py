@@ -35,6 +35,7 @@ from mfaproxy.errors import (
     UpstreamError,
 )
 from mfaproxy.observability.logging import apply_log_config, configure_logging
+from mfaproxy.store.factory import accounting_spool_path
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -77,7 +78,11 @@ def _accounting_summary(config: Config) -> str:
     if upstream is None:
         return f"{', '.join(accounting.listen)}; records logged, not forwarded"
     servers = ", ".join(f"{s.host}:{s.port}" for s in upstream.servers)
-    return f"{', '.join(accounting.listen)}; forwarded to {servers} (answer {upstream.answer})"
+    summary = f"{', '.join(accounting.listen)}; forwarded to {servers} (answer {upstream.answer})"
+    if upstream.answer == "at_once":
+        spool = accounting_spool_path(config)
+        summary += f"; spooled in {spool}, at most {upstream.spool.max_records} records"
+    return summary
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

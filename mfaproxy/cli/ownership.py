@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mfaproxy.config.schema import Config
-from mfaproxy.store.factory import state_store_path, user_store_path
+from mfaproxy.store.factory import accounting_spool_path, state_store_path, user_store_path
 
 _SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
 
@@ -42,6 +42,8 @@ def _name(uid: int) -> str:
 def state_files(config: Config) -> list[Path]:
     files = [config.key_file]
     databases = [state_store_path(config)]
+    if config.server.accounting is not None:
+        databases.append(accounting_spool_path(config))
     if config.server.user_store.backend == "sqlite":
         databases.append(user_store_path(config))
     for database in databases:

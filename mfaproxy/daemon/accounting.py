@@ -6,8 +6,13 @@ Each datagram is matched to a client, verified (radius/accounting.py), checked a
 the duplicate table (RFC 5080 section 2.2.2: a retransmission is answered from the
 reply cache, or ignored while the first copy is in flight, so it is never logged or
 forwarded twice), handed to the accounting service (auth/accounting.py) and answered
-from the socket it came in on. A record no upstream acknowledged is left unanswered and
-forgotten by the duplicate table, so the NAS's next retransmission is tried afresh.
+from the socket it came in on. A record no upstream acknowledged (or, with `answer:
+at_once`, that the spool could not take) is left unanswered and forgotten by the
+duplicate table, so the NAS's next retransmission is tried afresh.
+
+The spool (`answer: at_once`) and its reader outlive reloads, like the state store: the
+reader forwards with the upstreams of the configuration in force, and records left in
+the file by a stopped or killed process are forwarded after the restart.
 
 The server (daemon/server.py) opens it when `server.accounting` is set, swaps its
 runtime on reload and drains it on shutdown. Anything wrong with a datagram ends in a
@@ -26,6 +31,7 @@ import structlog
 
 from mfaproxy.adapters.udp import open_listener
 from mfaproxy.auth.accounting import AccountingContext, AccountingService
+from mfaproxy.auth.accounting_spool import Spool, SpoolReader, refresh_spool_gauges
 from mfaproxy.config.accounting import AccountingConfig
 from mfaproxy.config.schema import ClientConfig, Config
 from mfaproxy.errors import PeerError, UpstreamError
@@ -34,7 +40,9 @@ from mfaproxy.radius.accounting import AccountingPacket, decode_accounting, enco
 from mfaproxy.radius.clients import ClientTable
 from mfaproxy.radius.constants import CODE_LABELS, STATUS_SERVER
 from mfaproxy.radius.duplicates import DuplicateTable, Lookup, RequestKey, Seen
+from mfaproxy.store.accounting_spool import AccountingSpool
 from mfaproxy.store.duplicates import Duplicates, LocalDuplicates, SharedDuplicates
+from mfaproxy.store.factory import accounting_spool_path
 from mfaproxy.store.state import StateStore
 
 log = structlog.get_logger(__name__)
@@ -70,11 +78,11 @@ class AccountingRuntime:
         await self.service.close()
 
 
-def build_accounting(config: Config) -> AccountingRuntime | None:
+def build_accounting(config: Config, spool: Spool | None) -> AccountingRuntime | None:
     if config.server.accounting is None:
         return None
     return AccountingRuntime(
-        ClientTable(config.clients), AccountingService(config.server.accounting)
+        ClientTable(config.clients), AccountingService(config.server.accounting, spool)
     )
 
 
@@ -90,20 +98,27 @@ def accounting_duplicates(
     return SharedDuplicates(state, reply_ttl, in_flight, namespace=NAMESPACE)
 
 
-def open_accounting(config: Config, state: StateStore) -> AccountingDispatcher | None:
-    """The dispatcher for `server.accounting`, or None when accounting is off."""
-    runtime = build_accounting(config)
-    if runtime is None or config.server.accounting is None:
+def open_accounting(
+    config: Config, state: StateStore, master_key: bytes
+) -> AccountingDispatcher | None:
+    """The dispatcher for `server.accounting`, or None when accounting is off. The spool
+    is opened whenever accounting is on, so a reload may switch to `answer: at_once`
+    and records a previous run left are forwarded."""
+    if config.server.accounting is None:
         return None
+    path = accounting_spool_path(config)
+    spool = Spool(AccountingSpool(path, master_key), AccountingSpool(path, master_key))
+    runtime = build_accounting(config, spool)
+    assert runtime is not None
     dedup = accounting_duplicates(config, runtime, state)
-    return AccountingDispatcher(config.server.accounting, runtime, dedup)
+    return AccountingDispatcher(config.server.accounting, runtime, dedup, spool)
 
 
 def reload_accounting(dispatcher: AccountingDispatcher | None, config: Config) -> None:
     """Swap clients and upstreams in; listeners (and turning accounting on or off)
     change on restart only, like the authentication listeners."""
     # Those restart-only settings are named by the reload (daemon/changes.py).
-    runtime = build_accounting(config)
+    runtime = build_accounting(config, dispatcher.spool if dispatcher else None)
     if dispatcher is None or runtime is None or config.server.accounting is None:
         return
     dispatcher.swap(runtime)
@@ -111,11 +126,17 @@ def reload_accounting(dispatcher: AccountingDispatcher | None, config: Config) -
 
 class AccountingDispatcher:
     def __init__(
-        self, config: AccountingConfig, runtime: AccountingRuntime, dedup: Duplicates
+        self,
+        config: AccountingConfig,
+        runtime: AccountingRuntime,
+        dedup: Duplicates,
+        spool: Spool,
     ) -> None:
         self.config = config
         self.runtime = runtime
         self.dedup = dedup
+        self.spool = spool
+        self.reader = SpoolReader(spool, lambda: self.runtime.service)
         self._queue: asyncio.Queue[Datagram] = asyncio.Queue(maxsize=config.intake_queue)
         self._workers: list[asyncio.Task[None]] = []
         self._transports: list[asyncio.DatagramTransport] = []
@@ -132,6 +153,10 @@ class AccountingDispatcher:
             transport, bound_port = await open_listener(self.submit, host, port, reuse_port)
             self._transports.append(transport)
             self.bound.append((host, bound_port))
+        self.reader.start()
+
+    async def refresh_gauges(self) -> None:
+        await refresh_spool_gauges(self.spool)
 
     @property
     def addresses(self) -> list[str]:
@@ -156,20 +181,23 @@ class AccountingDispatcher:
 
     async def shutdown(self, grace: float) -> None:
         """Stop taking datagrams, answer those taken (sockets stay open meanwhile) and let
-        background forwards end within `grace` seconds; then close everything."""
+        the spool reader's forwards in flight end, within `grace` seconds; then close
+        everything. Records still in the spool stay there for the next start."""
         self._accepting = False
+        deadline = asyncio.get_running_loop().time() + grace
         try:
             async with asyncio.timeout(grace):
                 await self._queue.join()
-                await self.runtime.service.drain()
         except TimeoutError:
             log.warning("accounting_grace_expired", grace_seconds=grace)
+        await self.reader.stop(max(0.0, deadline - asyncio.get_running_loop().time()))
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, *self._retiring, return_exceptions=True)
         for transport in self._transports:
             transport.close()
         await self.runtime.service.close()
+        await self.spool.close()
 
     async def _work(self) -> None:
         while True:

@@ -146,7 +146,8 @@ class Server:
             queue_size=config.server.intake_queue,
             workers=config.server.concurrency,
         )
-        self.accounting = open_accounting(config, self.shared.state)  # None when off
+        # None when off.
+        self.accounting = open_accounting(config, self.shared.state, self.shared.master_key)
         self._transports: list[asyncio.DatagramTransport] = []
         self._status: StatusServer | None = None
         self._stop = asyncio.Event()
@@ -224,6 +225,8 @@ class Server:
         self._count_receive_drops()
         pending = await self.shared.state.size(CHALLENGES, time.time())
         metrics.CHALLENGES_PENDING.set(pending)
+        if self.accounting is not None:
+            await self.accounting.refresh_gauges()
 
     def _count_receive_drops(self) -> None:
         for inode, drops in receive_drops(self._inodes).items():

@@ -137,13 +137,48 @@ ACCOUNTING_OUTCOMES = Counter(
     "mfaproxy_accounting_outcomes",
     "What became of each accounting record, by Acct-Status-Type and outcome: recorded (logged,"
     " no upstream), forwarded (an upstream acknowledged it), upstream_unavailable (no upstream"
-    " answered), forward_queue_full (answered and logged, not forwarded).",
+    " answered, NAS not answered), spool_full / spool_unavailable (answer: at_once, not taken"
+    " in, NAS not answered), expired (spooled, never acknowledged within max_age_seconds).",
     ["status_type", "outcome"],
     registry=REGISTRY,
 )
 ACCOUNTING_FORWARDS_PENDING = Gauge(
     "mfaproxy_accounting_forwards_pending",
-    "Accounting records being forwarded in the background (answer: at_once).",
+    "Accounting records this process is forwarding from the spool now (answer: at_once).",
+    registry=REGISTRY,
+)
+ACCOUNTING_SPOOLED = Counter(
+    "mfaproxy_accounting_spooled",
+    "Accounting records this process wrote to the spool before answering (answer: at_once).",
+    registry=REGISTRY,
+)
+ACCOUNTING_SPOOL_FULL = Counter(
+    "mfaproxy_accounting_spool_full",
+    "Accounting records refused because the spool held max_records: the NAS was not"
+    " answered (it retransmits or fails over).",
+    registry=REGISTRY,
+)
+ACCOUNTING_SPOOL_RETRIES = Counter(
+    "mfaproxy_accounting_spool_retries",
+    "Spooled records given back for a later try because no upstream acknowledged them.",
+    registry=REGISTRY,
+)
+ACCOUNTING_SPOOL_DISCARDED = Counter(
+    "mfaproxy_accounting_spool_discarded",
+    "Spooled records deleted without being forwarded, by reason: expired (older than"
+    " max_age_seconds), unauthentic (a row that does not open: edited, moved or forged),"
+    " malformed (not a row mfaproxy wrote).",
+    ["reason"],
+    registry=REGISTRY,
+)
+ACCOUNTING_SPOOL_PENDING = Gauge(
+    "mfaproxy_accounting_spool_pending",
+    "Accounting records waiting in the spool (the whole file, shared by the workers).",
+    registry=REGISTRY,
+)
+ACCOUNTING_SPOOL_OLDEST = Gauge(
+    "mfaproxy_accounting_spool_oldest_seconds",
+    "Age of the oldest record waiting in the spool, 0 when it is empty.",
     registry=REGISTRY,
 )
 

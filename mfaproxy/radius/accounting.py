@@ -328,3 +328,51 @@ def verify_response(data: bytes, identifier: int, authenticator: bytes, secret: 
     except PeerError:  # malformed, or a Message-Authenticator that does not verify
         return False
     return True
+
+
+# RFC 2866 section 5.2: Acct-Delay-Time is a 32-bit count of seconds.
+MAX_DELAY_SECONDS = 2**32 - 1
+
+
+def first_text(attrs: Attributes, attr_type: int) -> str | None:
+    """The first value of one attribute as text (for logs), None when absent."""
+    for found, value in attrs:
+        if found == attr_type:
+            return value.decode("utf-8", errors="replace")
+    return None
+
+
+def delay_seconds(attrs: Attributes) -> int:
+    """The Acct-Delay-Time the NAS sent (its first copy), 0 when absent or malformed."""
+    for attr_type, value in attrs:
+        if attr_type == c.ATTR_ACCT_DELAY_TIME:
+            return int(struct.unpack("!I", value)[0]) if len(value) == 4 else 0
+    return 0
+
+
+def with_delay(attrs: Attributes, waited_seconds: float) -> Attributes:
+    """The record re-sent after waiting `waited_seconds` in mfaproxy's spool.
+
+    RFC 2866 section 5.2: Acct-Delay-Time says how long the client has been trying to
+    send the record, so the server can subtract it from the arrival time to find when
+    the event happened. A record that waited here is the same record sent later: the
+    whole seconds it waited are added to what the NAS said (as FreeRADIUS's detail
+    reader does), in the place of the NAS's attribute, or last when it sent none; any
+    further copies are dropped (one value, one meaning). The sum stops at 2**32 - 1. A
+    record with no room left for the attribute (4,096 octets) goes as it came."""
+    waited = max(0, int(waited_seconds))
+    total = min(MAX_DELAY_SECONDS, delay_seconds(attrs) + waited)
+    value = struct.pack("!I", total)
+    out: list[tuple[int, bytes]] = []
+    placed = False
+    for attr_type, attr_value in attrs:
+        if attr_type != c.ATTR_ACCT_DELAY_TIME:
+            out.append((attr_type, attr_value))
+        elif not placed:
+            out.append((attr_type, value))
+            placed = True
+    if not placed:
+        if c.MIN_LENGTH + len(encode_attributes(attrs)) + 6 > c.MAX_LENGTH:
+            return attrs
+        out.append((c.ATTR_ACCT_DELAY_TIME, value))
+    return tuple(out)

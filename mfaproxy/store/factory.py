@@ -38,6 +38,11 @@ def open_user_store(config: Config, *, migrate_to: int | None = None) -> UserRep
     return UserStore(path, master_key(config), migrate_to=migrate_to)
 
 
+def accounting_spool_path(config: Config) -> Path:
+    """Where `answer: at_once` keeps accounting records until an upstream has them."""
+    return config.server.state_dir / "accounting-spool.sqlite3"
+
+
 def state_store_path(config: Config) -> Path:
     settings = config.server.state_store
     path = settings.path if settings.backend == "sqlite" else None

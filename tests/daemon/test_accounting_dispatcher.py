@@ -9,6 +9,7 @@ import hashlib
 import socket
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -77,8 +78,13 @@ def silent_upstream() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
+@pytest.fixture(autouse=True)
+def _state_dir_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the spool goes to ./state, here a temporary one
+
+
 def dispatcher(cfg: Config) -> AccountingDispatcher:
-    made = open_accounting(cfg, MemoryStateStore())
+    made = open_accounting(cfg, MemoryStateStore(), bytes(32))
     assert made is not None
     return made
 
@@ -136,7 +142,7 @@ async def test_reload_cannot_turn_accounting_on_or_off() -> None:
         f"clients: [{{name: nas, address: 127.0.0.1, secret: {SECRET}}}]\n"
         "directory: {backend: local, local: {users_file: users.yaml}}\n"
     )
-    assert build_accounting(off) is None
+    assert build_accounting(off, None) is None
     reload_accounting(acct, off)
     assert acct.runtime is runtime
 

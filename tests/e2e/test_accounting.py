@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyrad import packet as pyrad_packet
 
-from tests.support.cluster import scrape, total, wait_until
+from tests.support.cluster import scrape, total
 from tests.support.daemon import REPO, Daemon, LogEvent
 from tests.support.freeradius import FreeRadiusServer
 from tests.support.nas import DICTIONARY, UdpNas
@@ -363,34 +363,6 @@ def test_after_upstream_with_every_upstream_down_the_nas_gets_no_answer(
         daemon.stop()
     assert reply[0] == 5
     assert sessions(first) == ["down-1"]
-
-
-def test_at_once_answers_before_forwarding_and_counts_failed_forwards(
-    tmp_path: Path, upstreams: tuple[FreeRadiusServer, FreeRadiusServer]
-) -> None:
-    first, _ = upstreams
-    daemon, port, metrics_port = start_daemon(tmp_path, **upstream_config(first, answer="at_once"))
-    try:
-        result = radclient(port, SECRET, record("Start", "now-1"), "acct")
-        assert result.code == "Accounting-Response", result.output
-        assert wait_record(daemon, "now-1")["outcome"] == "queued"
-        daemon.wait_for(
-            lambda e: e.get("event") == "accounting_forwarded" and e.get("session_id") == "now-1"
-        )
-        assert sessions(first) == ["now-1"]
-
-        first.stop()
-        result = radclient(port, SECRET, record("Stop", "now-2"), "acct")
-        assert result.code == "Accounting-Response", result.output  # answered all the same
-        daemon.wait_for(
-            lambda e: (
-                e.get("event") == "accounting_forward_failed" and e.get("session_id") == "now-2"
-            )
-        )
-        key = f"{OUTCOMES}{{outcome=forward_failed,status_type=stop}}"
-        assert wait_until(lambda: scrape(metrics_port).get(key), "forward_failed count") == 1
-    finally:
-        daemon.stop()
 
 
 def test_a_reload_moves_forwarding_to_the_new_upstream(

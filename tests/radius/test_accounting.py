@@ -297,3 +297,43 @@ def test_status_labels_match_the_dictionary_names() -> None:
     for value, label in accounting.STATUS_TYPES.items():
         name = attr.values.GetBackward(struct.pack("!I", value))
         assert name.lower().replace("-", "_") == label
+
+
+# --------------------------------------------------------------------------- Acct-Delay-Time
+
+
+def delay_values(attrs: accounting.Attributes) -> list[int]:
+    return [struct.unpack("!I", v)[0] for t, v in attrs if t == 41]
+
+
+def test_a_spooled_record_says_how_long_it_waited_in_the_nas_attribute_s_place() -> None:
+    attrs = ((1, b"alice"), (41, struct.pack("!I", 5)), (44, b"s1"))
+    later = accounting.with_delay(attrs, 12.9)  # whole seconds (RFC 2866 section 5.2)
+    assert later == ((1, b"alice"), (41, struct.pack("!I", 17)), (44, b"s1"))
+    # No Acct-Delay-Time from the NAS: one is added last; no wait leaves 0.
+    assert accounting.with_delay(((1, b"a"),), 3.2) == ((1, b"a"), (41, struct.pack("!I", 3)))
+    assert delay_values(accounting.with_delay(((1, b"a"),), -7)) == [0]
+
+
+@given(
+    attrs=st.lists(st.tuples(st.sampled_from([1, 41, 44]), st.binary(max_size=8)), max_size=12).map(
+        tuple
+    ),
+    waited=st.floats(min_value=-1e12, max_value=1e12, allow_nan=False),
+)
+def test_delay_time_is_one_attribute_never_smaller_never_past_32_bits(
+    attrs: accounting.Attributes, waited: float
+) -> None:
+    later = accounting.with_delay(attrs, waited)
+    values = delay_values(later)
+    assert len(values) == 1
+    assert values[0] >= accounting.delay_seconds(attrs)
+    assert values[0] == min(2**32 - 1, accounting.delay_seconds(attrs) + max(0, int(waited)))
+    # Everything else is kept, in order.
+    assert [a for a in later if a[0] != 41] == [a for a in attrs if a[0] != 41]
+
+
+def test_a_record_with_no_room_left_goes_unchanged() -> None:
+    full = (*tuple((26, bytes(253)) for _ in range(15)), (26, bytes(4096 - 20 - 15 * 255 - 2)))
+    assert 20 + len(accounting.encode_attributes(full)) == 4096
+    assert accounting.with_delay(full, 30) == full
