@@ -15,7 +15,8 @@ by line by bash, with three kinds of change, all mechanical:
 The operator's one edit (the configuration's example values) is the test's too: the
 paths the configuration names are pointed into the fake root. Then the result must
 hold: check-config passes without a warning, the enrolment ran before any start, and
-every file in the state directory belongs to the service user (the CLI ran as root).
+every file in the state directory belongs to the service user (the CLI ran as root),
+and `serve` starts on the result as that user.
 """
 
 from __future__ import annotations
@@ -23,15 +24,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.ops.test_systemd_unit import colon_file, local_copy, parse_unit, tool, verify
 from tests.support.daemon import REPO
+from tests.support.ports import free_port, free_udp_port
 from tests.support.slapd import CertificateAuthority
 
 README = REPO / "README.md"
@@ -190,3 +195,47 @@ def test_the_unit_and_the_config_agree_on_the_state_directory() -> None:
     assert re.search(r"^  state_dir: /var/lib/mfaproxy$", text, re.MULTILINE)
     tmpfiles = (REPO / "systemd/mfaproxy.tmpfiles").read_text()
     assert "d /var/lib/mfaproxy 0700 mfaproxy mfaproxy -" in tmpfiles
+
+
+def test_the_installed_service_starts_as_the_service_user(installed: Install) -> None:
+    """What systemd would run, as it would run it: `serve` on the installed file as the
+    mfaproxy user and group (setpriv: no capability left), against the state the root
+    CLI prepared (a root-owned master.key fails here). Only the ports move (1812 and
+    9812 may be taken on this machine); the example's directory is not reachable here,
+    which serve tolerates (readiness says so)."""
+    passwd = colon_file(installed.root / "etc/passwd")["mfaproxy"]
+    uid, gid = passwd[2], passwd[3]
+    # The fake root lies under pytest's private temporary directory: let the service
+    # user traverse down to it (execute only), as it can traverse / on a real host.
+    for parent in [installed.root, *installed.root.parents]:
+        if parent == Path(tempfile.gettempdir()):
+            break
+        parent.chmod(parent.stat().st_mode | 0o111)
+    config = installed.root / "etc/mfaproxy/mfaproxy.yaml"
+    data = yaml.safe_load(config.read_text())
+    port = free_udp_port()
+    data["server"]["listen"] = [f"127.0.0.1:{port}"]
+    data["server"]["metrics"] = {"listen": f"127.0.0.1:{free_port()}"}
+    started = config.with_name("started.yaml")
+    started.write_text(yaml.safe_dump(data))
+    shutil.copymode(config, started)
+    os.chown(started, 0, int(gid))
+    command = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all"]
+    command += [console_script(), "serve", "--config", str(started)]
+    service = subprocess.Popen(
+        command, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    try:
+        assert service.stdout is not None
+        for line in service.stdout:
+            lines.append(line)
+            if '"event": "listening"' in line:
+                break
+        else:
+            raise AssertionError("".join(lines))
+    finally:
+        service.send_signal(signal.SIGTERM)
+        rest, _ = service.communicate(timeout=30)
+    assert service.returncode == 0, "".join(lines) + rest
+    assert f"127.0.0.1:{port}" in "".join(lines)
