@@ -17,7 +17,8 @@ Outcomes of `check`:
 - Access-Reject: REJECT `bad_code`.
 - Access-Challenge: CHALLENGE with the upstream prompt, pending `upstream_state`.
 - another code: REJECT `unexpected_reply` (a protocol error: fail closed).
-- no server gave a verified reply: UNAVAILABLE `unreachable`.
+- no server gave a verified reply: UNAVAILABLE `unreachable` (`upstream_unsigned` when
+  a server answered without the Message-Authenticator we require).
 
 The typed answer is never logged, nor is any State value.
 """
@@ -39,7 +40,7 @@ from mfaproxy.adapters.radius_client import (
     observe_exchange,
 )
 from mfaproxy.config.multifactor import MultifactorConfig, OtpRadiusServer, RadiusMethodConfig
-from mfaproxy.errors import UpstreamUnavailable
+from mfaproxy.errors import UpstreamUnavailable, UpstreamUnsigned
 from mfaproxy.factors.base import Factor, FactorRequest, FactorResult, FactorServices, FactorUser
 from mfaproxy.otp.codes import digit_code
 from mfaproxy.radius.constants import MAX_STRING_OCTETS
@@ -144,10 +145,12 @@ class RadiusFactor:
             reply = await self._client.access_request(
                 self._attributes(request), password=answer, state=state
             )
-        except UpstreamUnavailable:
+        except UpstreamUnavailable as exc:
             observe_exchange(SERVICE, started, "unavailable", (), self._client.servers)
-            log.warning("otp_radius_unavailable", user=request.user.name)
-            return FactorResult.unavailable("unreachable")
+            # Unsigned replies are a configuration mismatch, logged as such by the client.
+            reason = "upstream_unsigned" if isinstance(exc, UpstreamUnsigned) else "unreachable"
+            log.warning("otp_radius_unavailable", user=request.user.name, reason=reason)
+            return FactorResult.unavailable(reason)
         except ValueError as exc:  # an attribute that does not encode; not the user's fault
             log.warning("otp_radius_request_unencodable", user=request.user.name, error=str(exc))
             return FactorResult.reject("unencodable_request", counts_as_failure=False)

@@ -238,6 +238,29 @@ async def test_all_servers_down_is_unavailable_and_logs_no_code(
     assert logs and "987654" not in repr(logs)
 
 
+async def test_an_otp_server_that_does_not_sign_is_named_as_such(
+    services: FactorServices,
+) -> None:
+    # FreeRADIUS before 3.2.5 (Debian 12's 3.2.1) as the OTP server: the log says the
+    # replies are unsigned and names this method's setting, not the directory's.
+    with FreeRadiusServer(USERS, secret=SECRET, sign_replies=False) as unsigned:
+        factor = make(services, server(unsigned), timeout=1.0)
+        with capture_logs() as logs:
+            result = await factor.check(request("alice"), "111111", {})
+        assert result.verdict is Verdict.UNAVAILABLE and not result.counts_as_failure
+        assert result.reason == "upstream_unsigned"  # the audit's mfa_result says so
+        events = [e for e in logs if e["event"] == "radius_reply_unsigned"]
+        assert events and events[0]["server"] == f"{unsigned.host}:{unsigned.port}"
+        assert "multifactor.radius.require_message_authenticator: false" in events[0]["fix"]
+        assert not any(e.get("reason") == "verification_failed" for e in logs)
+        assert "111111" not in repr(logs)
+        relaxed = make(services, server(unsigned), require_message_authenticator=False)
+        accepted = await relaxed.check(request("alice"), "111111", {})
+        assert accepted.verdict is Verdict.ACCEPT
+        await factor.close()
+        await relaxed.close()
+
+
 # --------------------------------------------------------------------------- no network
 
 
