@@ -2,10 +2,11 @@
 
 Real redis-server and PostgreSQL, started for this module and stopped, restarted and
 started again by the tests. `store_failmode: secure` (the default) rejects while a store
-is down, `safe` accepts on the password alone; both log and meter it, and service comes
-back by itself when the store does. Then one supervisor with two workers on one port
-(SO_REUSEPORT) sharing Redis and PostgreSQL: a challenge issued by one worker is
-answered by the other, reloads and stops are passed on.
+is down, `safe` accepts on the password alone; both log and meter it, /readyz answers
+503 naming the store, and service comes back by itself when the store does. Then one
+supervisor with two workers on one port (SO_REUSEPORT) sharing Redis and PostgreSQL: a
+challenge issued by one worker is answered by the other, reloads and stops are passed
+on.
 
 Two daemons answering for each other are in test_cluster.py.
 """
@@ -13,6 +14,8 @@ Two daemons answering for each other are in test_cluster.py.
 from __future__ import annotations
 
 import signal
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -98,6 +101,15 @@ def safe(cluster: Cluster, secure: Instance) -> Iterator[Instance]:
     instance.close()
 
 
+def readyz(instance: Instance) -> tuple[int, str]:
+    url = f"http://127.0.0.1:{instance.metrics}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return int(answer.status), answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+
+
 def challenged_again(instance: Instance, user: str) -> Reply:
     """Bounded polling (for recovery): first rounds until one is a challenge."""
 
@@ -134,6 +146,10 @@ def test_redis_down_secure_rejects_safe_accepts_then_both_recover(
         wait_new(secure.daemon, marks[0], "store_unavailable", failmode="secure")
         wait_new(secure.daemon, marks[0], "state_store_down")
         assert total(secure.metrics, REJECTED) == rejected + 1
+        # A load balancer's health check takes the instance out (both failmodes).
+        for instance in (secure, safe):
+            status, reason = readyz(instance)
+            assert (status, reason.split(":")[0]) == (503, "state store unavailable"), reason
 
         # safe: the right password alone is enough while the store is down...
         ok = first_round(safe.nas, "gina")
@@ -150,6 +166,7 @@ def test_redis_down_secure_rejects_safe_accepts_then_both_recover(
     done = answer(secure.nas, "frank", challenge, cluster.code("frank"))
     assert done.accepted, done.message
     wait_new(secure.daemon, marks[0], "state_store_up")
+    assert readyz(secure) == (200, "ok\n")
     # The safe instance asks for the second factor again: no lasting bypass.
     assert challenged_again(safe, "gina").challenged
     assert total(safe.metrics, ACCEPTED) == accepted + 1
@@ -167,6 +184,8 @@ def test_postgres_down_secure_rejects_safe_accepts_then_both_recover(
         secure.daemon.wait_audit(login_name="hank", outcome="reject", reason="store_unavailable")
         wait_new(secure.daemon, marks[0], "store_unavailable", failmode="secure")
         assert total(secure.metrics, REJECTED) == rejected + 1
+        status, reason = readyz(secure)
+        assert (status, reason.split(":")[0]) == (503, "user store unavailable"), reason
 
         ok = first_round(safe.nas, "ivan")
         assert ok.accepted, ok.message
@@ -178,6 +197,7 @@ def test_postgres_down_secure_rejects_safe_accepts_then_both_recover(
     challenge = challenged_again(secure, "hank")
     done = answer(secure.nas, "hank", challenge, cluster.code("hank"))
     assert done.accepted, done.message
+    assert readyz(secure) == (200, "ok\n")
     assert challenged_again(safe, "ivan").challenged
 
 
