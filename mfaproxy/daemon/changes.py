@@ -3,8 +3,10 @@
 `describe` compares the configuration that serves with the one just read: the dotted
 paths whose values differ (clients by name, `clients.vpn.secret`, since an index shifts
 when one is removed), the top-level sections added, removed or changed, the clients
-added, removed or changed, and one line saying all that. Secrets are compared (pydantic
-`SecretStr` compares by value) and never shown: only paths and names are.
+added, removed or changed, with the local users file the counts of users added,
+removed or changed (never a name or a hash), and one line saying all that. Secrets are
+compared (pydantic `SecretStr` compares by value) and never shown: only paths and names
+are.
 
 `RESTART_ONLY` is the table of settings applied at start only (sockets, processes,
 stores, queues and the tables sized from them); `restart_required` names each that
@@ -14,8 +16,8 @@ not applied warns again. Its value is shown where it can hold no secret.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -100,17 +102,40 @@ def _present(config: Config, section: str) -> bool:
 
 
 @dataclass(frozen=True)
+class UsersFileChanges:
+    """The local users file, re-read by a reload: how many users it holds and how many
+    were added, removed or changed (a hash, groups, an address). Counts, not names."""
+
+    users: int
+    added: int
+    removed: int
+    changed: int
+
+    @classmethod
+    def between(cls, old: Mapping[str, object], new: Mapping[str, object]) -> UsersFileChanges:
+        changed = sum(1 for name in old.keys() & new.keys() if old[name] != new[name])
+        return cls(len(new), len(new.keys() - old.keys()), len(old.keys() - new.keys()), changed)
+
+    def text(self) -> str | None:
+        counts = [(self.added, "added"), (self.removed, "removed"), (self.changed, "changed")]
+        found = [f"{n} {what}" for n, what in counts if n]
+        return f"users file: {', '.join(found)}" if found else None
+
+
+@dataclass(frozen=True)
 class Changes:
     """A reload's differences, as the `reloaded` log line carries them."""
 
     settings: list[str]
     sections: dict[str, str]  # section -> added, removed or changed
     clients: ClientChanges
+    users_file: UsersFileChanges | None = None
 
     def summary(self) -> str:
+        users = self.users_file.text() if self.users_file is not None else None
         if not self.sections:
-            return "no setting changed"
-        parts = []
+            return users or "no setting changed"
+        parts = [users] if users else []
         for section, how in self.sections.items():
             if section == "clients":
                 parts += self.clients.text()
@@ -121,7 +146,7 @@ class Changes:
         return "; ".join(parts)
 
     def log_fields(self) -> dict[str, Any]:
-        return {
+        fields: dict[str, Any] = {
             "changed": self.settings,
             "sections": self.sections,
             "clients_added": self.clients.added,
@@ -129,6 +154,9 @@ class Changes:
             "clients_changed": self.clients.changed,
             "summary": self.summary(),
         }
+        if self.users_file is not None:
+            fields["users_file"] = asdict(self.users_file)
+        return fields
 
 
 def _how(was: bool, now: bool) -> str:
@@ -137,7 +165,10 @@ def _how(was: bool, now: bool) -> str:
     return "removed" if was and not now else "changed"
 
 
-def describe(old: Config, new: Config) -> Changes:
+def describe(
+    old: Config, new: Config, users: tuple[Mapping[str, object], Mapping[str, object]] | None = None
+) -> Changes:
+    """`users`: the local users file before and after, when both configurations use one."""
     clients = ClientChanges.between(old, new)
     settings = sorted(_differ(_without_clients(old), _without_clients(new)) + clients.paths())
     sections: dict[str, str] = {}
@@ -148,7 +179,8 @@ def describe(old: Config, new: Config) -> Changes:
         sections[section] = (
             "added" if now and not was else "removed" if was and not now else "changed"
         )
-    return Changes(settings, sections, clients)
+    found = UsersFileChanges.between(*users) if users is not None else None
+    return Changes(settings, sections, clients, found)
 
 
 # --------------------------------------------------------------------------- restart only

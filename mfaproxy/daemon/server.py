@@ -34,6 +34,7 @@ from mfaproxy.daemon.limits import Limits
 from mfaproxy.daemon.reload import Prepared, prepare
 from mfaproxy.daemon.runtime import Dispatcher, Runtime
 from mfaproxy.daemon.supervisor import report_ready, worker_index
+from mfaproxy.directory.local import LocalChecker, LocalUser
 from mfaproxy.errors import EXIT_INTERRUPTED, ConfigError, UpstreamError
 from mfaproxy.factors.base import FactorServices
 from mfaproxy.factors.registry import build_factors
@@ -127,6 +128,16 @@ def build_runtime(config: Config, shared: Shared) -> Runtime:
 
 # What a refused reload leaves in place.
 KEPT = "reload refused: the running configuration keeps serving"
+
+
+def _users_files(
+    running: Runtime, prepared: Prepared
+) -> tuple[dict[str, LocalUser], dict[str, LocalUser]] | None:
+    """The local users file as served and as just re-read (both local backends)."""
+    old, new = running.engine.checker, prepared.checker
+    if isinstance(old, LocalChecker) and isinstance(new, LocalChecker):
+        return old.users, new.users
+    return None
 
 
 def _prepare_file(path: Path) -> tuple[Prepared, list[dict[str, object]]]:
@@ -276,7 +287,7 @@ class Server:
             log.error("reload_failed", problems=problems, detail=KEPT)
             return False
         new_config = prepared.config
-        changes = describe(self.config, new_config)
+        changes = describe(self.config, new_config, _users_files(self.dispatcher.runtime, prepared))
         old = self.dispatcher.runtime
         self.dispatcher.runtime = new_runtime  # new requests only; in-flight keep theirs
         reload_accounting(self.accounting, new_config)

@@ -190,3 +190,21 @@ def test_every_server_setting_is_reloadable_or_named_at_restart() -> None:
     restart = {r.setting.removeprefix("server.") for r in RESTART_ONLY}
     for name in ServerConfig.model_fields:
         assert (name in RELOADABLE) != (name in restart), name
+
+
+def test_the_users_file_is_counted_not_named() -> None:
+    old = {"alice": ("hash-a", ["staff"]), "bob": ("hash-b", []), "carol": ("hash-c", [])}
+    new = {"alice": ("hash-a", ["staff", "admins"]), "bob": ("hash-b", []), "dave": ("h", [])}
+    found = describe(config(), config(), (old, new))
+    assert found.log_fields()["users_file"] == {
+        "users": 3,
+        "added": 1,
+        "removed": 1,
+        "changed": 1,
+    }
+    assert found.summary() == "users file: 1 added, 1 removed, 1 changed"
+    assert "dave" not in str(found.log_fields()) and "hash-" not in str(found.log_fields())
+    same = describe(config(), config(), (old, old))
+    assert same.summary() == "no setting changed"
+    both = describe(config(), config(lambda d: d.update(smtp={"host": "m"})), (old, new))
+    assert both.summary() == "users file: 1 added, 1 removed, 1 changed; smtp added"

@@ -180,3 +180,17 @@ def test_several_workers_log_each_warning_once_per_reload(tmp_path: Path) -> Non
         events = reload(daemon, answers=2)  # each worker reloads
         assert len(named(events, "reloaded")) == 2
         assert [e["warning"] for e in named(events, "config_warning")] == ["store_failmode_safe"]
+
+
+def test_a_reload_counts_the_users_file_changes_without_naming_anyone(tmp_path: Path) -> None:
+    with Daemon(tmp_path, base_config(tmp_path)) as daemon:
+        users = {
+            "dave": {"password_hash": FAST_HASHER.hash("dave-new-pw")},  # a new password
+            "erin": {"password_hash": FAST_HASHER.hash("erin-pw")},
+        }
+        (tmp_path / "users.yaml").write_text(yaml.safe_dump({"users": users}))
+        (done,) = named(reload(daemon), "reloaded")
+        assert done["users_file"] == {"users": 2, "added": 1, "removed": 0, "changed": 1}
+        assert done["summary"] == "users file: 1 added, 1 changed"
+        assert done["changed"] == []  # no setting of the configuration file
+        assert "erin" not in str(done) and "$argon2" not in str(done)
