@@ -94,7 +94,12 @@ def test_a_secret_read_from_a_file_that_changed_is_a_change(tmp_path: Path) -> N
     assert describe(before, config(from_file)).clients.changed == {"vpn": ["secret"]}
 
 
-SECRET_TEXT = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=16, max_size=40)
+# Letters, digits and '-': a leak would show in the log text as it is (no escaping).
+SECRET_TEXT = st.text(
+    st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"),
+    min_size=16,
+    max_size=40,
+)
 
 
 @given(old=SECRET_TEXT, new=SECRET_TEXT)
