@@ -15,7 +15,7 @@ from mfaproxy.config.schema import load_config
 from mfaproxy.otp.totp import TotpSettings, new_secret
 from mfaproxy.store.factory import open_user_store
 from tests.support.daemon import Daemon
-from tests.support.nas import UdpNas, login
+from tests.support.nas import UdpNas, access_request, exchange, login
 from tests.support.slapd import (
     ALICE,
     BASE_DN,
@@ -27,6 +27,7 @@ from tests.support.slapd import (
     SERVICE_PASSWORD,
     SlapdServer,
     run_slapd,
+    ssha,
 )
 
 pytestmark = pytest.mark.e2e
@@ -130,6 +131,60 @@ def test_a_users_rule_denies_every_spelling(daemon: Daemon, nas: UdpNas, typed: 
     assert reply.rejected
     event = daemon.wait_audit(login_name=typed, reason="login_policy_denied")
     assert (event["user"], event["login_policy"]) == ("bob", "no-bob")
+
+
+# --------------------------------------------------------------------------- password guessing
+
+ERIN_DN = f"uid=erin,{PEOPLE_DN}"
+ERIN_PASSWORD = "erin-Pa55word!"
+ERIN_ALIASES = ["erin", "erin@example.org", "ERIN@Example.org", "EXAMPLE-not-a-realm", "Erin"]
+
+
+def erin_binds(slapd: SlapdServer) -> int:
+    """erin's user binds slapd received (its `stats` log), each a password tested."""
+    return slapd.log_text().lower().count(f'bind dn="{ERIN_DN}" method=')
+
+
+def test_a_burst_of_guesses_under_aliases_reaches_slapd_five_times(
+    daemon: Daemon, slapd: SlapdServer
+) -> None:
+    """erin never logged in. Twenty wrong passwords at once, alternating her uid and
+    her mail in several cases (and a name nobody has), each from its own
+    Calling-Station-Id: slapd tests five of them (the user counter's free failures,
+    counted on her identity before each bind), and the right password after is refused
+    untested."""
+    slapd.add(
+        f"dn: {ERIN_DN}\nobjectClass: inetOrgPerson\nuid: erin\nmail: erin@example.org\n"
+        f"cn: Erin\nsn: Erin\nuserPassword: {ssha(ERIN_PASSWORD)}\n"
+    )
+    nas = UdpNas(daemon.port)
+    try:
+        burst = []
+        for i in range(20):
+            typed = ERIN_ALIASES[i % len(ERIN_ALIASES)]
+            station = f"198.51.100.{i}"
+            request = access_request(SECRET, typed, f"guess-{i}", False, Calling_Station_Id=station)
+            request.id = i
+            request.add_message_authenticator()
+            burst.append(request.RequestPacket())
+        for datagram in burst:
+            nas.send(datagram)
+        codes: dict[int, int] = {}
+        while len(codes) < len(burst):
+            raw = nas.receive()
+            codes[raw[1]] = raw[0]
+        right = access_request(
+            SECRET, "Erin@example.org", ERIN_PASSWORD, Calling_Station_Id="203.0.113.9"
+        )
+        refused = exchange(nas, SECRET, right)
+    finally:
+        nas.close()
+    assert set(codes.values()) == {3}  # every one an Access-Reject
+    assert erin_binds(slapd) == 5
+    assert refused.rejected and "Try again later" in refused.message
+    event = daemon.wait_audit(login_name="Erin@example.org", reason="password_throttled")
+    assert event["password_throttle"] in ("user", "identity")
+    assert erin_binds(slapd) == 5
 
 
 # --------------------------------------------------------------------------- groups
