@@ -36,7 +36,10 @@ The counters of an attempt (README "Security" states the rule with its numbers):
   elsewhere can lock the user out of new sources only, never out of one they use; a
   success there forgets that counter's failures (NIST SP 800-63B section 5.2.2 asks to
   disregard earlier failures from the place of a success). The located identity's
-  (identity, source) counter is reserved too, so aliases add up there as well.
+  (identity, source) counter is reserved too, so aliases add up there as well; and a
+  name new at a source its identity knows (located, or learnt) is judged as at that
+  known source, on the identity's counter: a user is never locked out of a source they
+  use by the name they type there.
 
 Known sources and the name-to-identity map are values in the state store (sealed).
 When that store is down the guard follows `server.store_failmode`: `secure` lets the
@@ -143,6 +146,8 @@ class PasswordGuard:
         if attempt.known:
             assert source is not None  # only a source can be known
             plan: list[tuple[Scope, str]] = [("known_source", pair(user, source))]
+            if attempt.identity is not None and attempt.identity != user:
+                plan.append(("known_source", pair(attempt.identity, source)))
         else:
             plan = [("user", user)]
             if attempt.identity is not None and attempt.identity != user:
@@ -169,8 +174,10 @@ class PasswordGuard:
         if not self.settings.enabled:
             return attempt
         try:
-            attempt.known = await self._known(user, source, now)
             attempt.identity = await self._identity(user, now)
+            attempt.known = await self._known(user, source, now) or (
+                attempt.identity is not None and await self._known(attempt.identity, source, now)
+            )
             plan = self._planned(attempt)
             counters = [self._counter(scope, name) for scope, name in plan]
             refusal = await self.throttle.reserve(counters, attempt.token, now)
@@ -224,22 +231,18 @@ class PasswordGuard:
 
     async def located(self, attempt: Attempt, identity: str, now: float) -> Throttled | None:
         """The directory found `identity` before the password is tested: reserve the
-        attempt on its counter too, atomically, or give the whole attempt back."""
+        attempt on its counter too, atomically, or give the whole attempt back. A name
+        new at a source the identity knows is judged as at that known source."""
         if not attempt.reserved:
             return None  # not throttled (disabled, or the store was down under `safe`)
-        if attempt.known:
-            assert attempt.source is not None  # only a source can be known
-            extra: tuple[Scope, str] | None = (
-                None
-                if identity == attempt.user
-                else ("known_source", pair(identity, attempt.source))
-            )
-        else:
-            extra = None if attempt.counts(identity) else ("identity", identity)
+        extra = self._located_counter(attempt, identity)
         attempt.located = identity
-        if extra is None:
-            return None
         try:
+            fresh_here = not attempt.known and identity != attempt.user
+            if fresh_here and await self._known(identity, attempt.source, now):
+                return await self._known_by_identity(attempt, identity, now)
+            if extra is None:
+                return None
             refusal = await self.throttle.reserve([self._counter(*extra)], attempt.token, now)
             if refusal is not None:
                 await self.throttle.release(self._names(attempt), attempt.token)
@@ -250,11 +253,42 @@ class PasswordGuard:
             metrics.STORE_FAILMODE.labels(action="unthrottled").inc()
             return None
         if refusal is not None:
-            attempt.reserved = []
-            metrics.PASSWORD_THROTTLE.labels(scope=extra[0], event="refused").inc()
-            return Throttled(extra[0], max(0.0, refusal.retry_at - now))
+            return self._refused(attempt, extra[0], refusal.retry_at, now)
         attempt.reserved.append(extra)
         return None
+
+    def _located_counter(self, attempt: Attempt, identity: str) -> tuple[Scope, str] | None:
+        """The identity's counter of this attempt's kind, unless already reserved."""
+        if attempt.known:
+            assert attempt.source is not None  # only a source can be known
+            counter: tuple[Scope, str] = ("known_source", pair(identity, attempt.source))
+            return None if identity == attempt.user or counter in attempt.reserved else counter
+        return None if attempt.counts(identity) else ("identity", identity)
+
+    async def _known_by_identity(
+        self, attempt: Attempt, identity: str, now: float
+    ) -> Throttled | None:
+        """The typed name is new at this source, the identity is not: the user counter
+        does not apply (guessing elsewhere never locks a user out of a source they
+        use, under whatever name), the identity's known-source counter does."""
+        assert attempt.source is not None  # only a source can be known
+        await self.throttle.release(self._names(attempt), attempt.token)
+        attempt.reserved = []
+        plan: list[tuple[Scope, str]] = [
+            ("known_source", pair(identity, attempt.source)),
+            ("source", attempt.source),
+        ]
+        counters = [self._counter(scope, name) for scope, name in plan]
+        refusal = await self.throttle.reserve(counters, attempt.token, now)
+        if refusal is not None:
+            return self._refused(attempt, plan[refusal.index][0], refusal.retry_at, now)
+        attempt.known, attempt.reserved = True, plan
+        return None
+
+    def _refused(self, attempt: Attempt, scope: Scope, retry_at: float, now: float) -> Throttled:
+        attempt.reserved = []
+        metrics.PASSWORD_THROTTLE.labels(scope=scope, event="refused").inc()
+        return Throttled(scope, max(0.0, retry_at - now))
 
     async def failed(self, attempt: Attempt, identity: str | None, now: float) -> None:
         """A wrong password: the reservation stands. When the directory named the

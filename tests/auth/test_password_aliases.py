@@ -258,6 +258,29 @@ async def test_a_known_source_is_known_for_the_identity_too(
             assert answer.outcome is ACCEPT, (typed, answer.reason)
 
 
+async def test_a_name_new_at_a_source_the_identity_knows(
+    slapd: SlapdServer, tmp_path: Path
+) -> None:
+    """bob logged in at home as `bob` only. Guessing from elsewhere locks his identity;
+    at home he types his mail address for the first time: a source he uses, under
+    whatever name, so he is let in, and guesses sent there under that name are judged
+    by his known-source counter there (one budget), not let through."""
+    async with Harness(tmp_path, ldap_config(slapd)) as h:
+        assert (await guess(h, "bob", BOB.password, HOME)).outcome is ACCEPT
+        for i in range(12):
+            await guess(h, ("bob", "bob@example.org")[i % 2], f"g{i}", f"198.51.100.{i}")
+        assert (await guess(h, "bob@example.org", BOB.password, "203.0.113.5")).reason == (
+            "password_throttled"
+        )
+        answer = await guess(h, "Bob@Example.org", BOB.password, HOME)
+        assert answer.outcome is ACCEPT, answer.reason
+        before = binds(slapd, BOB.dn)
+        spoofed = [await guess(h, "BOB@example.org", f"s{i}", HOME) for i in range(10)]
+        assert sum(1 for a in spoofed if a.reason == "bad_password") == FREE
+        assert binds(slapd, BOB.dn) - before == FREE
+        assert h.last_audit["password_throttle"] == "known_source"
+
+
 async def test_aliases_at_a_known_source_add_up(slapd: SlapdServer, tmp_path: Path) -> None:
     """A guesser who sends bob's home Calling-Station-Id gets one known-source budget
     however many of bob's names are known there."""

@@ -11,7 +11,7 @@ from typing import Literal
 
 import pytest
 
-from mfaproxy.auth.password_guard import Attempt, PasswordGuard, Throttled, source_of
+from mfaproxy.auth.password_guard import Attempt, PasswordGuard, Throttled, pair, source_of
 from mfaproxy.config.stores import RedisSettings
 from mfaproxy.config.throttle import PasswordThrottleConfig
 from mfaproxy.errors import UpstreamError
@@ -181,3 +181,28 @@ async def test_the_store_down_between_locate_and_verify(
     finally:
         redis_server.start()
         await store.close()
+
+
+async def test_a_name_new_at_a_source_the_located_identity_knows() -> None:
+    """sam logged in at home as `sam`; his identity is locked by guesses elsewhere. At
+    home, a name never seen (nothing learnt for it) located as sam is judged as at his
+    known source: the user counters are given back, his known-source counter applies."""
+    g = guard()
+    home = source_of("vpn", "192.0.2.10")
+    assert home is not None
+    first = await g.begin("sam", home, NOW)
+    assert isinstance(first, Attempt)
+    assert await g.succeeded(first, "sam", NOW) is None
+    for _ in range(5):
+        await fail(g, "sam", None, None)
+    attempt = await g.begin("sam@example.org", home, NOW)
+    assert isinstance(attempt, Attempt) and not attempt.known
+    assert await g.located(attempt, "sam", NOW) is None
+    assert attempt.known
+    assert attempt.reserved == [("known_source", pair("sam", home)), ("source", home)]
+    assert "user:sam@example.org" not in events(g)
+    assert events(g)["user:sam"] == 5
+    assert await g.succeeded(attempt, "sam", NOW) is None
+    # Now known for that name too: the next attempt is known before the directory answers.
+    again = await g.begin("sam@example.org", home, NOW)
+    assert isinstance(again, Attempt) and again.known
