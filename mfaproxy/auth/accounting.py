@@ -138,7 +138,7 @@ class AccountingService:
         wire = encode_attributes(forwarded_attributes(packet))
         entry = SpoolEntry(ctx.request_id, ctx.client, record.status_type, time.time(), wire)
         try:
-            kept = await self._spool.append(entry, self._settings.max_records)
+            kept = await self._spool.append(entry, self._settings.max_records, self.lease_seconds)
         except SpoolUnavailable as exc:
             log.error("accounting_spool_unavailable", request_id=ctx.request_id, error=str(exc))
             return "spool_unavailable"

@@ -7,9 +7,11 @@ that arrive while one transaction is being written go together in the next one (
 fsync for all of them), which is what keeps `at_once` fast under load.
 
 `SpoolReader` is FreeRADIUS's detail reader: each process of `server.workers` runs one
-over the shared file. It leases the oldest due records and forwards up to
-`upstream.queue` at once, each on its own, deletes those an upstream acknowledged and
-gives the others back. A failed forward starts a backoff (`retry_min_seconds`, doubled
+over the shared file. Records its process just wrote come leased and are forwarded from
+memory; the others (another process's, a dead one's once its lease ran out, retries)
+are leased from the file, oldest first. It forwards up to `upstream.queue` at once,
+each on its own, deletes in batches those an upstream acknowledged and gives the
+others back. A failed forward starts a backoff (`retry_min_seconds`, doubled
 by each failed probe up to `retry_max_seconds`) during which nothing is claimed; then
 one record at a time is tried (a probe) until one is acknowledged, instead of sending
 the whole spool to an upstream that is down.
@@ -21,6 +23,7 @@ spool outage is logged and retried.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable
@@ -49,6 +52,13 @@ T = TypeVar("T")
 POLL_SECONDS = 1.0
 # Expired records are looked for at most this often.
 EXPIRE_EVERY_SECONDS = 5.0
+# A record just written is forwarded from memory only this soon after: its lease (the
+# longest forward, and 2 s) must outlast the forward. Later, it is claimed from the file.
+FRESH_SECONDS = 1.0
+# Acknowledged records are deleted in batches: when this many wait, or this long after
+# the first (well inside the lease, so nobody else takes them meanwhile).
+SETTLE_RECORDS = 64
+SETTLE_SECONDS = 0.1
 LABELS = frozenset(STATUS_TYPES.values())
 
 
@@ -68,18 +78,25 @@ class Spool:
         )
         self._waiting: list[tuple[SpoolEntry, asyncio.Future[bool]]] = []
         self._max_records = 1
+        self._lease_seconds = 0.0
         self._flusher: asyncio.Task[None] | None = None
+        # Records just written, leased to this process: the reader forwards them from
+        # here (no claim, no opening) while their lease is young; (loop time, record).
+        self.fresh: collections.deque[tuple[float, SpooledRecord]] = collections.deque()
         # Set by every append that kept a record: the reader wakes up for it.
         self.appended = asyncio.Event()
 
     async def _on(self, pool: ThreadPoolExecutor, operation: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, operation, *args)
 
-    async def append(self, entry: SpoolEntry, max_records: int) -> bool:
-        """Keep `entry` durably; False when the spool is full. Raises SpoolUnavailable."""
+    async def append(self, entry: SpoolEntry, max_records: int, lease_seconds: float) -> bool:
+        """Keep `entry` durably; False when the spool is full. Raises SpoolUnavailable.
+        A record kept is leased to this process for `lease_seconds` (0: not leased, not
+        handed to the reader from memory)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((entry, future))
         self._max_records = max_records  # the latest configuration's bound
+        self._lease_seconds = lease_seconds
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush())
         return await future
@@ -89,9 +106,11 @@ class Spool:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 entries = [entry for entry, _ in batch]
+                lease = self._lease_seconds
+                lease_until = time.time() + lease if lease > 0 else 0.0
                 try:
-                    kept = await self._on(
-                        self._writer, self.file.append, entries, self._max_records
+                    rows = await self._on(
+                        self._writer, self.file.append, entries, self._max_records, lease_until
                     )
                 except BaseException as exc:
                     for _, future in batch:
@@ -100,10 +119,13 @@ class Spool:
                     if not isinstance(exc, Exception):
                         raise
                     continue
-                for index, (_, future) in enumerate(batch):
+                written = asyncio.get_running_loop().time()
+                for index, (entry, future) in enumerate(batch):
                     if not future.done():
-                        future.set_result(index < kept)
-                if kept:
+                        future.set_result(index < len(rows))
+                    if index < len(rows) and lease > 0:
+                        self.fresh.append((written, SpooledRecord(rows[index], entry, 0)))
+                if rows:
                     self.appended.set()
         finally:
             self._flusher = None
@@ -176,6 +198,9 @@ class SpoolReader:
         self._done: list[int] = []  # acknowledged, to delete
         self._failed: list[int] = []  # not acknowledged, to give back
         self._expired_at = 0.0
+        self._settled_at = 0.0  # loop time
+        # Loop time of the next look at the file; 0 while a look may find more.
+        self._look_at = 0.0
         self._task: asyncio.Task[None] | None = None
         # Set by a new record (Spool.append), a forward that ended, and stop().
         self._wake = spool.appended
@@ -222,28 +247,57 @@ class SpoolReader:
 
     async def _step(self) -> None:
         self._wake.clear()  # whatever happens from here on wakes the next sleep
-        await self._settle()
+        loop = asyncio.get_running_loop()
+        await self._settle(force=False)
         service = self._current()
-        settings = service.spool_settings
-        await self._expire(settings)
-        waiting = self._resume_at - asyncio.get_running_loop().time()
+        await self._expire(service.spool_settings)
+        waiting = self._resume_at - loop.time()
         limit = (1 if self._backoff is not None else service.window) - len(self._in_flight)
         if not service.forwards or waiting > 0 or limit <= 0:
             # No upstream now (the records wait), backing off, or every place taken.
-            await self._sleep(waiting if waiting > 0 else POLL_SECONDS)
+            self._drop_stale_fresh(loop.time())
+            await self._sleep(self._nap(waiting if waiting > 0 else POLL_SECONDS))
             return
-        claimed = await self._spool.claim(time.time(), limit, service.lease_seconds)
-        await self._discard([row for row in claimed if isinstance(row, RejectedRow)])
-        if not claimed:
-            await self._sleep(POLL_SECONDS)
+        records = self._take_fresh(loop.time(), limit) if self._backoff is None else []
+        if len(records) < limit and loop.time() >= self._look_at:
+            records += await self._claim(service, limit - len(records))
+        if not records:
+            await self._sleep(self._nap(max(0.0, self._look_at - loop.time()) or POLL_SECONDS))
             return
         service = self._current()  # a reload meanwhile: the new upstreams take them
         probe = self._backoff is not None
-        for row in claimed:
-            if isinstance(row, SpooledRecord):
-                task = asyncio.ensure_future(self._forward(service, row, probe))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
+        for record in records:
+            task = asyncio.ensure_future(self._forward(service, record, probe))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    def _nap(self, seconds: float) -> float:
+        """How long to sleep: no longer than the next batch of deletions is due."""
+        if self._done or self._failed:
+            return min(seconds, SETTLE_SECONDS)
+        return seconds
+
+    def _take_fresh(self, now: float, limit: int) -> list[SpooledRecord]:
+        self._drop_stale_fresh(now)
+        fresh = self._spool.fresh
+        return [fresh.popleft()[1] for _ in range(min(limit, len(fresh)))]
+
+    def _drop_stale_fresh(self, now: float) -> None:
+        """Records too old to forward from memory: their lease runs out, then the file
+        hands them out (oldest first) like any other."""
+        fresh = self._spool.fresh
+        while fresh and now - fresh[0][0] > FRESH_SECONDS:
+            fresh.popleft()
+
+    async def _claim(self, service: Forwarder, limit: int) -> list[SpooledRecord]:
+        """The oldest due records of the file: left by a stopped or dead process, by
+        another worker, given back for a retry, or written too long ago to be fresh."""
+        loop = asyncio.get_running_loop()
+        claimed = await self._spool.claim(time.time(), limit, service.lease_seconds)
+        await self._discard([row for row in claimed if isinstance(row, RejectedRow)])
+        # A full batch may have more behind it; otherwise look again in a while.
+        self._look_at = 0.0 if len(claimed) >= limit else loop.time() + POLL_SECONDS
+        return [row for row in claimed if isinstance(row, SpooledRecord)]
 
     async def _forward(self, service: Forwarder, record: SpooledRecord, probe: bool) -> None:
         try:
@@ -268,9 +322,21 @@ class SpoolReader:
         else:
             return  # one of those sent before the first failure: the backoff stands
         self._resume_at = asyncio.get_running_loop().time() + self._backoff
+        self._look_at = 0.0  # the probe comes from the file, oldest first
 
-    async def _settle(self) -> None:
-        """Delete what was acknowledged, give back what was not (due after the backoff)."""
+    async def _settle(self, force: bool = True) -> None:
+        """Delete what was acknowledged, give back what was not (due after the backoff),
+        in batches (see SETTLE_RECORDS) unless `force`d."""
+        now = asyncio.get_running_loop().time()
+        pending = len(self._done) + len(self._failed)
+        if not pending:
+            self._settled_at = now
+            return
+        # Failures are given back at once: the probe that follows claims them.
+        batching = not self._failed and pending < SETTLE_RECORDS
+        if not force and batching and now - self._settled_at < SETTLE_SECONDS:
+            return
+        self._settled_at = now
         done, self._done = self._done, []
         failed, self._failed = self._failed, []
         try:

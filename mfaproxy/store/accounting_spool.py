@@ -193,22 +193,29 @@ class AccountingSpool:
 
     # ------------------------------------------------------------------ operations
 
-    def append(self, entries: Sequence[SpoolEntry], max_records: int) -> int:
+    def append(
+        self, entries: Sequence[SpoolEntry], max_records: int, lease_until: float = 0.0
+    ) -> list[int]:
         """Keep the first entries that fit under `max_records`, in one fsynced
-        transaction; returns how many were kept (the rest were refused: spool full)."""
+        transaction; returns the rows of those kept (the rest were refused: spool
+        full). They are leased to the caller until `lease_until`, which forwards them
+        from memory meanwhile (0: anyone may claim them at once)."""
 
-        def write() -> int:
+        def write() -> list[int]:
             with self._transaction() as conn:
                 room = max(0, max_records - self._size(conn))
-                kept = list(entries[:room])
-                conn.executemany(
-                    "INSERT INTO spool (token, request_id, status_type, received, sealed,"
-                    " next_try) VALUES (?, ?, ?, ?, ?, ?)",
-                    [self._row(entry) for entry in kept],
-                )
-                return len(kept)
+                rows = []
+                for entry in entries[:room]:
+                    cursor = conn.execute(
+                        "INSERT INTO spool (token, request_id, status_type, received, sealed,"
+                        " next_try, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (*self._row(entry), lease_until),
+                    )
+                    assert cursor.lastrowid is not None
+                    rows.append(cursor.lastrowid)
+                return rows
 
-        kept: int = self._guard(write)
+        kept: list[int] = self._guard(write)
         return kept
 
     def _row(self, entry: SpoolEntry) -> tuple[Any, ...]:

@@ -28,9 +28,11 @@ class CountingSpool(AccountingSpool):
         super().__init__(path, KEY)
         self.appends = 0
 
-    def append(self, entries: Sequence[SpoolEntry], max_records: int) -> int:
+    def append(
+        self, entries: Sequence[SpoolEntry], max_records: int, lease_until: float = 0.0
+    ) -> list[int]:
         self.appends += 1
-        return super().append(entries, max_records)
+        return super().append(entries, max_records, lease_until)
 
 
 def entry(n: int) -> SpoolEntry:
@@ -45,7 +47,9 @@ async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
 
 
 async def test_appends_that_arrive_together_share_one_fsynced_transaction(spool: Spool) -> None:
-    kept = await asyncio.gather(*(spool.append(entry(n), max_records=150) for n in range(200)))
+    kept = await asyncio.gather(
+        *(spool.append(entry(n), max_records=150, lease_seconds=5) for n in range(200))
+    )
     assert kept == [True] * 150 + [False] * 50  # in order: the last ones did not fit
     file = spool.file
     assert isinstance(file, CountingSpool) and file.appends <= 2
@@ -58,7 +62,7 @@ async def test_a_spool_that_cannot_be_written_raises_unavailable(tmp_path: Path)
     spool = Spool(AccountingSpool(tmp_path / "spool.sqlite3", KEY))
     spool.file.close()  # what a vanished or broken file looks like to SQLite
     with pytest.raises(SpoolUnavailable):
-        await spool.append(entry(1), 10)
+        await spool.append(entry(1), 10, 5)
     await spool.close()
 
 
@@ -97,7 +101,7 @@ async def test_the_reader_probes_one_record_at_a_time_while_failing_then_sends_t
     spool: Spool,
 ) -> None:
     for n in range(10):
-        assert await spool.append(entry(n), 100)
+        assert await spool.append(entry(n), 100, 5)
     upstream = Upstream(failures=13, expected=10)
     retries = metrics.REGISTRY.get_sample_value("mfaproxy_accounting_spool_retries_total") or 0
     reader = SpoolReader(spool, lambda: upstream)
@@ -122,7 +126,7 @@ async def test_the_reader_discards_rows_that_do_not_open_and_forwards_the_rest(
     spool: Spool,
 ) -> None:
     for n in range(3):
-        await spool.append(entry(n), 100)
+        await spool.append(entry(n), 100, 0)
     with sqlite3.connect(spool.file.path, isolation_level=None) as conn:
         conn.execute("UPDATE spool SET sealed = X'00' WHERE request_id = 'r1'")
     before = metrics.REGISTRY.get_sample_value(

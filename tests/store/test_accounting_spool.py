@@ -48,7 +48,7 @@ def opened(rows: list[SpooledRecord | RejectedRow]) -> list[SpooledRecord]:
 def test_records_come_back_oldest_first_and_only_an_acknowledgement_deletes_them(
     spool: AccountingSpool,
 ) -> None:
-    assert spool.append([entry(1), entry(2), entry(3)], max_records=10) == 3
+    assert len(spool.append([entry(1), entry(2), entry(3)], max_records=10)) == 3
     claimed = opened(spool.claim(NOW, limit=2, lease_seconds=5))
     assert [r.entry for r in claimed] == [entry(1), entry(2)]
     spool.retry([claimed[1].row], next_try=NOW + 10)
@@ -85,14 +85,14 @@ def test_a_leased_record_is_skipped_by_another_reader_until_its_lease_runs_out(
 def test_the_bound_refuses_what_does_not_fit_and_deletion_makes_room(
     spool: AccountingSpool,
 ) -> None:
-    assert spool.append([entry(1), entry(2)], max_records=3) == 2
-    assert spool.append([entry(3), entry(4), entry(5)], max_records=3) == 1
-    assert spool.append([entry(6)], max_records=3) == 0
+    assert len(spool.append([entry(1), entry(2)], max_records=3)) == 2
+    assert len(spool.append([entry(3), entry(4), entry(5)], max_records=3)) == 1
+    assert len(spool.append([entry(6)], max_records=3)) == 0
     assert spool.stats()[0] == 3
     rows = opened(spool.claim(NOW, 10, 5))
     assert [r.entry for r in rows] == [entry(1), entry(2), entry(3)]
     spool.acknowledge([rows[0].row])
-    assert spool.append([entry(6), entry(7)], max_records=3) == 1
+    assert len(spool.append([entry(6), entry(7)], max_records=3)) == 1
 
 
 def test_expiry_deletes_old_records_and_names_them(spool: AccountingSpool) -> None:
@@ -111,7 +111,7 @@ def test_a_removed_or_edited_size_counter_is_recounted(spool: AccountingSpool) -
     assert spool.stats()[0] == 2
     with raw(spool.path) as conn:
         conn.execute("UPDATE spool_size SET records = -5")
-    assert spool.append([entry(3), entry(4)], max_records=3) == 1
+    assert len(spool.append([entry(3), entry(4)], max_records=3)) == 1
 
 
 # --------------------------------------------------------------------------- tampering
@@ -222,7 +222,7 @@ def _append_many(path: str, first: int, count: int, start: Any, kept: Any) -> No
     start.wait()
     total = 0
     for n in range(first, first + count, 5):
-        total += spool.append([entry(i) for i in range(n, n + 5)], max_records=300)
+        total += len(spool.append([entry(i) for i in range(n, n + 5)], max_records=300))
     kept.put(total)
     spool.close()
 
