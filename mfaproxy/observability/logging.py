@@ -112,7 +112,14 @@ def configure_logging(
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     shared = _shared_processors()
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Below the level, an event is dropped before the chain runs: a debug line per
+        # request otherwise costs its timestamp, redaction and wrapping, then is thrown
+        # away by the stdlib logger (bench/README.md: a third of the logging cost).
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,

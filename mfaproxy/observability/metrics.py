@@ -7,11 +7,45 @@ controls, so a hostile NAS cannot blow up the series count.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from typing import Any, TypeVar
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Info
 
 from mfaproxy import __version__
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+_M = TypeVar("_M")
+
+
+class _CachedChildren:
+    """`labels()` remembers the child of each label set it returned. prometheus_client
+    validates the values and takes a lock on every call (a few microseconds, several
+    times per request); the label sets are bounded (see above), so is this cache."""
+
+    _cached: dict[tuple[object, ...], Any]
+
+    def labels(self: _M, *values: object, **named: object) -> _M:
+        cache: dict[tuple[object, ...], Any] = self.__dict__.setdefault("_cached", {})
+        key = values or tuple(named.items())
+        found = cache.get(key)
+        if found is None:
+            found = cache[key] = super().labels(*values, **named)  # type: ignore[misc]
+        return found  # type: ignore[no-any-return]
+
+
+class Counter(_CachedChildren, prometheus_client.Counter):
+    pass
+
+
+class Gauge(_CachedChildren, prometheus_client.Gauge):
+    pass
+
+
+class Histogram(_CachedChildren, prometheus_client.Histogram):
+    pass
+
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+# Every request parses its source address (and its NAS-IP-Address) more than once; the
+# set of NAS is small. Bounded, since an attribute's value is the peer's choice.
+@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str | None) -> IPAddress | None:
     """An IP literal, or None for anything else (a MAC address, a phone number, junk).
 

@@ -57,6 +57,7 @@ ATTR_CALLED_STATION_ID: Final = 30
 ATTR_CALLING_STATION_ID: Final = 31
 ATTR_NAS_IDENTIFIER: Final = 32
 ATTR_PROXY_STATE: Final = 33
+ATTR_VENDOR_SPECIFIC: Final = 26
 # RFC 2866 section 5 (accounting), RFC 2869 section 5.1-5.3 (Gigawords, Event-Timestamp)
 ATTR_ACCT_STATUS_TYPE: Final = 40
 ATTR_ACCT_DELAY_TIME: Final = 41

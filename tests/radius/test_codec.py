@@ -8,6 +8,8 @@ import struct
 from collections import OrderedDict
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pyrad import packet as pyrad_packet
 
 from mfaproxy.errors import (
@@ -24,9 +26,11 @@ from mfaproxy.radius.codec import (
     decode_request,
     encode_reply,
     load_dictionary,
+    reply_packet,
     split_attributes,
 )
 from mfaproxy.radius.constants import ACCESS_ACCEPT, ACCESS_CHALLENGE, ACCESS_REJECT
+from mfaproxy.radius.text import reply_message as fit_reply_message
 
 DICTIONARY = load_dictionary()
 
@@ -66,7 +70,8 @@ def test_rfc2865_71_request_decodes_with_password() -> None:
 
 def test_rfc2865_71_accept_matches_the_rfc_bytes() -> None:
     request = decode(RFC_71_REQUEST, require=False)
-    reply = request.packet.CreateReply(message_authenticator=False)
+    reply = reply_packet(request)  # what encode_reply builds on, here unsigned as in 7.1
+    reply.message_authenticator = False
     reply.code = ACCESS_ACCEPT
     reply.AddAttribute("Service-Type", "Login-User")
     OrderedDict.__setitem__(reply, 15, [bytes(4)])  # Login-Service = Telnet
@@ -202,16 +207,15 @@ def test_password_of_bad_length_is_refused() -> None:
 def test_reply_has_message_authenticator_first_and_proxy_state_in_order() -> None:
     body = RFC_71_REQUEST[20:] + b"\x21\x05one\x21\x05two"
     unsigned = RFC_71_REQUEST[:2] + struct.pack("!H", 20 + len(body)) + RFC_71_REQUEST[4:20] + body
-    request = decode(sign(unsigned, RFC_71_SECRET))
+    signed = sign(unsigned, RFC_71_SECRET)
+    request = decode(signed)
     reply = encode_reply(request, ACCESS_REJECT, [("Filter-Id", "x")], "Denied")
     attrs = split_attributes(reply[20:])
     assert attrs[0][0] == 80
     assert [v for t, v in attrs if t == 33] == [b"one", b"two"]
     assert (18, b"Denied") in attrs
     # the reply verifies as a NAS would verify it (pyrad's client-side check)
-    sent = pyrad_packet.AuthPacket(
-        secret=RFC_71_SECRET, dict=DICTIONARY, packet=request.packet.raw_packet
-    )
+    sent = pyrad_packet.AuthPacket(secret=RFC_71_SECRET, dict=DICTIONARY, packet=signed)
     received = pyrad_packet.Packet(secret=RFC_71_SECRET, dict=DICTIONARY, packet=reply)
     assert sent.VerifyReply(received, reply, enforce_ma=True)
 
@@ -229,3 +233,50 @@ def test_long_reply_message_is_cut_to_one_attribute() -> None:
     messages = [v for t, v in split_attributes(reply[20:]) if t == 18]
     assert len(messages) == 1 and len(messages[0]) <= 253
     messages[0].decode("utf-8")  # not cut inside a character
+
+
+@given(
+    proxy_states=st.lists(st.binary(min_size=1, max_size=40), max_size=4),
+    identifier=st.integers(0, 255),
+    code=st.sampled_from([ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE]),
+    message=st.one_of(st.none(), st.text(max_size=300)),
+    state=st.one_of(st.none(), st.binary(min_size=1, max_size=64)),
+    filter_id=st.one_of(st.none(), st.text(min_size=1, max_size=40)),
+)
+def test_reply_is_the_bytes_pyrads_create_reply_gives(
+    proxy_states: list[bytes],
+    identifier: int,
+    code: int,
+    message: str | None,
+    state: bytes | None,
+    filter_id: str | None,
+) -> None:
+    """The reply is built without decoding the request through pyrad: it must be,
+    octet for octet, what pyrad's CreateReply of the decoded request gives."""
+    body = RFC_71_REQUEST[20:] + b"".join(bytes([33, len(v) + 2]) + v for v in proxy_states)
+    length = struct.pack("!H", 20 + len(body))
+    unsigned = bytes([1, identifier]) + length + RFC_71_REQUEST[4:20] + body
+    signed = sign(unsigned, RFC_71_SECRET)
+    attributes = [] if filter_id is None else [("Filter-Id", filter_id)]
+    ours = encode_reply(decode(signed), code, list(attributes), message, state)
+    theirs = pyrad_packet.AuthPacket(secret=RFC_71_SECRET, dict=DICTIONARY, packet=signed)
+    reply = theirs.CreateReply()
+    reply.code = code
+    if message:
+        OrderedDict.__setitem__(reply, 18, [fit_reply_message(message).encode("ascii")])
+    if state is not None:
+        OrderedDict.__setitem__(reply, 24, [state])
+    for name, value in attributes:
+        reply.AddAttribute(name, value)
+    assert ours == reply.ReplyPacket()
+
+
+def test_vendor_specific_attributes_still_go_through_pyrads_decoder() -> None:
+    """A Vendor-Specific attribute is the one kind whose inside pyrad judges: the
+    request decodes, and replies, as before."""
+    vsa = bytes([26, 12]) + struct.pack("!L", 9) + bytes([1, 6]) + b"abcd"
+    body = RFC_71_REQUEST[20:] + vsa
+    unsigned = RFC_71_REQUEST[:2] + struct.pack("!H", 20 + len(body)) + RFC_71_REQUEST[4:20] + body
+    request = decode(sign(unsigned, RFC_71_SECRET))
+    assert request.user_name == "nemo"
+    assert encode_reply(request, ACCESS_ACCEPT, [])[0] == ACCESS_ACCEPT
