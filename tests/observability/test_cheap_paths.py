@@ -7,8 +7,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+from typing import Any
 
 import structlog
+from structlog.typing import EventDict
 
 from mfaproxy.observability import metrics
 from mfaproxy.observability.logging import configure_logging
@@ -35,7 +37,7 @@ def test_below_the_level_no_processor_runs_at_or_above_it_the_line_is_written() 
     try:
         seen: list[str] = []
 
-        def spy(_logger: object, _method: str, event: dict[str, object]) -> dict[str, object]:
+        def spy(_logger: Any, _method: str, event: EventDict) -> EventDict:
             seen.append(str(event["event"]))
             return event
 
