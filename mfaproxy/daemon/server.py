@@ -43,7 +43,12 @@ from mfaproxy.observability.logging import apply_log_config
 from mfaproxy.radius.clients import ClientTable
 from mfaproxy.radius.duplicates import DuplicateTable, ReplayWindow
 from mfaproxy.store.async_users import AsyncUserStore
-from mfaproxy.store.duplicates import Duplicates, LocalDuplicates, SharedDuplicates
+from mfaproxy.store.duplicates import (
+    Duplicates,
+    HostDuplicates,
+    LocalDuplicates,
+    SharedDuplicates,
+)
 from mfaproxy.store.factory import master_key, open_state_store, open_throttle, open_user_store
 from mfaproxy.store.sealed import SealedStateStore
 from mfaproxy.store.state import StateStore
@@ -86,15 +91,22 @@ def open_shared(config: Config) -> Shared:
 def duplicates_for(config: Config, shared: Shared) -> Duplicates:
     """In a cluster the duplicate table and the replay window are shared, so a
     retransmission that fails over to another instance is recognised there too (no
-    second push), and so is a request replayed to it."""
+    second push), and so is a request replayed to it. The workers of one host share
+    the replay window only."""
     reply_ttl = config.server.duplicate_cache_seconds
     # A Request Authenticator used again within a challenge's lifetime is a replay.
     replay_ttl = max(reply_ttl, float(config.multifactor.challenge.timeout_seconds))
-    if config.server.state_store.backend == "memory":
+    backend = config.server.state_store.backend
+    if backend == "memory":
         return LocalDuplicates(
             DuplicateTable(reply_ttl=reply_ttl, in_flight_ttl=MAX_REQUEST_SECONDS),
             ReplayWindow(replay_ttl),
         )
+    if backend == "sqlite":
+        # One host: a retransmission reaches the worker that has the first copy
+        # (store/duplicates.py HostDuplicates); only the replay window is shared.
+        table = DuplicateTable(reply_ttl=reply_ttl, in_flight_ttl=MAX_REQUEST_SECONDS)
+        return HostDuplicates(table, shared.state, replay_ttl)
     # No hold sized for the longest push any more: an instance that dies mid-request
     # stops holding it within a lease (store/duplicates.py), and the retransmission is
     # taken over where it lands; the TTL only bounds entries nobody finishes.

@@ -85,6 +85,50 @@ class LocalDuplicates:
             self.replays.forget(scope, key[3])
 
 
+class HostDuplicates:
+    """The workers of one host (`server.workers` with the SQLite state file): each
+    worker keeps its own duplicate table, and the replay window is shared.
+
+    Every copy of a request comes from one source address and port, and SO_REUSEPORT
+    hashes that (with the destination) to one socket of the group: while the set of
+    workers stays the same, a retransmission reaches the worker that holds the first
+    copy, its cached answer included, so that table needs no sharing (two SQLite writes
+    per request less, measured in bench/README.md). A replay from another port reaches
+    any worker: the mark of each processed Request Authenticator is in the shared store,
+    one atomic put-if-absent per request, as in a cluster.
+
+    When a worker dies and is started again the kernel spreads sources afresh: a
+    retransmission of a request answered before may then reach a worker that never saw
+    it; the shared mark makes it REPLAYED (dropped, never processed twice) and the NAS's
+    next attempt is a new request. A cluster keeps SharedDuplicates, whose entries a
+    retransmission failing over to another host finds (and takes over)."""
+
+    def __init__(self, table: DuplicateTable, state: StateStore, replay_ttl: float) -> None:
+        self.table = table
+        self.state = state
+        self.replay_ttl = replay_ttl
+
+    async def begin(self, key: RequestKey, now: float, scope: str = "") -> Lookup:
+        lookup = self.table.begin(key, now)  # NEW ones are in flight from here on
+        if lookup.seen is not Seen.NEW:
+            return lookup
+        # When the store is down this raises: the dispatcher processes the request
+        # anyway (the store failmode decides), and its copies here stay in flight.
+        mark = SharedDuplicates._replay_key(key, scope)
+        seen = await self.state.put_if_absent(REPLAYS, mark, {"seen": True}, self.replay_ttl, now)
+        if seen is not None:
+            self.table.finish(key, None, now)  # its own copies stay silent
+            return Lookup(Seen.REPLAYED)
+        return lookup
+
+    async def finish(self, key: RequestKey, reply: bytes | None, now: float) -> None:
+        self.table.finish(key, reply, now)
+
+    async def forget(self, key: RequestKey, scope: str = "") -> None:
+        self.table.forget(key)
+        await self.state.delete(REPLAYS, SharedDuplicates._replay_key(key, scope))
+
+
 class SharedDuplicates:
     """A cluster: one atomic put-if-absent per request in the shared store, and a lease
     for requests that take long."""

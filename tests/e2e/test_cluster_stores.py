@@ -37,14 +37,14 @@ from tests.support.cluster import (
 )
 from tests.support.daemon import Daemon
 from tests.support.duo_fake import FakeDuo
-from tests.support.nas import DICTIONARY, Reply, UdpNas, exchange, login
+from tests.support.nas import DICTIONARY, Reply, UdpNas, access_request, exchange, login
 from tests.support.postgres_server import PostgresServer
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
 USERS = ["erin", "frank", "gina", "hank", "ivan", "jack", "w1", "w2", "w3", "w4"]
-USERS += ["s1", "s2", "s3", "s4"]  # the workers test on the host's SQLite state file
+USERS += ["w5", "s1", "s2", "s3", "s4", "s5"]  # s: the workers on the host's SQLite file
 REJECTED = "mfaproxy_store_failmode_total{action=rejected}"
 ACCEPTED = "mfaproxy_store_failmode_total{action=accepted}"
 REQUESTS = "mfaproxy_requests_total"
@@ -288,6 +288,25 @@ def cross_worker_login(cluster: Cluster, workers: Workers, user: str, first: int
     assert replies[-1].accepted, replies[-1].message
 
 
+REPLAYED = "mfaproxy_packets_dropped_total{reason=replayed}"
+
+
+def retransmitted_then_replayed(workers: Workers, user: str) -> None:
+    """A retransmission reaches its own worker and gets the very same reply; the same
+    datagram from another port (to the other worker) is a replay: dropped, counted."""
+    request = access_request(SECRET, user, password(user))
+    data = request.RequestPacket()
+    workers.nas[0].send(data)
+    first = workers.nas[0].receive()
+    assert Reply(first, SECRET).challenged
+    workers.nas[0].send(data)
+    assert workers.nas[0].receive() == first  # from worker 0's reply cache
+    replayed = total(workers.metrics + 1, REPLAYED)
+    workers.nas[1].send(data)
+    wait_until(lambda: total(workers.metrics + 1, REPLAYED) > replayed or None, "the replay")
+    assert workers.nas[1].receive_none(0.2)
+
+
 @pytest.mark.parametrize(("backend", "prefix"), [("redis", "w"), ("sqlite", "s")])
 def test_two_workers_on_one_port_share_challenges_reload_and_stop(
     cluster: Cluster, backend: str, prefix: str
@@ -320,6 +339,7 @@ def test_two_workers_on_one_port_share_challenges_reload_and_stop(
         daemon.wait_for(lambda e: e.get("event") == "reload_forwarded")
         count_events(daemon, "reloaded", 2)
         cross_worker_login(cluster, workers, f"{prefix}4", first=0)  # served after reload
+        retransmitted_then_replayed(workers, f"{prefix}5")
     finally:
         if workers is not None:
             workers.close()
