@@ -56,7 +56,7 @@ from mfaproxy.core.second_factor import Action, Round, Stage, Step, StepKind
 from mfaproxy.core.session import Session
 from mfaproxy.factors.base import Factor, FactorServices
 from mfaproxy.observability import metrics
-from mfaproxy.store.records import UserRecord
+from mfaproxy.store.records import LockState, UserRecord, lock_view
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +66,7 @@ HELD = "held_session"  # request key -> the session a held check answers
 HELD_LEASE = "held_lease"  # request key -> the user lease a held check runs under
 
 MSG_UNAVAILABLE = rules.MSG_UNAVAILABLE
+UNLOCKED = LockState(0, None, False)  # a user the store has no record of
 PROMPT_VERIFY = "To set up your second factor, first confirm your address. "
 ENROLMENT_PLANS = (rules.PlanKind.ENROL, rules.PlanKind.ENROL_AFTER_EMAIL)
 WINDOW, MAILED = "operator_window", "email_code"  # what let an inline enrolment start
@@ -144,9 +145,14 @@ class SecondFactorStage:
         return render(profile, "retry", fields)
 
     async def _blocked(self, login: Login) -> Step | None:
-        """Lockout per user, throttle per NAS: checked before any code is looked at."""
+        """Lockout per user, throttle per NAS: checked before any code is looked at.
+
+        The lockout is read from the user's record, which this request has just read
+        (no second trip to the store): a lockout set since by another process is still
+        refused by the attempt's reservation (auth/attempts.py), which decides."""
         user, now = login.user.name, login.now
-        lock = await self.services.users.run(lambda s: s.lock_state(user, now))
+        record = login.user.record
+        lock = lock_view(record.failures, record.locked_until, now) if record else UNLOCKED
         day = await self.services.state.count(USER_FAILURES, user, now, USER_WINDOW)
         if lock.locked or day >= self.mfa.lockout.max_failures_per_day:
             return rules.blocked(locked=True, throttled=False)

@@ -9,7 +9,6 @@ fails loudly once it is fixed and the marker must go.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from mfaproxy.core.answer import Answer, Outcome
-from mfaproxy.store.records import UserRecord, UserRepository
+from mfaproxy.store.state import StateStore
 from tests.auth.harness import Harness, password
 from tests.auth.test_enrolment import totp_key
 from tests.support.daemon import REPO
@@ -99,26 +98,22 @@ async def test_a_state_used_after_its_timeout_is_unknown(tmp_path: Path) -> None
 
 
 class Paused:
-    """The user store with one `lock_state` call held until `go` is set: the request
-    that makes it stops between reading the user's record and taking the user's
-    lease, as a slow thread or another node would."""
+    """The state store with one `count` call (the lockout check before any code is
+    looked at) held until `go` is set: the request that makes it stops between reading
+    the user's record and taking the user's lease, as a slow thread or another node
+    would."""
 
-    def __init__(self, inner: UserRepository) -> None:
-        self.inner = inner
-        self.armed, self.entered, self.go = threading.Event(), threading.Event(), threading.Event()
+    def __init__(self, state: StateStore) -> None:
+        self.armed, self.entered, self.go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._count = state.count
+        state.count = self.count  # type: ignore[method-assign]
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def lock_state(self, user: str, now: float) -> Any:
+    async def count(self, *args: Any, **kwargs: Any) -> int:
         if self.armed.is_set():
             self.armed.clear()
             self.entered.set()
-            self.go.wait(30)
-        return self.inner.lock_state(user, now)
-
-    def get_user(self, user: str) -> UserRecord | None:
-        return self.inner.get_user(user)
+            await asyncio.wait_for(self.go.wait(), 30)
+        return await self._count(*args, **kwargs)
 
 
 async def test_two_enrolments_racing_in_one_window_bind_only_the_first(tmp_path: Path) -> None:
@@ -129,8 +124,7 @@ async def test_two_enrolments_racing_in_one_window_bind_only_the_first(tmp_path:
     closed the window and checked after, enrolled too and replaced carol's key with
     the attacker's. Fixed: the window is read again under the lease."""
     async with Harness(tmp_path) as h:
-        paused = Paused(h.services.users.store)
-        h.services.users.store = paused
+        paused = Paused(h.services.state)
         now = h.clock.now
         await h.write(lambda s: s.open_enrolment("carol", now + HOUR, now))
         victim = await h.send("carol", password("carol"))
@@ -140,8 +134,7 @@ async def test_two_enrolments_racing_in_one_window_bind_only_the_first(tmp_path:
         late = asyncio.create_task(
             h.send("carol", pyotp.TOTP(attacker_key).at(h.clock.now), attacker.state)
         )
-        loop = asyncio.get_running_loop()
-        assert await loop.run_in_executor(None, paused.entered.wait, 30)
+        await asyncio.wait_for(paused.entered.wait(), 30)
         done = await h.send("carol", pyotp.TOTP(victim_key).at(h.clock.now), victim.state)
         assert (done.outcome, done.reason) == (ACCEPT, "mfa_enrolled")
         paused.go.set()
