@@ -5,9 +5,10 @@ each binding the same UDP ports with SO_REUSEPORT so the kernel spreads datagram
 them. Challenges, replay marks and rate limits live in the shared state store (the
 host's SQLite file, or Redis), so any worker can answer any round; every copy of one
 request reaches one worker (SO_REUSEPORT hashes its source address and port), which
-answers retransmissions from its own duplicate table (store/duplicates.py). The supervisor speaks to systemd: READY=1
-once every worker has bound its sockets, RELOADING=1 and SIGHUP passed on, STOPPING=1
-and SIGTERM passed on, watchdog pings from its own loop. A worker that dies is started
+answers retransmissions from its own duplicate table (store/duplicates.py). The
+supervisor speaks to systemd: READY=1 once every worker has bound its sockets,
+RELOADING=1 and SIGHUP passed on, STOPPING=1 and SIGTERM passed on, watchdog pings from
+its own loop. A worker that dies is started
 again.
 """
 
