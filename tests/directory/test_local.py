@@ -12,10 +12,12 @@ from argon2 import PasswordHasher, extract_parameters
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mfaproxy.admission.pool import PoolClosed
 from mfaproxy.core.primary import PrimaryOutcome
 from mfaproxy.directory.local import (
     COSTS,
     DEFAULT_COST,
+    INLINE_MAX_KIB_PASSES,
     HashCost,
     LocalChecker,
     cost_of,
@@ -23,6 +25,7 @@ from mfaproxy.directory.local import (
     load_users_file,
     parse_cost,
     typical_cost,
+    verified_inline,
 )
 from mfaproxy.errors import ConfigError
 
@@ -120,6 +123,46 @@ async def test_unknown_user_costs_what_most_users_cost(tmp_path: Path) -> None:
     finally:
         await checker.close()
     assert typical_cost({}) == DEFAULT_COST
+
+
+async def test_a_hash_cheaper_than_a_thread_hop_is_verified_without_the_pool(
+    tmp_path: Path,
+) -> None:
+    """With the hash pool closed, a file of hashes at or below INLINE_MAX_KIB_PASSES
+    still answers (verified on the loop, rightly); one at the default cost cannot."""
+    tiny = HashCost(time_cost=1, memory_kib=8, parallelism=1)
+    cheap = {"ann": hash_password("ann-pw", tiny), "ben": hash_password("ben-pw", LOW)}
+    checker = LocalChecker(write_users(tmp_path / "cheap.yaml", cheap))
+    await checker._pool.close()
+    assert (await checker.authenticate("ann", "ann-pw")).outcome is PrimaryOutcome.ACCEPT
+    assert (await checker.authenticate("ben", "ann-pw")).reason == "bad_password"
+    assert (await checker.authenticate("nobody", "ann-pw")).reason == "no_such_user"
+    costly = {"cat": hash_password("cat-pw", DEFAULT_COST)}
+    checker = LocalChecker(write_users(tmp_path / "costly.yaml", costly))
+    await checker._pool.close()
+    with pytest.raises(PoolClosed):
+        await checker.authenticate("cat", "cat-pw")
+    with pytest.raises(PoolClosed):  # the dummy hash of an unknown user too
+        await checker.authenticate("nobody", "cat-pw")
+
+
+@pytest.mark.parametrize(
+    ("cost", "inline"),
+    [
+        (HashCost(1, 8, 1), True),
+        (HashCost(1, INLINE_MAX_KIB_PASSES, 1), True),
+        (HashCost(2, INLINE_MAX_KIB_PASSES, 1), False),
+        (HashCost(1, INLINE_MAX_KIB_PASSES + 8, 1), False),
+        (DEFAULT_COST, False),
+    ],
+)
+def test_only_hashes_within_the_inline_bound_skip_the_pool(cost: HashCost, inline: bool) -> None:
+    assert verified_inline(hash_password("pw", cost)) is inline
+
+
+def test_an_unparsable_hash_is_never_verified_inline() -> None:
+    assert not verified_inline("$argon2id$v=19$m=8,t=1,p=1")
+    assert not verified_inline("not a hash")
 
 
 def run_hash_password(*args: str) -> subprocess.CompletedProcess[str]:
