@@ -132,6 +132,13 @@ def configure_logging(
             renderer,
         ],
     )
+    # What the stdlib adds to every record and no renderer here prints (the logging
+    # HOWTO, "Optimization"): the caller's frame (a stack walk per line), thread and
+    # process names. A few percent of a request at `info`, where each has its audit line.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
