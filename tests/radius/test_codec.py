@@ -280,3 +280,18 @@ def test_vendor_specific_attributes_still_go_through_pyrads_decoder() -> None:
     request = decode(sign(unsigned, RFC_71_SECRET))
     assert request.user_name == "nemo"
     assert encode_reply(request, ACCESS_ACCEPT, [])[0] == ACCESS_ACCEPT
+
+
+@given(
+    password=st.text(min_size=1, max_size=40).filter(
+        lambda text: "\x00" not in text and len(text.encode()) <= 128
+    ),
+    secret=st.binary(min_size=1, max_size=32),
+)
+def test_user_password_decrypts_what_pyrad_hides(password: str, secret: bytes) -> None:
+    """RFC 2865 section 5.2, against pyrad's own hiding (an independent implementation)."""
+    request = pyrad_packet.AuthPacket(secret=secret, dict=DICTIONARY)
+    request.AddAttribute("User-Name", "nemo")
+    request["User-Password"] = request.PwCrypt(password)
+    request.add_message_authenticator()
+    assert decode(request.RequestPacket(), secret=secret).password == password
