@@ -266,6 +266,8 @@ def _structured_types(dictionary: Dictionary) -> frozenset[int]:
     dictionary: a reload brings a new one)."""
     found = _STRUCTURED.get(id(dictionary))
     if found is None or found[0] is not dictionary:
+        if len(_STRUCTURED) >= 8:
+            _STRUCTURED.clear()  # dictionaries of runtimes retired by reloads
         tlvs = {
             int(attr.code)
             for attr in dictionary.attributes.values()
