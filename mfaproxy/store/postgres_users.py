@@ -33,17 +33,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeAlias, cast
+from typing import Any, cast
 
 import psycopg
-from psycopg.rows import TupleRow
 
 from mfaproxy.config.multifactor import METHODS, Method
 from mfaproxy.core.identity import identity_key
 from mfaproxy.errors import StoreError
 from mfaproxy.otp.backup_codes import BackupCodeHasher
 from mfaproxy.store.crypto import SecretBox
-from mfaproxy.store.pg_database import UNAVAILABLE, PgDatabase
+from mfaproxy.store.pg_database import UNAVAILABLE, Connection, PgDatabase
 from mfaproxy.store.pg_schema import MIGRATIONS
 from mfaproxy.store.records import (
     ENROLMENT_WINDOWS_VERSION,
@@ -59,8 +58,6 @@ from mfaproxy.store.records import (
     reserved,
 )
 from mfaproxy.store.rekey import POSTGRES, Rekey, rekey_identities
-
-Connection: TypeAlias = psycopg.Connection[TupleRow]
 
 # Transaction-scoped advisory lock serialising migrations ("mfaproxy" as a bigint).
 MIGRATION_LOCK = int.from_bytes(b"mfaproxy", "big")
